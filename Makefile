@@ -1,0 +1,55 @@
+# Tasklane developer commands. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+# uv comes from PATH, or is bootstrapped into .tools/ with nothing but Python.
+UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+UV_VERSION := 0.13.9
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help install demo up test unit integration lint format typecheck bench
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.synced: uv.lock pyproject.toml shared/pyproject.toml services/*/pyproject.toml | $(UV)
+	$(UV) sync --locked --all-packages
+	@touch $@
+
+install: $(VENV)/.synced ## Install every package and tool into .venv (uv workspace, locked)
+
+demo: install ## Publish a sample email and IM message to a real notifier worker, then stop
+	$(PY) -m tasklane.demo
+
+up: install ## Start the demo stack (broker, sinks, notifier worker) and keep it running
+	$(PY) -m tasklane.demo --keep-running
+
+test: lint typecheck ## Lint, type-check and run the whole test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: install ## Run the unit tests only (no servers needed)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: install ## Run the integration tests (Redis, RabbitMQ, workers, sinks)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+lint: install ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## Apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+typecheck: install ## mypy --strict on every package
+	$(VENV)/bin/mypy
+
+bench: install ## Run the benchmarks in bench/ (prints ratios against their baselines)
+	$(PY) bench/run.py

@@ -1,0 +1,31 @@
+"""Notifier settings: SMTP server, default sender, templates and webhook secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TEMPLATES = Path(__file__).parent / "templates"
+
+
+class NotifierSettings(BaseSettings):
+    """Read from ``TASKLANE_NOTIFIER_*``; secrets are never part of a task payload."""
+
+    model_config = SettingsConfigDict(env_prefix="TASKLANE_NOTIFIER_", extra="ignore", frozen=True)
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_security: Literal["none", "starttls", "tls"] = "none"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout: float = Field(default=10.0, gt=0)
+    default_sender: str = "tasklane@localhost"
+    templates_dir: Path = DEFAULT_TEMPLATES
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Signing secrets by name, as JSON: {"dingtalk-ops": "SEC..."}.',
+    )

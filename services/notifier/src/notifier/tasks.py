@@ -1,0 +1,88 @@
+"""Thin task functions: payload in, domain call, result out.
+
+Both tasks retry on transient errors (connection problems, timeouts, SMTP 4xx, HTTP 5xx and 429
+with ``Retry-After`` honoured) with exponential backoff and jitter, up to the contract's limit;
+anything else is dead-lettered at once. Both deliver at most once per ``idempotency_key``.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import parseaddr
+from functools import cache
+
+import httpx
+
+from notifier import smtp, webhooks
+from notifier.app import app
+from notifier.settings import NotifierSettings
+from notifier.templates import TemplateRenderer
+from tasklane.contracts import SEND_EMAIL, SEND_IM, EmailPayload, EmailResult, IMPayload, IMResult
+from tasklane.errors import PermanentError
+from tasklane.task import implement
+
+settings = app.conf.tasklane_settings
+
+
+@cache
+def _notifier_settings() -> NotifierSettings:
+    return NotifierSettings()
+
+
+@cache
+def _renderer() -> TemplateRenderer:
+    return TemplateRenderer(_notifier_settings().templates_dir)
+
+
+@cache
+def _http() -> httpx.Client:
+    # One pooled client per worker process, created after the pool forks.
+    return httpx.Client(timeout=_notifier_settings().webhook_timeout, follow_redirects=False)
+
+
+def _secret(name: str | None) -> str | None:
+    if name is None:
+        return None
+    secret = _notifier_settings().secrets.get(name)
+    if secret is None:
+        raise PermanentError(f"secret_ref {name!r} is not configured in the notifier")
+    return secret.get_secret_value()
+
+
+@implement(app, SEND_EMAIL, settings)
+def send_email(payload: EmailPayload) -> EmailResult:
+    """Send one email over SMTP. Retries transient SMTP errors; at most once per idempotency key."""
+    config = _notifier_settings()
+    if payload.template is not None:
+        body = _renderer().render(payload.template, payload.context)
+        text, html = body.text, body.html
+    else:
+        text, html = payload.text, payload.html
+    sender = payload.sender or config.default_sender
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+    message = smtp.build_message(payload, sender=sender, text=text, html=html, domain=domain)
+    outcome = smtp.send(
+        smtp.SmtpConfig(
+            host=config.smtp_host,
+            port=config.smtp_port,
+            security=config.smtp_security,
+            username=config.smtp_username,
+            password=config.smtp_password.get_secret_value() if config.smtp_password else None,
+            timeout=config.smtp_timeout,
+        ),
+        message,
+        smtp.recipients(payload),
+    )
+    return EmailResult(
+        message_id=outcome.message_id, accepted=outcome.accepted, refused=outcome.refused
+    )
+
+
+@implement(app, SEND_IM, settings)
+def send_im(payload: IMPayload) -> IMResult:
+    """Post one IM webhook. Retries 5xx, 429 and timeouts; at most once per idempotency key."""
+    request = webhooks.build_request(payload, _secret(payload.secret_ref), now=time.time())
+    outcome = webhooks.post(_http(), request)
+    return IMResult(
+        channel=payload.channel, status_code=outcome.status_code, response=outcome.response
+    )

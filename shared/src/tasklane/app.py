@@ -1,0 +1,112 @@
+"""The hardened Celery app factory: every Celery setting the platform sets is set here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from tasklane.broker import transport_options
+from tasklane.consumer import DeclareDeadLetterQueues
+from tasklane.contracts import REGISTRY, ContractRegistry, TaskContract
+from tasklane.errors import SettingsError
+from tasklane.routing import dead_letter_queues, queues_for_service, task_routes
+from tasklane.settings import Settings, load_settings
+
+#: Seconds added to the longest wait a message can be held unacknowledged.
+VISIBILITY_MARGIN = 60.0
+
+
+def longest_hold(contracts: tuple[TaskContract[Any, Any], ...]) -> float:
+    """The longest a worker may hold a message unacknowledged: a run or a retry countdown."""
+    return max(max(c.time_limit, c.retry.backoff_max) for c in contracts)
+
+
+def visibility_timeout(settings: Settings, contracts: tuple[TaskContract[Any, Any], ...]) -> float:
+    """Redis visibility timeout: the configured one if it is safe, else derived from the contracts.
+
+    Below the longest time limit Redis would hand a running task to a second worker.
+    """
+    longest = max(c.time_limit for c in contracts)
+    if settings.visibility_timeout is None:
+        return longest_hold(contracts) + VISIBILITY_MARGIN
+    if settings.visibility_timeout <= longest:
+        raise SettingsError(
+            f"TASKLANE_VISIBILITY_TIMEOUT={settings.visibility_timeout:g} must exceed the longest "
+            f"hard time limit of the service's contracts ({longest:g}s)"
+        )
+    return settings.visibility_timeout
+
+
+def celery_config(
+    service: str, settings: Settings, registry: ContractRegistry = REGISTRY
+) -> dict[str, Any]:
+    """The complete Celery configuration of one worker service."""
+    contracts = registry.for_service(service)
+    queues = queues_for_service(registry, service, settings.namespace)
+    if settings.result_backend is None:
+        raise SettingsError(
+            "no result backend: set TASKLANE_RESULT_BACKEND (required when the broker is not Redis)"
+        )
+    return {
+        "broker_url": settings.require_broker(),
+        "broker_transport_options": transport_options(
+            settings, visibility_timeout(settings, contracts)
+        ),
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "result_backend": settings.result_backend,
+        "result_expires": settings.result_expires,
+        "result_extended": True,
+        "result_backend_always_retry": True,
+        # JSON only: pickle (code execution on load) is refused everywhere.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # A message is acknowledged only once its task finished; a killed worker's task comes back.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_concurrency": settings.worker_concurrency,
+        "worker_consumer": "tasklane.consumer:DeadLetteringConsumer",
+        "task_queues": queues,
+        "task_default_queue": queues[0].name,
+        "task_routes": task_routes(registry, settings.namespace),
+        "task_track_started": True,
+        "task_send_sent_event": settings.task_events,
+        "worker_send_task_events": settings.task_events,
+        "timezone": settings.timezone,
+        "enable_utc": True,
+        "tasklane_namespace": settings.namespace,
+        "tasklane_dead_letter_queues": [
+            q.name for q in dead_letter_queues(contracts, settings.namespace)
+        ],
+    }
+
+
+def create_app(
+    service: str,
+    *,
+    settings: Settings | None = None,
+    registry: ContractRegistry = REGISTRY,
+) -> Celery:
+    """Build the Celery app of one worker service with production defaults.
+
+    Args:
+        service: the service name, the first segment of its contracts' names (``notifier``).
+        settings: platform settings; read from the environment when omitted.
+        registry: the contracts; the service consumes exactly the queues of its own.
+
+    Raises:
+        SettingsError: the settings are missing or inconsistent.
+    """
+    settings = settings or load_settings()
+    app = Celery(service, set_as_current=False)
+    app.conf.update(celery_config(service, settings, registry))
+    app.conf.tasklane_settings = settings
+    app.steps["consumer"].add(DeclareDeadLetterQueues)
+    return app

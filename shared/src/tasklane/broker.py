@@ -1,0 +1,48 @@
+"""Broker connections with the transport options every Tasklane process must share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.connection import Connection
+
+from tasklane.settings import Settings, is_redis_url
+
+#: Redis has no native priorities; Kombu emulates them with one list per step ("queue:5").
+PRIORITY_STEPS = list(range(10))
+PRIORITY_SEPARATOR = ":"
+
+
+def transport_options(
+    settings: Settings, visibility_timeout: float | None = None
+) -> dict[str, Any]:
+    """Transport options for the configured broker.
+
+    Args:
+        settings: platform settings.
+        visibility_timeout: Redis only; seconds before an unacknowledged message is redelivered.
+    """
+    if is_redis_url(settings.broker_url):
+        options: dict[str, Any] = {
+            "queue_order_strategy": "priority",
+            "priority_steps": PRIORITY_STEPS,
+            "sep": PRIORITY_SEPARATOR,
+        }
+        if visibility_timeout is not None:
+            options["visibility_timeout"] = visibility_timeout
+        return options
+    # RabbitMQ: confirms make a publish return only once the broker has the message.
+    return {"confirm_publish": True}
+
+
+def redis_queue_keys(queue: str) -> list[str]:
+    """Every Redis list that holds messages of ``queue`` (its priority sub-lists included)."""
+    return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS[1:]]
+
+
+def connect(settings: Settings, visibility_timeout: float | None = None) -> Connection:
+    """A lazy Kombu connection to the configured broker."""
+    return Connection(
+        settings.require_broker(),
+        transport_options=transport_options(settings, visibility_timeout),
+    )

@@ -1,0 +1,516 @@
+"""The ``tasklane`` command: contracts, publishing, queue depths, dead letters and workers."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from tasklane.broker import connect
+from tasklane.contracts import REGISTRY, TaskContract
+from tasklane.deadletter import DeadLetter, DeadLetterQueue
+from tasklane.errors import PayloadValidationError, TaskFailedError, TasklaneError
+from tasklane.inspect import queue_depths
+from tasklane.publish import Publisher, validate_payload
+from tasklane.routing import dlq_name, queue_name, queues_for_service, work_queue
+from tasklane.schema import export_schemas
+from tasklane.settings import Settings, load_settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Exit codes: 1 when the operation ran and failed, 2 when the input or configuration is wrong.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+ERROR_PREVIEW_CHARS = 60
+
+app = typer.Typer(
+    name="tasklane",
+    help="Tasklane: typed task contracts, publishing, queues and dead letters.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Locals would print settings, broker URLs included, into terminals and CI logs.
+    pretty_exceptions_show_locals=False,
+)
+contracts_app = typer.Typer(help="Inspect and export task contracts.", no_args_is_help=True)
+dlq_app = typer.Typer(help="List, show, replay and purge dead letters.", no_args_is_help=True)
+app.add_typer(contracts_app, name="contracts")
+app.add_typer(dlq_app, name="dlq")
+
+
+class CliError(TasklaneError):
+    """Bad command-line input; reported like every other Tasklane error."""
+
+
+class Pool(StrEnum):
+    """Celery worker pools."""
+
+    prefork = "prefork"
+    threads = "threads"
+    solo = "solo"
+    gevent = "gevent"
+    eventlet = "eventlet"
+
+
+def _console() -> Console:
+    # Built per command: Rich resolves the terminal (or the test runner's stream) at that moment.
+    return Console()
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    # soft_wrap keeps the message on one line however narrow the terminal is.
+    error = Text(f"error: {' '.join(message.split())}", style="bold red")
+    Console(stderr=True, soft_wrap=True).print(error)
+    raise typer.Exit(code)
+
+
+def _handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn expected errors into one red line and an exit code instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except TaskFailedError as exc:
+            _fail(str(exc), EXIT_FAILED)
+        except TasklaneError as exc:
+            _fail(str(exc), EXIT_USAGE)
+        except TimeoutError as exc:
+            # Before OSError: TimeoutError is one, but it means "no result", not "no broker".
+            _fail(str(exc), EXIT_FAILED)
+        except (OperationalError, RedisConnectionError, OSError) as exc:
+            _fail(f"broker unreachable: {exc}", EXIT_FAILED)
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- contracts
+
+
+@contracts_app.command("list")
+@_handle_errors
+def contracts_list() -> None:
+    """Show every task contract with its queues and policies."""
+    settings = load_settings()
+    table = Table(title="Task contracts")
+    table.add_column("Task", style="bold", no_wrap=True)
+    table.add_column("Queue", no_wrap=True)
+    table.add_column("DLQ", no_wrap=True)
+    table.add_column("Priority", justify="right")
+    table.add_column("Soft / hard limit", justify="right")
+    table.add_column("Rate limit")
+    table.add_column("Retries", justify="right")
+    table.add_column("Idempotency key")
+    for contract in REGISTRY:
+        queue = queue_name(contract, settings.namespace)
+        table.add_row(
+            contract.name,
+            queue,
+            dlq_name(queue),
+            str(contract.priority),
+            f"{contract.soft_time_limit:g}s / {contract.time_limit:g}s",
+            contract.rate_limit or "-",
+            str(contract.retry.max_retries),
+            ", ".join(contract.idempotency_key) or "-",
+        )
+    _console().print(table)
+
+
+@contracts_app.command("export")
+@_handle_errors
+def contracts_export(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory for the schema files.", file_okay=False)
+    ] = Path("contracts"),
+) -> None:
+    """Write a JSON Schema per contract payload (<name>.json) and result (<name>.result.json)."""
+    console = _console()
+    for path in export_schemas(REGISTRY, out):
+        console.print(str(path), highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- submit
+
+
+def _parse_object(text: str, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"{where}: invalid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CliError(f"{where}: the payload must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _read_payloads(contract: TaskContract[Any, Any], file: Path) -> list[Any]:
+    """Every payload of a JSON Lines file, validated, so errors name the file's line numbers."""
+    models: list[Any] = []
+    problems: list[str] = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        data = _parse_object(line, f"{file}:{number}")
+        try:
+            models.append(validate_payload(contract, data))
+        except PayloadValidationError as exc:
+            problems.extend(f"line {number}: {error}" for error in exc.errors)
+    if problems:
+        raise PayloadValidationError(contract.name, problems)
+    if not models:
+        raise CliError(f"{file}: no payloads (expected one JSON object per line)")
+    return models
+
+
+def _submit_many(settings: Settings, contract: TaskContract[Any, Any], file: Path) -> None:
+    payloads = _read_payloads(contract, file)
+    console = _console()
+    with (
+        Publisher(settings) as publisher,
+        Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress,
+    ):
+        bar = progress.add_task(f"publishing {contract.name}", total=len(payloads))
+        handles = publisher.publish_many(
+            contract, payloads, progress=lambda sent: progress.advance(bar, sent)
+        )
+    queue = queue_name(contract, settings.namespace)
+    console.print(f"published {len(handles)} {contract.name} tasks to {queue}", highlight=False)
+
+
+def _submit_one(
+    settings: Settings, contract: TaskContract[Any, Any], payload: str, wait: bool, timeout: float
+) -> None:
+    data = _parse_object(payload, "--json")
+    if wait and settings.result_backend is None:
+        raise CliError("--wait needs a result backend: set TASKLANE_RESULT_BACKEND")
+    console = _console()
+    with Publisher(settings) as publisher:
+        handle = publisher.publish(contract, data)
+        console.print(f"task id: {handle.id}", highlight=False)
+        if settings.result_backend is None:
+            # Without a result backend Celery cannot tell any state; say so instead of failing.
+            console.print("state: unknown (no result backend)", highlight=False)
+            return
+        console.print(f"state: {handle.state}", highlight=False)
+        if not wait:
+            return
+        with console.status(f"waiting up to {timeout:g}s for {contract.name} {handle.id}"):
+            result = handle.get(timeout=timeout)
+    console.print(f"state: {handle.state}", highlight=False)
+    console.print_json(result.model_dump_json())
+
+
+@app.command()
+@_handle_errors
+def submit(
+    task: Annotated[str, typer.Argument(help="Task name, e.g. notifier.email.send.")],
+    payload: Annotated[
+        str | None, typer.Option("--json", help="The payload as one JSON object.")
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            help="JSON Lines file: one payload per line, published in bulk.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the result and print it (single task).")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.0, help="Seconds --wait waits for the result.")
+    ] = 30.0,
+) -> None:
+    """Validate and publish one task (--json) or many (--file)."""
+    if (payload is None) == (file is None):
+        raise CliError("give exactly one of --json and --file")
+    if wait and file is not None:
+        raise CliError("--wait applies to a single task given with --json")
+    settings = load_settings()
+    contract = REGISTRY[task]
+    if file is not None:
+        _submit_many(settings, contract, file)
+    else:
+        assert payload is not None  # checked above; narrows the type
+        _submit_one(settings, contract, payload, wait, timeout)
+
+
+# --------------------------------------------------------------------------- queues
+
+
+@app.command()
+@_handle_errors
+def queues() -> None:
+    """Show how many messages wait in every work queue and dead-letter queue."""
+    settings = load_settings()
+    table = Table(title=f"Queues on {_redacted(settings.require_broker())}")
+    table.add_column("Queue", style="bold", no_wrap=True)
+    table.add_column("Kind")
+    table.add_column("Messages", justify="right")
+    for depth in queue_depths(settings, REGISTRY):
+        style = "red" if depth.kind == "dead-letter" and depth.messages else None
+        table.add_row(depth.name, depth.kind, str(depth.messages), style=style)
+    _console().print(table)
+
+
+def _redacted(url: str) -> str:
+    # Titles end up in terminals and logs: never show the broker password.
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url))
+
+
+# --------------------------------------------------------------------------- dlq
+
+
+def _dead_letter_queues(settings: Settings) -> dict[str, TaskContract[Any, Any]]:
+    """Every DLQ name under the namespace, with one contract whose work queue feeds it."""
+    found: dict[str, TaskContract[Any, Any]] = {}
+    for contract in REGISTRY:
+        found.setdefault(dlq_name(queue_name(contract, settings.namespace)), contract)
+    return found
+
+
+def _resolve_dlq(settings: Settings, queue: str) -> tuple[str, TaskContract[Any, Any]]:
+    """The DLQ meant by ``queue``: a work queue or DLQ name, with or without the namespace."""
+    known = _dead_letter_queues(settings)
+    for candidate in (queue, settings.namespace + queue):
+        for name in (candidate, dlq_name(candidate)):
+            if name in known:
+                return name, known[name]
+    # Strict on purpose: on RabbitMQ a typo would otherwise declare a new, empty queue.
+    raise CliError(f"unknown queue {queue!r}; known dead-letter queues: {', '.join(known)}")
+
+
+def _truncate(text: str, limit: int = ERROR_PREVIEW_CHARS) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _task_kwargs(letter: DeadLetter) -> Any:
+    """The task's payload: the kwargs of a protocol v2 body, else the whole decoded body."""
+    body = letter.payload()
+    if isinstance(body, list) and len(body) == 3 and isinstance(body[1], dict):
+        return body[1]
+    return body
+
+
+@dlq_app.command("list")
+@_handle_errors
+def dlq_list(
+    queue: Annotated[
+        str | None, typer.Argument(help="Work queue or DLQ name; every DLQ when omitted.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Dead letters per queue.")] = 20,
+) -> None:
+    """List dead letters (oldest first) without removing them."""
+    settings = load_settings()
+    names = [_resolve_dlq(settings, queue)[0]] if queue else list(_dead_letter_queues(settings))
+    table = Table(title="Dead letters")
+    table.add_column("DLQ", no_wrap=True)
+    table.add_column("#", justify="right")
+    table.add_column("Task", style="bold", no_wrap=True)
+    table.add_column("Id", no_wrap=True)
+    table.add_column("Reason")
+    table.add_column("Error type")
+    table.add_column("Error")
+    table.add_column("Attempts", justify="right")
+    table.add_column("Failed at")
+    with connect(settings) as connection:
+        for name in names:
+            letters = DeadLetterQueue(connection, name, settings.namespace).peek(limit)
+            for index, letter in enumerate(letters):
+                table.add_row(
+                    name,
+                    str(index),
+                    letter.task or "?",
+                    letter.task_id or "?",
+                    letter.reason,
+                    letter.error_type,
+                    _truncate(letter.error),
+                    str(letter.attempts),
+                    letter.failed_at,
+                )
+    console = _console()
+    if table.row_count:
+        console.print(table)
+    else:
+        console.print(f"no dead letters in {', '.join(names)}", highlight=False)
+
+
+@dlq_app.command("show")
+@_handle_errors
+def dlq_show(
+    queue: Annotated[str, typer.Argument(help="Work queue or DLQ name.")],
+    index: Annotated[
+        int, typer.Option("--index", min=0, help="Position in the DLQ, 0 = oldest.")
+    ] = 0,
+) -> None:
+    """Show one dead letter in full: reason, error, payload and headers."""
+    settings = load_settings()
+    name, _ = _resolve_dlq(settings, queue)
+    with connect(settings) as connection:
+        letters = DeadLetterQueue(connection, name, settings.namespace).peek(index + 1)
+    if len(letters) <= index:
+        raise CliError(f"{name} holds {len(letters)} dead letters; there is none at index {index}")
+    letter = letters[index]
+    details = Table.grid(padding=(0, 2))
+    details.add_column(style="bold")
+    details.add_column()
+    for label, value in (
+        ("DLQ", name),
+        ("Task", letter.task or "?"),
+        ("Id", letter.task_id or "?"),
+        ("Queue", letter.queue),
+        ("Reason", letter.reason),
+        ("Error type", letter.error_type),
+        ("Error", letter.error),
+        ("Attempts", str(letter.attempts)),
+        ("Failed at", letter.failed_at),
+        ("Published at", letter.published_at),
+        ("Content type", letter.content_type),
+    ):
+        details.add_row(label, Text(value))
+    console = _console()
+    console.print(details)
+    console.rule("payload")
+    console.print_json(data=_task_kwargs(letter), default=str)
+    console.rule("headers")
+    console.print_json(data=letter.headers, default=str)
+
+
+@dlq_app.command("replay")
+@_handle_errors
+def dlq_replay(
+    queue: Annotated[str, typer.Argument(help="Work queue or DLQ name.")],
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Replay at most this many.")
+    ] = None,
+) -> None:
+    """Send dead letters back to their work queue with their retry count reset."""
+    settings = load_settings()
+    name, contract = _resolve_dlq(settings, queue)
+    with connect(settings) as connection:
+        target_queue = work_queue(contract, settings.namespace)
+        count = DeadLetterQueue(connection, name, settings.namespace).replay(target_queue, limit)
+    target = queue_name(contract, settings.namespace)
+    _console().print(f"replayed {count} dead letters from {name} to {target}", highlight=False)
+
+
+@dlq_app.command("purge")
+@_handle_errors
+def dlq_purge(
+    queue: Annotated[str, typer.Argument(help="Work queue or DLQ name.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete every dead letter of one DLQ."""
+    settings = load_settings()
+    name, _ = _resolve_dlq(settings, queue)
+    with connect(settings) as connection:
+        dead_letters = DeadLetterQueue(connection, name, settings.namespace)
+        if not yes:
+            typer.confirm(f"Delete all {dead_letters.depth()} dead letters of {name}?", abort=True)
+        count = dead_letters.purge()
+    _console().print(f"purged {count} dead letters from {name}", highlight=False)
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def worker_command(
+    service: str,
+    settings: Settings,
+    *,
+    concurrency: int | None = None,
+    pool: str = Pool.prefork.value,
+    loglevel: str = "INFO",
+    extra: list[str] | None = None,
+) -> list[str]:
+    """The ``celery worker`` argv of one service, consuming exactly its own queues.
+
+    Raises:
+        CliError: no contract belongs to ``service``.
+    """
+    services = REGISTRY.services()
+    if service not in services:
+        raise CliError(f"unknown service {service!r}; known services: {', '.join(services)}")
+    names = [q.name for q in queues_for_service(REGISTRY, service, settings.namespace)]
+    argv = [sys.executable, "-m", "celery", "-A", f"{service}.app", "worker"]
+    argv += ["-Q", ",".join(names), "--pool", pool, "--loglevel", loglevel]
+    # A per-service node name: two services on one host would otherwise both be celery@host.
+    argv += ["--hostname", f"{service}@%h"]
+    if concurrency is not None:
+        argv += ["--concurrency", str(concurrency)]
+    return argv + list(extra or [])
+
+
+def _module_exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@app.command()
+@_handle_errors
+def worker(
+    service: Annotated[str, typer.Argument(help="Service name, e.g. notifier.")],
+    extra: Annotated[
+        list[str] | None, typer.Argument(help="Extra celery worker arguments, after --.")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-c", min=1, help="Worker processes.")
+    ] = None,
+    pool: Annotated[Pool, typer.Option("--pool", "-P", help="Celery pool.")] = Pool.prefork,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log level.")] = "INFO",
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the command instead of running it.")
+    ] = False,
+) -> None:
+    """Run a service's Celery worker on exactly the queues of its contracts."""
+    settings = load_settings()
+    argv = worker_command(
+        service,
+        settings,
+        concurrency=concurrency,
+        pool=pool.value,
+        loglevel=loglevel,
+        extra=extra,
+    )
+    if print_only:
+        # Plain echo: Rich would wrap a long command line and break copy-paste.
+        typer.echo(shlex.join(argv))
+        return
+    if not _module_exists(f"{service}.app"):
+        raise CliError(f"module {service}.app not found: is the {service} service installed?")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(argv[0], argv)
+
+
+def main() -> None:
+    """Entry point of the ``tasklane`` console script."""
+    app()

@@ -1,0 +1,97 @@
+"""A Celery consumer that dead-letters what stock Celery would drop.
+
+Celery acknowledges (and so loses) messages it cannot decode, and rejects unknown tasks and
+malformed messages, which on Redis also loses them. This consumer writes each of them to the DLQ of
+the queue it came from, with the reason, before acknowledging; the worker keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import bootsteps, signals
+from celery.exceptions import NotRegistered
+from celery.worker.consumer import Consumer
+from kombu.entity import Queue
+
+from tasklane.deadletter import dead_letter_headers, send_to_dlq
+from tasklane.routing import dead_letter_exchange
+
+logger = logging.getLogger(__name__)
+
+
+class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+    """Stock consumer plus dead-lettering of undecodable, unknown and invalid messages."""
+
+    def _dead_letter(self, message: Any, reason: str, exc: BaseException | None) -> None:
+        queue = (message.delivery_info or {}).get("routing_key") or "unknown"
+        headers = dead_letter_headers(
+            dict(message.headers or {}),
+            queue=queue,
+            reason=reason,
+            error_type=type(exc).__name__ if exc else "UnknownMessage",
+            error=str(exc) if exc else "message is not a Celery task message",
+            attempts=1,
+            worker=self.hostname,
+        )
+        try:
+            with self.app.producer_or_acquire() as producer:
+                send_to_dlq(
+                    producer,
+                    queue=queue,
+                    namespace=self.app.conf.get("tasklane_namespace", ""),
+                    body=message.body,
+                    content_type=message.content_type,
+                    content_encoding=message.content_encoding,
+                    headers=headers,
+                    properties=dict(message.properties or {}),
+                )
+        except Exception:
+            # Could not store it: hand it back to the broker rather than lose it.
+            logger.exception("could not dead-letter a %s message; rejecting it", reason)
+            message.reject_log_error(logger, self.connection_errors)
+            return
+        message.ack_log_error(logger, self.connection_errors)
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        """Undecodable body or refused content type (pickle): dead-letter, never deserialize."""
+        logger.error("refused message with content type %r: %s", message.content_type, exc)
+        self._dead_letter(message, "undecodable", exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        """A message without task headers."""
+        logger.error("message without a task name: %r", message.headers)
+        self._dead_letter(message, "unknown-message", None)
+        signals.task_rejected.send(sender=self, message=message, exc=None)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        """A task name this worker does not implement: dead-letter and mark the result failed."""
+        headers = message.headers or {}
+        name, task_id = headers.get("task"), headers.get("id")
+        logger.error("unknown task %r (id %s)", name, task_id)
+        self._dead_letter(message, "unknown-task", NotRegistered(name))
+        if task_id:
+            self.app.backend.mark_as_failure(task_id, NotRegistered(name))
+        signals.task_unknown.send(sender=self, message=message, exc=exc, name=name, id=task_id)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        """A message whose structure is not a valid task message."""
+        logger.error("invalid task message: %s", exc)
+        self._dead_letter(message, "invalid-message", exc)
+        signals.task_rejected.send(sender=self, message=message, exc=exc)
+
+
+class DeclareDeadLetterQueues(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Declare the service's DLQs at start-up, so RabbitMQ's dead-lettering has a destination
+    even before the first failure."""
+
+    requires = ("celery.worker.consumer.connection:Connection",)
+
+    def start(self, c: Consumer) -> None:
+        namespace = c.app.conf.get("tasklane_namespace", "")
+        exchange = dead_letter_exchange(namespace)
+        with c.app.connection_for_write() as connection:
+            channel = connection.default_channel
+            for name in c.app.conf.get("tasklane_dead_letter_queues", []):
+                Queue(name, exchange, routing_key=name, durable=True).bind(channel).declare()

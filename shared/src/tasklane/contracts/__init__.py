@@ -1,0 +1,37 @@
+"""Task contracts: the single source of truth for names, queues, payloads and policies."""
+
+from __future__ import annotations
+
+from tasklane.contracts.base import (
+    ContractRegistry,
+    Payload,
+    Result,
+    RetryPolicy,
+    TaskContract,
+)
+from tasklane.contracts.notifier import (
+    SEND_EMAIL,
+    SEND_IM,
+    EmailPayload,
+    EmailResult,
+    IMPayload,
+    IMResult,
+)
+
+#: Every contract of the platform. Services and publishers read this registry.
+REGISTRY = ContractRegistry((SEND_EMAIL, SEND_IM))
+
+__all__ = [
+    "ContractRegistry",
+    "EmailPayload",
+    "EmailResult",
+    "IMPayload",
+    "IMResult",
+    "Payload",
+    "REGISTRY",
+    "Result",
+    "RetryPolicy",
+    "SEND_EMAIL",
+    "SEND_IM",
+    "TaskContract",
+]

@@ -1,0 +1,250 @@
+"""Dead-letter queues: write a failed message with its reason, then list, replay or purge."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kombu.connection import Connection
+from kombu.entity import Queue
+from kombu.messaging import Producer
+
+from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, PUBLISHED_AT
+from tasklane.routing import DLQ_SUFFIX, dead_letter_exchange, dlq_name
+
+#: Headers Tasklane adds to a dead-lettered message. Replay removes them.
+REASON = "x-tasklane-reason"
+ERROR_TYPE = "x-tasklane-error-type"
+ERROR = "x-tasklane-error"
+ATTEMPTS = "x-tasklane-attempts"
+FAILED_AT = "x-tasklane-failed-at"
+ORIGINAL_QUEUE = "x-tasklane-queue"
+WORKER = "x-tasklane-worker"
+DEAD_LETTER_HEADERS = (REASON, ERROR_TYPE, ERROR, ATTEMPTS, FAILED_AT, ORIGINAL_QUEUE, WORKER)
+
+MAX_ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Why a message was dead-lettered, and the message itself."""
+
+    queue: str
+    reason: str
+    error_type: str
+    error: str
+    attempts: int
+    body: bytes
+    content_type: str
+    content_encoding: str
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+
+    @property
+    def task(self) -> str | None:
+        """The task name, when the message carried one."""
+        value = self.headers.get("task")
+        return str(value) if value is not None else None
+
+    @property
+    def task_id(self) -> str | None:
+        """The task id, when the message carried one."""
+        value = self.headers.get("id")
+        return str(value) if value is not None else None
+
+    @property
+    def failed_at(self) -> str:
+        """When the message was dead-lettered (ISO 8601, UTC)."""
+        return str(self.headers.get(FAILED_AT, ""))
+
+    @property
+    def published_at(self) -> str:
+        """When the message was first published (ISO 8601, UTC), when known."""
+        value = self.headers.get(PUBLISHED_AT)
+        if not isinstance(value, int | float):
+            return ""
+        return datetime.fromtimestamp(value, UTC).isoformat()
+
+    def payload(self) -> Any:
+        """The decoded body when it is JSON, else the raw text (never unpickled)."""
+        text = self.body.decode(self.content_encoding or "utf-8", errors="replace")
+        if self.content_type == CONTENT_TYPE:
+            try:
+                return json.loads(text)
+            except ValueError:
+                return text
+        return text
+
+
+def dead_letter_headers(
+    original: dict[str, Any] | None,
+    *,
+    queue: str,
+    reason: str,
+    error_type: str,
+    error: str,
+    attempts: int,
+    worker: str = "",
+) -> dict[str, Any]:
+    """The original headers plus Tasklane's dead-letter reason headers."""
+    headers = dict(original or {})
+    headers.update(
+        {
+            REASON: reason,
+            ERROR_TYPE: error_type,
+            ERROR: error[:MAX_ERROR_CHARS],
+            ATTEMPTS: attempts,
+            FAILED_AT: datetime.now(UTC).isoformat(),
+            ORIGINAL_QUEUE: queue,
+            WORKER: worker,
+        }
+    )
+    headers.setdefault(PUBLISHED_AT, time.time())
+    return headers
+
+
+def send_to_dlq(
+    producer: Producer,
+    *,
+    queue: str,
+    namespace: str,
+    body: bytes | str,
+    content_type: str | None,
+    content_encoding: str | None,
+    headers: dict[str, Any],
+    properties: dict[str, Any] | None = None,
+) -> None:
+    """Publish one dead letter to the DLQ of ``queue`` (declared on the way)."""
+    dlq = Queue(dlq_name(queue), dead_letter_exchange(namespace), routing_key=dlq_name(queue))
+    props = {k: v for k, v in (properties or {}).items() if k in ("correlation_id", "reply_to")}
+    producer.publish(
+        body,
+        exchange=dead_letter_exchange(namespace),
+        routing_key=dlq.routing_key,
+        declare=[dlq],
+        content_type=content_type or "application/octet-stream",
+        content_encoding=content_encoding or "binary",
+        headers=headers,
+        delivery_mode=2,
+        retry=True,
+        **props,
+    )
+
+
+def _from_message(queue: str, message: Any) -> DeadLetter:
+    headers = dict(message.headers or {})
+    raw = message.body
+    body = raw if isinstance(raw, bytes) else str(raw).encode()
+    return DeadLetter(
+        queue=str(headers.get(ORIGINAL_QUEUE, queue.removesuffix(DLQ_SUFFIX))),
+        reason=str(headers.get(REASON, "rejected by the broker")),
+        error_type=str(headers.get(ERROR_TYPE, "")),
+        error=str(headers.get(ERROR, _x_death(headers))),
+        attempts=int(headers.get(ATTEMPTS, 0) or 0),
+        body=body,
+        content_type=message.content_type or "",
+        content_encoding=message.content_encoding or "",
+        headers=headers,
+        properties=dict(message.properties or {}),
+    )
+
+
+def _x_death(headers: dict[str, Any]) -> str:
+    # RabbitMQ's native dead-lettering records why in x-death; show it when Tasklane wrote nothing.
+    deaths = headers.get("x-death") or []
+    if deaths and isinstance(deaths[0], dict):
+        return f"{deaths[0].get('reason', '')} from {deaths[0].get('queue', '')}"
+    return ""
+
+
+class DeadLetterQueue:
+    """Operations on one DLQ over a Kombu connection."""
+
+    def __init__(self, connection: Connection, dlq: str, namespace: str = "") -> None:
+        self.connection = connection
+        self.name = dlq
+        self.namespace = namespace
+
+    def _queue(self) -> Queue:
+        return Queue(self.name, dead_letter_exchange(self.namespace), routing_key=self.name)
+
+    def depth(self) -> int:
+        """Messages waiting in the DLQ (without creating it)."""
+        from tasklane.inspect import depths
+
+        return depths(self.connection, [self.name])[0]
+
+    def peek(self, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters, oldest first, left in the queue."""
+        with self.connection.channel() as channel:
+            if self.connection.transport.driver_type == "redis":
+                # Kombu pushes on the left and consumes from the right: the right end is oldest.
+                raw = channel.client.lrange(self.name, -limit, -1)
+                return [
+                    _from_message(self.name, channel.Message(json.loads(item), channel=channel))
+                    for item in reversed(raw)
+                ]
+            queue = self._queue().bind(channel)
+            queue.declare()
+            letters: list[DeadLetter] = []
+            while len(letters) < limit:
+                message = queue.get(no_ack=False, accept=None)
+                if message is None:
+                    break
+                letters.append(_from_message(self.name, message))
+            # RabbitMQ puts unacknowledged messages back in their place when the channel closes.
+            return letters
+
+    def drain(self, limit: int | None = None) -> Iterator[tuple[DeadLetter, Any]]:
+        """Take dead letters one by one; the caller acks each message it has handled."""
+        with self.connection.channel() as channel:
+            queue = self._queue().bind(channel)
+            queue.declare()
+            taken = 0
+            while limit is None or taken < limit:
+                message = queue.get(no_ack=False, accept=None)
+                if message is None:
+                    return
+                taken += 1
+                yield _from_message(self.name, message), message
+
+    def replay(self, target: Queue, limit: int | None = None) -> int:
+        """Send dead letters back to ``target``, reason headers removed, retries reset.
+
+        The target is declared first: RabbitMQ would drop a message sent to a missing queue, and
+        each dead letter is acknowledged right after it was sent.
+        """
+        count = 0
+        with self.connection.channel() as out_channel:
+            target.bind(out_channel).declare()
+            producer = Producer(out_channel)
+            for letter, message in self.drain(limit):
+                headers = {k: v for k, v in letter.headers.items() if k not in DEAD_LETTER_HEADERS}
+                headers.pop("x-death", None)
+                if "retries" in headers:
+                    headers["retries"] = 0
+                producer.publish(
+                    letter.body,
+                    exchange="",
+                    routing_key=target.name,
+                    content_type=letter.content_type or CONTENT_TYPE,
+                    content_encoding=letter.content_encoding or CONTENT_ENCODING,
+                    headers=headers,
+                    delivery_mode=2,
+                    correlation_id=letter.properties.get("correlation_id"),
+                    priority=letter.properties.get("priority", 0) or 0,
+                )
+                message.ack()
+                count += 1
+        return count
+
+    def purge(self) -> int:
+        """Delete every dead letter; returns how many there were."""
+        with self.connection.channel() as channel:
+            queue = self._queue().bind(channel)
+            queue.declare()
+            return int(queue.purge() or 0)

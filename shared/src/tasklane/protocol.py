@@ -1,0 +1,86 @@
+"""Celery task message protocol v2 in JSON: what goes on the wire for one task.
+
+Documented for non-Python publishers in ``docs/protocol.md``; every Tasklane publisher path and the
+dead-letter tools build messages through these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+CONTENT_TYPE = "application/json"
+CONTENT_ENCODING = "utf-8"
+
+#: Header carrying the publish time (Unix seconds) for queue-wait measurements.
+PUBLISHED_AT = "x-tasklane-published-at"
+
+_EMBED: dict[str, None] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """One encoded task message: body bytes, headers and AMQP properties."""
+
+    task_id: str
+    body: bytes
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+
+
+def encode_body(kwargs: dict[str, Any], args: list[Any] | None = None) -> bytes:
+    """The protocol v2 body: ``[args, kwargs, embed]`` as UTF-8 JSON."""
+    return json.dumps([args or [], kwargs, _EMBED], separators=(",", ":")).encode()
+
+
+def task_headers(
+    name: str,
+    task_id: str,
+    *,
+    retries: int = 0,
+    root_id: str | None = None,
+    parent_id: str | None = None,
+    kwargsrepr: str = "",
+    published_at: float | None = None,
+) -> dict[str, Any]:
+    """The protocol v2 headers of one task message."""
+    return {
+        "lang": "py",
+        "task": name,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": retries,
+        "timelimit": [None, None],
+        "root_id": root_id or task_id,
+        "parent_id": parent_id,
+        "argsrepr": "()",
+        "kwargsrepr": kwargsrepr,
+        "origin": _ORIGIN,
+        "ignore_result": False,
+        PUBLISHED_AT: time.time() if published_at is None else published_at,
+    }
+
+
+def task_message(
+    name: str, task_id: str, kwargs: dict[str, Any], *, priority: int = 0
+) -> TaskMessage:
+    """Encode one task call; ``kwargs`` must already be JSON-compatible."""
+    body = encode_body(kwargs)
+    headers = task_headers(name, task_id, kwargsrepr=_short_repr(body))
+    properties = {"correlation_id": task_id, "priority": priority}
+    return TaskMessage(task_id, body, headers, properties)
+
+
+def _short_repr(body: bytes, limit: int = 512) -> str:
+    # Flower and `celery inspect` show kwargsrepr; cap it so large payloads do not bloat headers.
+    text = body.decode()
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,301 @@
+"""The publisher: validate a payload against its contract, route it and send it by task name.
+
+Upstream services use this module alone; it never imports worker code.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Generic, TypeVar, overload
+
+from celery import Celery
+from celery.result import AsyncResult
+from kombu.connection import Connection
+from kombu.messaging import Producer
+from pydantic import BaseModel, ValidationError
+
+from tasklane.broker import connect
+from tasklane.contracts import REGISTRY, ContractRegistry, TaskContract
+from tasklane.errors import (
+    PayloadTooLargeError,
+    PayloadValidationError,
+    TaskFailedError,
+)
+from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, TaskMessage, task_message
+from tasklane.routing import MAX_PRIORITY, dead_letter_queue, queue_name, work_queue
+from tasklane.settings import Settings, load_settings
+
+PayloadT = TypeVar("PayloadT", bound=BaseModel)
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
+
+
+def describe_validation_error(exc: ValidationError) -> list[str]:
+    """One ``field: message`` line per problem, the field path dotted (``to.0: ...``)."""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "payload"
+        lines.append(f"{field}: {err['msg']}")
+    return lines
+
+
+def validate_payload(
+    contract: TaskContract[PayloadT, Any], payload: BaseModel | Mapping[str, Any]
+) -> PayloadT:
+    """The payload as its contract's model, or :class:`PayloadValidationError` naming the fields."""
+    if isinstance(payload, contract.payload):
+        return payload
+    data = payload.model_dump() if isinstance(payload, BaseModel) else payload
+    try:
+        return contract.payload.model_validate(data)
+    except ValidationError as exc:
+        raise PayloadValidationError(contract.name, describe_validation_error(exc)) from None
+
+
+class TaskHandle(Generic[ResultT]):
+    """A published task: its id, whether it finished, and its typed result."""
+
+    def __init__(self, task_id: str, contract: TaskContract[Any, ResultT], results: Celery) -> None:
+        self.id = task_id
+        self.contract = contract
+        self._results = results
+
+    def __repr__(self) -> str:
+        return f"<TaskHandle {self.contract.name} {self.id}>"
+
+    @property
+    def _async(self) -> AsyncResult:
+        return AsyncResult(self.id, app=self._results)
+
+    @property
+    def state(self) -> str:
+        """Celery's state name: PENDING, STARTED, RETRY, SUCCESS or FAILURE."""
+        return str(self._async.state)
+
+    def ready(self) -> bool:
+        """Whether the task has finished (succeeded or failed for good)."""
+        return bool(self._async.ready())
+
+    def get(self, timeout: float | None = 30.0) -> ResultT:
+        """Wait for the result and return it as the contract's result model.
+
+        Raises:
+            TaskFailedError: the task failed; its error type and text are attached.
+            TimeoutError: no result within ``timeout`` seconds.
+        """
+        async_result = self._async
+        try:
+            value = async_result.get(timeout=timeout, propagate=False, disable_sync_subtasks=False)
+        except Exception as exc:  # celery.exceptions.TimeoutError is not a builtin subclass
+            if type(exc).__name__ == "TimeoutError":
+                raise TimeoutError(
+                    f"{self.contract.name} {self.id}: no result in {timeout}s"
+                ) from None
+            raise
+        if async_result.state != "SUCCESS":
+            raise TaskFailedError(self.id, type(value).__name__, str(value))
+        return self.contract.result.model_validate(value)
+
+
+class Publisher:
+    """Publishes contract tasks over one broker connection; thread-safe, reuse it.
+
+    Args:
+        settings: platform settings; read from the environment when omitted.
+        registry: the contracts this publisher knows.
+    """
+
+    def __init__(
+        self, settings: Settings | None = None, *, registry: ContractRegistry = REGISTRY
+    ) -> None:
+        self.settings = settings or load_settings()
+        self.registry = registry
+        self._connection: Connection = connect(self.settings)
+        self._producer: Producer | None = None
+        self._declared: set[str] = set()
+        self._lock = threading.Lock()
+        self._results = Celery(
+            "tasklane-publisher",
+            set_as_current=False,
+            broker=self.settings.broker_url,
+            backend=self.settings.result_backend,
+        )
+        self._results.conf.update(accept_content=["json"], result_accept_content=["json"])
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the broker connection."""
+        with self._lock:
+            self._producer = None
+            self._declared.clear()
+            self._connection.release()
+        self._results.close()
+
+    def contract(
+        self, task: str | TaskContract[PayloadT, ResultT]
+    ) -> TaskContract[PayloadT, ResultT]:
+        """The contract of a task given by name or contract."""
+        if isinstance(task, TaskContract):
+            return task
+        return self.registry[task]
+
+    @overload
+    def publish(
+        self,
+        task: TaskContract[PayloadT, ResultT],
+        payload: PayloadT | Mapping[str, Any],
+        *,
+        task_id: str | None = None,
+        priority: int | None = None,
+    ) -> TaskHandle[ResultT]: ...
+
+    @overload
+    def publish(
+        self,
+        task: str,
+        payload: BaseModel | Mapping[str, Any],
+        *,
+        task_id: str | None = None,
+        priority: int | None = None,
+    ) -> TaskHandle[Any]: ...
+
+    def publish(
+        self,
+        task: str | TaskContract[Any, Any],
+        payload: BaseModel | Mapping[str, Any],
+        *,
+        task_id: str | None = None,
+        priority: int | None = None,
+    ) -> TaskHandle[Any]:
+        """Validate, route and send one task.
+
+        Raises:
+            UnknownContractError: no contract of that name.
+            PayloadValidationError: the payload breaks the contract (the message names the field).
+        """
+        contract = self.contract(task)
+        message = self._encode(contract, payload, task_id, priority)
+        with self._lock:
+            producer = self._producer_for(contract)
+            self._send(producer, contract, message, retry=True)
+        return TaskHandle(message.task_id, contract, self._results)
+
+    def publish_many(
+        self,
+        task: str | TaskContract[Any, ResultT],
+        payloads: Iterable[BaseModel | Mapping[str, Any]],
+        *,
+        batch_size: int = 1000,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[TaskHandle[ResultT]]:
+        """Validate every payload first, then send them all in pipelined batches.
+
+        Nothing is sent when any payload is invalid: the error names its index and field.
+        """
+        contract = self.contract(task)
+        messages = []
+        for index, payload in enumerate(payloads):
+            try:
+                messages.append(self._encode(contract, payload, None, None))
+            except PayloadValidationError as exc:
+                raise type(exc)(contract.name, [f"[{index}] {e}" for e in exc.errors]) from None
+        with self._lock:
+            producer = self._producer_for(contract)
+            for start in range(0, len(messages), batch_size):
+                chunk = messages[start : start + batch_size]
+                with producer.batch(max_size=batch_size):
+                    for message in chunk:
+                        self._send(producer, contract, message, retry=False)
+                if progress is not None:
+                    progress(len(chunk))
+        return [TaskHandle(m.task_id, contract, self._results) for m in messages]
+
+    def _encode(
+        self,
+        contract: TaskContract[Any, Any],
+        payload: BaseModel | Mapping[str, Any],
+        task_id: str | None,
+        priority: int | None,
+    ) -> TaskMessage:
+        model = validate_payload(contract, payload)
+        level = contract.priority if priority is None else priority
+        message = task_message(
+            contract.name,
+            task_id or str(uuid.uuid4()),
+            model.model_dump(mode="json"),
+            # Contracts use AMQP's order (9 most urgent); Kombu's Redis lists serve 0 first.
+            priority=MAX_PRIORITY - level if self.settings.broker_is_redis else level,
+        )
+        if len(message.body) > self.settings.max_payload_bytes:
+            raise PayloadTooLargeError(
+                contract.name,
+                [
+                    f"payload: {len(message.body)} bytes, over the limit of "
+                    f"{self.settings.max_payload_bytes} (TASKLANE_MAX_PAYLOAD_BYTES)"
+                ],
+            )
+        return message
+
+    def _producer_for(self, contract: TaskContract[Any, Any]) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(self._connection.default_channel)
+        name = queue_name(contract, self.settings.namespace)
+        if name not in self._declared:
+            # Declaring before the first publish means no message is dropped by RabbitMQ
+            # before any worker of the service has started.
+            for queue in (
+                work_queue(contract, self.settings.namespace),
+                dead_letter_queue(contract, self.settings.namespace),
+            ):
+                queue.bind(self._producer.channel).declare()
+            self._declared.add(name)
+        return self._producer
+
+    def _send(
+        self,
+        producer: Producer,
+        contract: TaskContract[Any, Any],
+        message: TaskMessage,
+        *,
+        retry: bool,
+    ) -> None:
+        producer.publish(
+            message.body,
+            exchange="",
+            routing_key=queue_name(contract, self.settings.namespace),
+            content_type=CONTENT_TYPE,
+            content_encoding=CONTENT_ENCODING,
+            headers=message.headers,
+            delivery_mode=2,
+            retry=retry,
+            retry_policy=_RETRY_POLICY,
+            **message.properties,
+        )
+
+
+def publish(
+    task: str | TaskContract[Any, ResultT],
+    payload: BaseModel | Mapping[str, Any],
+    *,
+    settings: Settings | None = None,
+) -> TaskHandle[ResultT]:
+    """Publish one task with a short-lived :class:`Publisher` (long-running code keeps one)."""
+    publisher = Publisher(settings)
+    try:
+        return publisher.publish(task, payload)
+    finally:
+        publisher.close()

@@ -1,0 +1,140 @@
+"""Typed settings read from ``TASKLANE_*`` environment variables."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasklane.errors import SettingsError
+
+BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp"})
+REDIS_SCHEMES = frozenset({"redis", "rediss"})
+_NAMESPACE = re.compile(r"^([a-z0-9][a-z0-9\-]*\.)?$")
+
+
+def _scheme(url: str) -> str:
+    return urlsplit(url).scheme.lower()
+
+
+def is_redis_url(url: str | None) -> bool:
+    """Whether ``url`` points at Redis or Valkey."""
+    return url is not None and _scheme(url) in REDIS_SCHEMES
+
+
+class Settings(BaseSettings):
+    """Platform settings shared by every service, the publisher and the CLI.
+
+    Each field reads ``TASKLANE_<FIELD>``; the broker also falls back to ``REDIS_URL``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TASKLANE_", extra="ignore", frozen=True)
+
+    broker_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TASKLANE_BROKER_URL", "REDIS_URL", "broker_url"),
+        description="redis://, rediss:// or amqp:// URL of the broker.",
+    )
+    result_backend: str | None = Field(
+        default=None, description="Redis URL for results; defaults to a Redis broker's URL."
+    )
+    state_url: str | None = Field(
+        default=None,
+        description="Redis URL for idempotency records; defaults to the result backend.",
+    )
+    namespace: str = Field(
+        default="",
+        description="Prefix of every queue name ending in a dot, like 'staging.'; empty for none.",
+    )
+    prefetch_multiplier: int = Field(default=1, ge=1, le=256)
+    visibility_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Redis visibility timeout in seconds; derived from the longest time limit.",
+    )
+    result_expires: int = Field(default=86_400, ge=60, description="Seconds results are kept.")
+    idempotency_ttl: int = Field(
+        default=7 * 86_400, ge=60, description="Seconds a delivered idempotency key is remembered."
+    )
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
+    timezone: str = "UTC"
+    task_events: bool = True
+    worker_concurrency: int | None = Field(default=None, ge=1)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker(cls, value: str | None) -> str | None:
+        if value is not None and _scheme(value) not in BROKER_SCHEMES:
+            raise ValueError(
+                f"unsupported broker scheme {_scheme(value)!r}; use one of {sorted(BROKER_SCHEMES)}"
+            )
+        return value
+
+    @field_validator("result_backend", "state_url")
+    @classmethod
+    def _check_redis(cls, value: str | None) -> str | None:
+        if value is not None and _scheme(value) not in REDIS_SCHEMES:
+            raise ValueError(f"must be a redis:// or rediss:// URL, got {_scheme(value)!r}")
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if not _NAMESPACE.match(value):
+            raise ValueError("must be empty or lowercase words ending in a dot, like 'staging.'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _derive_backends(self) -> Settings:
+        # Frozen model: derived defaults are written once, here, through object.__setattr__.
+        if self.result_backend is None and is_redis_url(self.broker_url):
+            object.__setattr__(self, "result_backend", self.broker_url)
+        if self.state_url is None:
+            object.__setattr__(self, "state_url", self.result_backend)
+        return self
+
+    def require_broker(self) -> str:
+        """The broker URL, or a clear error naming the variable to set."""
+        if self.broker_url is None:
+            raise SettingsError("no broker configured: set TASKLANE_BROKER_URL (or REDIS_URL)")
+        return self.broker_url
+
+    def require_state(self) -> str:
+        """The Redis URL for idempotency records, or a clear error."""
+        if self.state_url is None:
+            raise SettingsError(
+                "no Redis for results and idempotency: set TASKLANE_RESULT_BACKEND "
+                "(required when the broker is not Redis)"
+            )
+        return self.state_url
+
+    @property
+    def broker_is_redis(self) -> bool:
+        """Whether the broker is Redis (or Valkey)."""
+        return is_redis_url(self.broker_url)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, turning validation errors into one clear message."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"TASKLANE_{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None

@@ -1,0 +1,207 @@
+"""Local SMTP and webhook sinks that record what they receive (demo and tests).
+
+Needs the ``local`` extra (aiosmtpd).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ReceivedMail:
+    """One message as the SMTP server accepted it."""
+
+    sender: str
+    recipients: list[str]
+    message: EmailMessage
+
+
+class SmtpSink:
+    """An aiosmtpd server on 127.0.0.1 that keeps every accepted message.
+
+    Args:
+        before_data: called with the envelope's recipients before the DATA reply; tests use it to
+            stall or fail a delivery. Return an SMTP reply string to refuse, ``None`` to accept.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        before_data: Callable[[list[str]], str | None] | None = None,
+    ) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.port = port or free_port()
+        self.messages: list[ReceivedMail] = []
+        self._lock = threading.Lock()
+        self._before_data = before_data
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        """aiosmtpd hook: record the message unless ``before_data`` refuses it."""
+        if self._before_data is not None:
+            refusal = self._before_data(list(envelope.rcpt_tos))
+            if refusal is not None:
+                return refusal
+        parsed = message_from_bytes(envelope.content, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        with self._lock:
+            self.messages.append(ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), parsed))
+        return "250 Message accepted for delivery"
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[ReceivedMail]:
+        """Block until ``count`` messages arrived; returns them all."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.messages) >= count:
+                    return list(self.messages)
+            time.sleep(0.02)
+        raise TimeoutError(f"SMTP sink holds {len(self.messages)} of {count} messages")
+
+    def start(self) -> SmtpSink:
+        """Start serving; returns self."""
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._controller.stop()
+
+    def __enter__(self) -> SmtpSink:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    """One HTTP request as the webhook sink saw it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    received_at: float = field(default_factory=time.monotonic)
+
+    def json(self) -> Any:
+        """The body decoded as JSON."""
+        return json.loads(self.body)
+
+
+@dataclass
+class Reply:
+    """A scripted answer of the webhook sink."""
+
+    status: int = 200
+    body: bytes = b'{"errcode":0,"errmsg":"ok"}'
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+class WebhookSink:
+    """A threaded HTTP server on 127.0.0.1 that records requests and answers from a script.
+
+    Replies queued with :meth:`script` are used in order; after that every request gets 200.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[ReceivedRequest] = []
+        self._replies: list[Reply] = []
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                reply = sink._next_reply()
+                if reply.delay:
+                    time.sleep(reply.delay)
+                with sink._lock:
+                    sink.requests.append(
+                        ReceivedRequest("POST", self.path, dict(self.headers.items()), body)
+                    )
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # keep test and demo output readable
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the sink."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def script(self, *replies: Reply) -> None:
+        """Queue replies for the next requests."""
+        with self._lock:
+            self._replies.extend(replies)
+
+    def _next_reply(self) -> Reply:
+        with self._lock:
+            return self._replies.pop(0) if self._replies else Reply()
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[ReceivedRequest]:
+        """Block until ``count`` requests arrived; returns them all."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.requests) >= count:
+                    return list(self.requests)
+            time.sleep(0.02)
+        raise TimeoutError(f"webhook sink holds {len(self.requests)} of {count} requests")
+
+    def start(self) -> WebhookSink:
+        """Start serving; returns self."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> WebhookSink:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,229 @@
+"""The worker side of a contract: a Celery task base that validates, retries and dead-letters.
+
+A service implements a contract with :func:`implement`; its function takes the payload model
+and returns the result model, and knows nothing of Celery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any, TypeVar
+
+import redis
+from celery import Celery, Task
+from celery.exceptions import Retry
+from pydantic import BaseModel, ValidationError
+
+from tasklane.contracts import TaskContract
+from tasklane.deadletter import dead_letter_headers, send_to_dlq
+from tasklane.errors import PayloadValidationError, PermanentError, TransientError
+from tasklane.idempotency import IdempotencyStore
+from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, encode_body, task_headers
+from tasklane.publish import describe_validation_error
+from tasklane.routing import queue_name
+from tasklane.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PayloadT = TypeVar("PayloadT", bound=BaseModel)
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+#: Seconds a second publish of a key waits before checking again whether the first one finished.
+BUSY_RETRY_DELAY = 5.0
+
+
+class InvalidPayloadError(PermanentError):
+    """A message reached the worker with a payload that breaks its contract."""
+
+
+class RetriesExhaustedError(PermanentError):
+    """A retryable error persisted through every retry the policy allows."""
+
+
+class ContractTask(Task):  # type: ignore[misc]
+    """Celery task bound to a :class:`TaskContract`."""
+
+    contract: TaskContract[Any, Any]
+    implementation: Callable[[Any], BaseModel]
+    settings: Settings
+    typing = False  # the payload model checks arguments, with better errors
+
+    @cached_property
+    def idempotency(self) -> IdempotencyStore:
+        """This process's idempotency store (created after the pool forks)."""
+        client = redis.Redis.from_url(self.settings.require_state())
+        return IdempotencyStore(
+            client, namespace=self.settings.namespace, done_ttl=self.settings.idempotency_ttl
+        )
+
+    def execute(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Validate, run once per idempotency key, and retry or fail per the contract."""
+        payload = self.validate(args, kwargs)
+        key = self.contract.idempotency_value(payload.model_dump())
+        task_id = self.request.id
+        if key is not None:
+            claim = self.idempotency.begin(
+                self.contract.name, key, task_id, claim_ttl=self.contract.time_limit + 30
+            )
+            if claim.state == "done":
+                return self._deduplicated(claim.result)
+            if claim.state == "busy":
+                raise self.retry(
+                    exc=TransientError(f"idempotency key held by task {claim.owner}"),
+                    countdown=BUSY_RETRY_DELAY,
+                    max_retries=None,
+                )
+        try:
+            result = self.implementation(payload).model_dump(mode="json")
+        except Exception as exc:
+            if key is not None:
+                self.idempotency.release(self.contract.name, key, task_id)
+            self._retry_or_raise(exc)
+            raise
+        if key is not None:
+            self.idempotency.complete(self.contract.name, key, task_id, result)
+        return result
+
+    def validate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BaseModel:
+        """The payload model from the message's arguments, or :class:`InvalidPayloadError`."""
+        if args:
+            raise InvalidPayloadError(
+                f"{self.contract.name} takes the payload as keyword arguments, got {len(args)} "
+                "positional argument(s)"
+            )
+        size = len(encode_body(kwargs))
+        if size > self.settings.max_payload_bytes:
+            raise InvalidPayloadError(
+                f"payload: {size} bytes, over the limit of {self.settings.max_payload_bytes}"
+            )
+        try:
+            payload: BaseModel = self.contract.payload.model_validate(kwargs)
+            return payload
+        except ValidationError as exc:
+            problems = describe_validation_error(exc)
+            raise InvalidPayloadError(
+                str(PayloadValidationError(self.contract.name, problems))
+            ) from None
+
+    def _retry_or_raise(self, exc: Exception) -> None:
+        policy = self.contract.retry
+        if not policy.retries(exc):
+            return
+        done = self.request.retries
+        if done >= policy.max_retries:
+            raise RetriesExhaustedError(
+                f"gave up after {done + 1} attempts: {type(exc).__name__}: {exc}"
+            ) from exc
+        retry_after = getattr(exc, "retry_after", None)
+        countdown = policy.delay(done, retry_after)
+        logger.warning(
+            "%s[%s] attempt %d failed (%s: %s); retrying in %.1fs",
+            self.contract.name,
+            self.request.id,
+            done + 1,
+            type(exc).__name__,
+            exc,
+            countdown,
+        )
+        raise self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries)
+
+    def _deduplicated(self, stored: Any) -> Any:
+        result = json.loads(stored) if isinstance(stored, str) else stored
+        if isinstance(result, dict) and "deduplicated" in self.contract.result.model_fields:
+            result["deduplicated"] = True
+        return result
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Every final failure lands in the queue's DLQ with the original payload and the reason."""
+        if isinstance(exc, Retry):
+            return
+        reason = _reason(exc)
+        queue = queue_name(self.contract, self.settings.namespace)
+        request = self.request
+        headers = task_headers(
+            self.contract.name,
+            task_id,
+            retries=request.retries or 0,
+            root_id=request.root_id,
+            parent_id=request.parent_id,
+        )
+        original = getattr(request, "headers", None) or {}
+        headers.update({k: v for k, v in original.items() if k.startswith("x-tasklane-")})
+        error_type = (
+            type(exc.__cause__ or exc).__name__
+            if reason == "retries-exhausted"
+            else type(exc).__name__
+        )
+        try:
+            with self.app.producer_or_acquire() as producer:
+                send_to_dlq(
+                    producer,
+                    queue=queue,
+                    namespace=self.settings.namespace,
+                    body=encode_body(dict(kwargs or {}), list(args or [])),
+                    content_type=CONTENT_TYPE,
+                    content_encoding=CONTENT_ENCODING,
+                    headers=dead_letter_headers(
+                        headers,
+                        queue=queue,
+                        reason=reason,
+                        error_type=error_type,
+                        error=str(exc),
+                        attempts=(request.retries or 0) + 1,
+                        worker=request.hostname or "",
+                    ),
+                    properties={"correlation_id": task_id},
+                )
+        except Exception:  # the failure is still recorded in the result backend
+            logger.exception("could not dead-letter %s[%s]", self.contract.name, task_id)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, InvalidPayloadError):
+        return "invalid-payload"
+    if isinstance(exc, RetriesExhaustedError):
+        return "retries-exhausted"
+    if type(exc).__name__ == "SoftTimeLimitExceeded":
+        return "time-limit"
+    if isinstance(exc, PermanentError):
+        return "permanent-error"
+    return "unexpected-error"
+
+
+def implement(
+    app: Celery, contract: TaskContract[PayloadT, ResultT], settings: Settings
+) -> Callable[[Callable[[PayloadT], ResultT]], ContractTask]:
+    """Register ``function`` as the worker implementation of ``contract`` on ``app``.
+
+    The task takes its limits, rate limit and queue from the contract; the function receives the
+    validated payload model and returns the result model.
+    """
+
+    def register(function: Callable[[PayloadT], ResultT]) -> ContractTask:
+        def run(self: ContractTask, *args: Any, **kwargs: Any) -> Any:
+            return self.execute(args, kwargs)
+
+        run.__name__ = function.__name__
+        run.__doc__ = function.__doc__
+        task: ContractTask = app.task(
+            name=contract.name,
+            base=ContractTask,
+            bind=True,
+            contract=contract,
+            implementation=staticmethod(function),
+            settings=settings,
+            queue=queue_name(contract, settings.namespace),
+            soft_time_limit=contract.soft_time_limit,
+            time_limit=contract.time_limit,
+            rate_limit=contract.rate_limit,
+            max_retries=contract.retry.max_retries,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            priority=contract.priority,
+        )(run)
+        return task
+
+    return register

@@ -1,0 +1,33 @@
+"""Fixtures shared by every test: a clean environment and the brokers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Settings come from arguments in tests; a developer's shell must not leak in.
+    for name in list(os.environ):
+        if name.startswith("TASKLANE_") or name == "REDIS_URL":
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """Redis at 127.0.0.1:6379, or an embedded Valkey server when none answers there."""
+    import redis
+
+    url = "redis://127.0.0.1:6379/9"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.ConnectionError:
+        from tasklane.embedded import EmbeddedBroker
+
+        with EmbeddedBroker() as broker:
+            yield f"{broker.url}/9"
+        return
+    yield url

@@ -1,0 +1,71 @@
+"""Real brokers, real worker processes and real SMTP/HTTP sinks for integration tests."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tasklane.sinks import SmtpSink, WebhookSink
+from tests.integration.harness import (
+    RABBITMQ_URL,
+    BrokerEnv,
+    WorkerProcess,
+    cleanup,
+    rabbitmq_reachable,
+)
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[BrokerEnv]:
+    """Each test runs once on Redis and once on RabbitMQ, in a namespace of its own."""
+    namespace = f"t{uuid.uuid4().hex[:10]}."
+    if request.param == "rabbitmq":
+        if not rabbitmq_reachable():
+            if os.environ.get("TASKLANE_REQUIRE_RABBITMQ"):
+                pytest.fail(f"RabbitMQ is required but does not answer at {RABBITMQ_URL}")
+            pytest.skip(f"RabbitMQ does not answer at {RABBITMQ_URL}")
+        env = BrokerEnv("rabbitmq", RABBITMQ_URL, redis_url, namespace)
+    else:
+        env = BrokerEnv("redis", redis_url, redis_url, namespace)
+    yield env
+    cleanup(env)
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def webhook_sink() -> Iterator[WebhookSink]:
+    with WebhookSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def start_worker(
+    broker: BrokerEnv, smtp_sink: SmtpSink, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start notifier workers wired to this test's broker and SMTP sink."""
+    started: list[WorkerProcess] = []
+
+    def start(concurrency: int = 2, **extra_env: str) -> WorkerProcess:
+        env = {
+            **broker.env(),
+            "TASKLANE_NOTIFIER_SMTP_PORT": str(smtp_sink.port),
+            "TASKLANE_NOTIFIER_WEBHOOK_TIMEOUT": "2",
+            **extra_env,
+        }
+        worker = WorkerProcess("notifier", env, tmp_path / f"worker{len(started)}.log", concurrency)
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -1,0 +1,130 @@
+"""Brokers and worker processes for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from kombu import Connection
+
+from tasklane.contracts import REGISTRY
+from tasklane.routing import dead_letter_exchange, dlq_name, queue_name
+from tasklane.settings import Settings
+
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+@dataclass(frozen=True)
+class BrokerEnv:
+    """The broker under test and the namespace isolating this test's queues."""
+
+    kind: str
+    broker_url: str
+    result_backend: str
+    namespace: str
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(
+            broker_url=self.broker_url,
+            result_backend=self.result_backend,
+            namespace=self.namespace,
+        )
+
+    def env(self) -> dict[str, str]:
+        return {
+            "TASKLANE_BROKER_URL": self.broker_url,
+            "TASKLANE_RESULT_BACKEND": self.result_backend,
+            "TASKLANE_NAMESPACE": self.namespace,
+        }
+
+
+def rabbitmq_reachable() -> bool:
+    try:
+        with Connection(RABBITMQ_URL, connect_timeout=2) as conn:
+            conn.connect()
+        return True
+    except Exception:
+        return False
+
+
+def cleanup(env: BrokerEnv) -> None:
+    client = redis.Redis.from_url(env.result_backend)
+    keys = list(client.scan_iter(f"{env.namespace}*")) + list(
+        client.scan_iter(f"_kombu.binding*{env.namespace}*")
+    )
+    if keys:
+        client.delete(*keys)
+    if env.kind != "rabbitmq":
+        return
+    with Connection(env.broker_url) as conn:
+        channel = conn.channel()
+        for contract in REGISTRY:
+            name = queue_name(contract, env.namespace)
+            for queue in (name, dlq_name(name)):
+                channel.queue_delete(queue)
+            channel.exchange_delete(name)
+        channel.exchange_delete(dead_letter_exchange(env.namespace).name)
+        channel.close()
+
+
+class WorkerProcess:
+    """A real ``celery worker`` of one service, started through ``tasklane worker``."""
+
+    def __init__(self, service: str, env: dict[str, str], log: Path, concurrency: int) -> None:
+        self.log = log
+        command = [
+            str(Path(sys.executable).with_name("tasklane")), "worker", service,
+            "--concurrency", str(concurrency), "--loglevel", "INFO",
+            "--", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "-n", f"{service}-{uuid.uuid4().hex[:6]}@%h",
+        ]  # fmt: skip
+        self._log_file = log.open("ab")
+        self.process = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.output():
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{self.output()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.output()}")
+
+    def children(self) -> list[int]:
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True, check=False
+        )
+        return [int(pid) for pid in out.stdout.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children) at once."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self._log_file.close()

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from tasklane.app import create_app, visibility_timeout
+from tasklane.contracts import REGISTRY
+from tasklane.errors import SettingsError
+from tasklane.settings import Settings
+
+REDIS = "redis://127.0.0.1:6379/9"
+
+
+def test_factory_sets_the_production_defaults() -> None:
+    app = create_app("notifier", settings=Settings(broker_url=REDIS, prefetch_multiplier=2))
+    conf = app.conf
+    assert conf.accept_content == ["json"]
+    assert conf.result_accept_content == ["json"]
+    assert (conf.task_serializer, conf.result_serializer) == ("json", "json")
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 2
+    assert conf.broker_connection_retry_on_startup
+    assert conf.worker_send_task_events and conf.task_send_sent_event
+    assert conf.result_expires == 86_400
+    assert conf.timezone == "UTC" and conf.enable_utc
+    assert [q.name for q in conf.task_queues] == ["notifier.email", "notifier.im"]
+    assert conf.worker_consumer == "tasklane.consumer:DeadLetteringConsumer"
+
+
+def test_visibility_timeout_exceeds_every_time_limit_and_retry_countdown() -> None:
+    contracts = REGISTRY.for_service("notifier")
+    derived = visibility_timeout(Settings(broker_url=REDIS), contracts)
+    assert derived > max(c.time_limit for c in contracts)
+    assert derived > max(c.retry.backoff_max for c in contracts)
+    app = create_app("notifier", settings=Settings(broker_url=REDIS))
+    assert app.conf.broker_transport_options["visibility_timeout"] == derived
+
+
+def test_visibility_timeout_below_a_time_limit_is_refused() -> None:
+    with pytest.raises(SettingsError, match="must exceed the longest hard time limit"):
+        create_app("notifier", settings=Settings(broker_url=REDIS, visibility_timeout=10))
+
+
+def test_timezone_is_configurable() -> None:
+    app = create_app("notifier", settings=Settings(broker_url=REDIS, timezone="Asia/Shanghai"))
+    assert app.conf.timezone == "Asia/Shanghai"
+
+
+def test_rabbitmq_needs_a_result_backend() -> None:
+    with pytest.raises(SettingsError, match="TASKLANE_RESULT_BACKEND"):
+        create_app("notifier", settings=Settings(broker_url="amqp://guest:guest@127.0.0.1//"))

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+
+from tasklane.contracts import REGISTRY
+from tasklane.routing import dead_letter_queues, queues_for_service, task_routes
+
+
+def test_every_contract_routes_to_its_own_queue() -> None:
+    assert task_routes(REGISTRY, "prod.") == {
+        "notifier.email.send": {
+            "queue": "prod.notifier.email",
+            "routing_key": "prod.notifier.email",
+        },
+        "notifier.im.send": {"queue": "prod.notifier.im", "routing_key": "prod.notifier.im"},
+    }
+
+
+def test_service_consumes_exactly_its_queues_with_rabbitmq_dead_lettering() -> None:
+    queues = queues_for_service(REGISTRY, "notifier")
+    assert [q.name for q in queues] == ["notifier.email", "notifier.im"]
+    email = queues[0]
+    assert email.queue_arguments == {
+        "x-dead-letter-exchange": "tasklane.dlx",
+        "x-dead-letter-routing-key": "notifier.email.dlq",
+    }
+    assert email.max_priority == 9
+    assert email.durable
+
+
+def test_dead_letter_queues_are_bound_to_the_dead_letter_exchange() -> None:
+    dlqs = dead_letter_queues(REGISTRY, "staging.")
+    assert [(q.name, q.exchange.name, q.routing_key) for q in dlqs] == [
+        ("staging.notifier.email.dlq", "staging.tasklane.dlx", "staging.notifier.email.dlq"),
+        ("staging.notifier.im.dlq", "staging.tasklane.dlx", "staging.notifier.im.dlq"),
+    ]
+
+
+def test_unknown_service_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="services: notifier"):
+        queues_for_service(REGISTRY, "fax")

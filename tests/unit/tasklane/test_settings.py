@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+
+from tasklane.errors import SettingsError
+from tasklane.settings import Settings, load_settings
+
+
+def test_redis_broker_is_also_the_default_result_backend_and_state_store() -> None:
+    settings = Settings(broker_url="redis://127.0.0.1:6379/3")
+    assert settings.result_backend == "redis://127.0.0.1:6379/3"
+    assert settings.state_url == "redis://127.0.0.1:6379/3"
+    assert settings.broker_is_redis
+
+
+def test_rabbitmq_broker_has_no_implicit_result_backend() -> None:
+    settings = Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")
+    assert settings.result_backend is None
+    with pytest.raises(SettingsError, match="TASKLANE_RESULT_BACKEND"):
+        settings.require_state()
+
+
+def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKLANE_BROKER_URL", "redis://h:1/0")
+    monkeypatch.setenv("TASKLANE_PREFETCH_MULTIPLIER", "4")
+    monkeypatch.setenv("TASKLANE_TIMEZONE", "Europe/Berlin")
+    settings = load_settings()
+    assert (settings.broker_url, settings.prefetch_multiplier, settings.timezone) == (
+        "redis://h:1/0",
+        4,
+        "Europe/Berlin",
+    )
+
+
+def test_redis_url_is_a_fallback_for_the_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://fallback:6379/0")
+    assert load_settings().broker_url == "redis://fallback:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("TASKLANE_BROKER_URL", "mysql://db/1", "TASKLANE_BROKER_URL: .*unsupported broker scheme"),
+        ("TASKLANE_RESULT_BACKEND", "amqp://x//", "TASKLANE_RESULT_BACKEND: .*redis://"),
+        ("TASKLANE_TIMEZONE", "Mars/Olympus", "TASKLANE_TIMEZONE: .*unknown time zone"),
+        ("TASKLANE_PREFETCH_MULTIPLIER", "0", "TASKLANE_PREFETCH_MULTIPLIER"),
+        ("TASKLANE_NAMESPACE", "Bad Name", "TASKLANE_NAMESPACE"),
+    ],
+)
+def test_bad_values_get_an_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=message):
+        load_settings()
+
+
+def test_missing_broker_says_which_variable_to_set() -> None:
+    with pytest.raises(SettingsError, match="TASKLANE_BROKER_URL"):
+        Settings().require_broker()
