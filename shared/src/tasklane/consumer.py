@@ -14,6 +14,7 @@ from celery import bootsteps, signals
 from celery.exceptions import NotRegistered
 from celery.worker.consumer import Consumer
 from kombu.entity import Queue
+from kombu.exceptions import ContentDisallowed, DecodeError
 
 from tasklane.deadletter import dead_letter_headers, send_to_dlq
 from tasklane.routing import dead_letter_exchange
@@ -76,9 +77,10 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         signals.task_unknown.send(sender=self, message=message, exc=exc, name=name, id=task_id)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        """A message whose structure is not a valid task message."""
+        """A message whose body cannot be decoded (refused content type) or is not a task."""
         logger.error("invalid task message: %s", exc)
-        self._dead_letter(message, "invalid-message", exc)
+        undecodable = isinstance(exc, ContentDisallowed | DecodeError)
+        self._dead_letter(message, "undecodable" if undecodable else "invalid-message", exc)
         signals.task_rejected.send(sender=self, message=message, exc=exc)
 
 

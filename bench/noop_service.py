@@ -1,0 +1,134 @@
+"""Benchmark-only no-op task, twice: as a hardened Tasklane contract and as a bare Celery task.
+
+Worker processes import this module with ``celery -A noop_service:<app> worker`` (``bench/`` is on
+their ``PYTHONPATH``); ``bench/run.py`` imports it to publish. Settings come from the environment:
+
+* ``TASKLANE_BROKER_URL`` (default ``redis://127.0.0.1:6379/12``) and ``TASKLANE_NAMESPACE``
+  (default ``perf.``); every other ``TASKLANE_*`` variable is honoured as usual.
+* ``TASKLANE_BENCH_LATENCY_KEY``: when set, a ``task_prerun`` handler records, per task, the
+  seconds between the ``x-tasklane-published-at`` header and the task's start in the Redis list
+  ``<key>:<task name>``. Unset for the throughput runs so it costs them nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Celery, Task
+from celery.signals import task_prerun
+
+from tasklane.app import create_app
+from tasklane.contracts import REGISTRY, Payload, Result, TaskContract
+from tasklane.protocol import PUBLISHED_AT
+from tasklane.settings import Settings, load_settings
+from tasklane.task import implement
+
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/12"
+DEFAULT_NAMESPACE = "perf."
+LATENCY_KEY_ENV = "TASKLANE_BENCH_LATENCY_KEY"
+
+BARE_TASK = "bench.bare.run"
+BARE_QUEUE = "bench.bare"
+
+
+class NoopPayload(Payload):
+    """The benchmark payload: one integer."""
+
+    n: int
+
+
+class NoopResult(Result):
+    """The benchmark result: the integer, echoed."""
+
+    n: int
+
+
+NOOP = TaskContract(
+    name="bench.noop.run",
+    queue="bench.noop",
+    payload=NoopPayload,
+    result=NoopResult,
+    description="Benchmark no-op: returns its input.",
+)
+
+BENCH_REGISTRY = REGISTRY.extended(NOOP)
+
+
+def bench_settings() -> Settings:
+    """Settings from the environment, with the benchmark's broker and namespace as defaults."""
+    broker = (
+        os.environ.get("TASKLANE_BROKER_URL") or os.environ.get("REDIS_URL") or DEFAULT_BROKER_URL
+    )
+    namespace = os.environ.get("TASKLANE_NAMESPACE", DEFAULT_NAMESPACE)
+    return load_settings(broker_url=broker, namespace=namespace)
+
+
+settings = bench_settings()
+
+# --------------------------------------------------------------------------- Tasklane side
+tasklane_app = create_app("bench", settings=settings, registry=BENCH_REGISTRY)
+
+
+@implement(tasklane_app, NOOP, settings)
+def noop(payload: NoopPayload) -> NoopResult:
+    """Do nothing: the benchmark measures everything around the function."""
+    return NoopResult(n=payload.n)
+
+
+# --------------------------------------------------------------------------- bare Celery side
+BARE_QUEUE_NAME = f"{settings.namespace}{BARE_QUEUE}"
+
+bare_app = Celery(
+    "bench-bare",
+    set_as_current=False,
+    broker=settings.require_broker(),
+    backend=settings.result_backend,
+)
+bare_app.conf.update(
+    # Celery defaults except: JSON like Tasklane, and the same prefetch and queue layout so the
+    # comparison isolates Tasklane's hardening (acks_late, validation, events, started state...).
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    worker_prefetch_multiplier=settings.prefetch_multiplier,
+    task_default_queue=BARE_QUEUE_NAME,
+    task_routes={BARE_TASK: {"queue": BARE_QUEUE_NAME, "routing_key": BARE_QUEUE_NAME}},
+    broker_connection_retry_on_startup=True,
+)
+
+
+@bare_app.task(name=BARE_TASK)
+def bare_noop(n: int) -> dict[str, int]:
+    """The bare equivalent of :func:`noop`: JSON-compatible dict in, same dict out."""
+    return {"n": n}
+
+
+# --------------------------------------------------------------------------- latency probe
+_clients: dict[int, redis.Redis] = {}
+
+
+def _client() -> redis.Redis:
+    # One client per process: prefork children must not share the parent's socket.
+    pid = os.getpid()
+    if pid not in _clients:
+        _clients[pid] = redis.Redis.from_url(settings.require_state())
+    return _clients[pid]
+
+
+def _record_start_latency(sender: Task | None = None, task: Task | None = None, **_: Any) -> None:
+    started = time.time()  # first thing: nothing below may count as queue wait
+    task = task or sender
+    if task is None or task.name not in (NOOP.name, BARE_TASK):
+        return
+    published = task.request.get(PUBLISHED_AT)
+    if published is None:
+        return
+    _client().rpush(f"{os.environ[LATENCY_KEY_ENV]}:{task.name}", started - float(published))
+
+
+if os.environ.get(LATENCY_KEY_ENV):
+    task_prerun.connect(_record_start_latency, weak=False)
