@@ -79,13 +79,23 @@ class WorkerProcess:
     """A real ``celery worker`` of one service, started through ``tasklane worker``."""
 
     def __init__(self, service: str, env: dict[str, str], log: Path, concurrency: int) -> None:
-        self.log = log
         command = [
             str(Path(sys.executable).with_name("tasklane")), "worker", service,
             "--concurrency", str(concurrency), "--loglevel", "INFO",
             "--", "--without-gossip", "--without-mingle", "--without-heartbeat",
             "-n", f"{service}-{uuid.uuid4().hex[:6]}@%h",
         ]  # fmt: skip
+        self._start(command, env, log)
+
+    @classmethod
+    def from_command(cls, command: list[str], env: dict[str, str], log: Path) -> WorkerProcess:
+        """A worker started with an explicit command (test-only services)."""
+        worker = cls.__new__(cls)
+        worker._start(command, env, log)
+        return worker
+
+    def _start(self, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
         self._log_file = log.open("ab")
         self.process = subprocess.Popen(
             command,

@@ -71,7 +71,7 @@ def notifier_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen
 
 def run(keep_running: bool = False) -> int:
     """Run the demo; returns the exit status."""
-    console = Console()
+    console = Console(soft_wrap=True)
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(broker_url(console))
         smtp = stack.enter_context(SmtpSink())

@@ -1,0 +1,36 @@
+"""A test-only worker service whose contracts exercise retry exhaustion and time limits.
+
+Run as ``celery -A tests.integration.flaky_service worker``; settings come from the environment.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tasklane.app import create_app
+from tasklane.errors import TransientError
+from tasklane.settings import load_settings
+from tasklane.task import implement
+from tests.integration.flaky_contracts import (
+    ALWAYS_FAILS,
+    FLAKY_REGISTRY,
+    SLOW,
+    FlakyPayload,
+    FlakyResult,
+)
+
+settings = load_settings()
+app = create_app("flaky", settings=settings, registry=FLAKY_REGISTRY)
+
+
+@implement(app, ALWAYS_FAILS, settings)
+def always_fail(payload: FlakyPayload) -> FlakyResult:
+    """Fails transiently on every attempt."""
+    raise TransientError(f"{payload.label}: upstream unavailable")
+
+
+@implement(app, SLOW, settings)
+def slow(payload: FlakyPayload) -> FlakyResult:
+    """Sleeps past the soft time limit when asked to."""
+    time.sleep(payload.sleep)
+    return FlakyResult(label=payload.label)

@@ -1,0 +1,31 @@
+"""`make demo` on a fresh machine: embedded broker, sinks, a real worker, exit 0."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_runs_on_the_embedded_broker_and_shows_both_ends() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("TASKLANE_BROKER_URL", "REDIS_URL")}
+    done = subprocess.run(
+        [sys.executable, "-m", "tasklane.demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "embedded Valkey" in out
+    assert out.count("ready: False") == 2  # the handles, right after publishing
+    assert "notifier.email.send ready: True" in out
+    assert "Subject: Welcome to Tasklane" in out  # what the SMTP sink received
+    assert "X-Tasklane-Signature: sha256=" in out  # what the webhook sink received
+    assert "demo finished" in out

@@ -1,0 +1,73 @@
+"""Retry exhaustion and the soft time limit end in the DLQ; the worker keeps running."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kombu import Connection
+
+from tasklane.deadletter import DeadLetter, DeadLetterQueue
+from tasklane.errors import TaskFailedError
+from tasklane.publish import Publisher
+from tasklane.routing import dlq_name
+from tests.integration.flaky_contracts import ALWAYS_FAILS, FLAKY_REGISTRY, SLOW
+from tests.integration.harness import BrokerEnv, WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def _dead_letters(broker: BrokerEnv, queue: str, count: int) -> list[DeadLetter]:
+    name = dlq_name(f"{broker.namespace}{queue}")
+    deadline = time.monotonic() + 20
+    while True:
+        with Connection(broker.broker_url) as conn:
+            letters = DeadLetterQueue(conn, name, broker.namespace).peek()
+        if len(letters) >= count or time.monotonic() > deadline:
+            return letters
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def flaky_worker(broker: BrokerEnv, tmp_path: Path) -> WorkerProcess:
+    command = [
+        sys.executable, "-m", "celery", "-A", "tests.integration.flaky_service", "worker",
+        "--concurrency", "2", "--loglevel", "INFO",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    worker = WorkerProcess.from_command(command, broker.env(), tmp_path / "flaky.log")
+    worker.wait_ready()
+    yield worker
+    worker.stop()
+
+
+def test_retries_exhausted_end_in_the_dlq_with_attempts(
+    broker: BrokerEnv, flaky_worker: WorkerProcess
+) -> None:
+    with Publisher(broker.settings, registry=FLAKY_REGISTRY) as publisher:
+        handle = publisher.publish(ALWAYS_FAILS, {"label": "payment-service"})
+        with pytest.raises(TaskFailedError, match="gave up after 3 attempts"):
+            handle.get(timeout=30)
+    (letter,) = _dead_letters(broker, ALWAYS_FAILS.queue, 1)
+    assert letter.reason == "retries-exhausted"
+    assert letter.error_type == "TransientError"
+    assert letter.attempts == 3  # the first try and max_retries=2 retries
+    assert "payment-service: upstream unavailable" in letter.error
+    assert flaky_worker.output().count("retrying in") == 2
+
+
+def test_soft_time_limit_ends_in_the_dlq_and_the_worker_goes_on(
+    broker: BrokerEnv, flaky_worker: WorkerProcess
+) -> None:
+    with Publisher(broker.settings, registry=FLAKY_REGISTRY) as publisher:
+        slow = publisher.publish(SLOW, {"label": "too-slow", "sleep": 2.0})
+        with pytest.raises(TaskFailedError, match="SoftTimeLimitExceeded"):
+            slow.get(timeout=30)
+        fast = publisher.publish(SLOW, {"label": "fast"})
+        assert fast.get(timeout=20).label == "fast"
+    (letter,) = _dead_letters(broker, SLOW.queue, 1)
+    assert letter.reason == "time-limit"
+    assert letter.task_id == slow.id
+    assert flaky_worker.process.poll() is None
