@@ -5,6 +5,8 @@ their ``PYTHONPATH``); ``bench/run.py`` imports it to publish. Settings come fro
 
 * ``TASKLANE_BROKER_URL`` (default ``redis://127.0.0.1:6379/12``) and ``TASKLANE_NAMESPACE``
   (default ``perf.``); every other ``TASKLANE_*`` variable is honoured as usual.
+* ``TASKLANE_BENCH_CONF``: a JSON object of Celery settings applied over the Tasklane app's, for
+  the ablation runs that attribute the hardening's cost (``run.py --ablation``).
 * ``TASKLANE_BENCH_LATENCY_KEY``: when set, a ``task_prerun`` handler records, per task, the
   seconds between the ``x-tasklane-published-at`` header and the task's start in the Redis list
   ``<key>:<task name>``. Unset for the throughput runs so it costs them nothing.
@@ -12,6 +14,7 @@ their ``PYTHONPATH``); ``bench/run.py`` imports it to publish. Settings come fro
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -29,6 +32,7 @@ from tasklane.task import implement
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/12"
 DEFAULT_NAMESPACE = "perf."
 LATENCY_KEY_ENV = "TASKLANE_BENCH_LATENCY_KEY"
+CONF_ENV = "TASKLANE_BENCH_CONF"
 
 BARE_TASK = "bench.bare.run"
 BARE_QUEUE = "bench.bare"
@@ -70,6 +74,8 @@ settings = bench_settings()
 
 # --------------------------------------------------------------------------- Tasklane side
 tasklane_app = create_app("bench", settings=settings, registry=BENCH_REGISTRY)
+if os.environ.get(CONF_ENV):
+    tasklane_app.conf.update(json.loads(os.environ[CONF_ENV]))
 
 
 @implement(tasklane_app, NOOP, settings)

@@ -41,6 +41,7 @@ RESULT_PREFIX = "celery-task-meta-"
 LATENCY_KEY = f"{NAMESPACE}bench.latency"
 #: Results read at each end of a throughput run: the first and last few tasks bound its duration.
 EDGE = 8
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 Side = str  # "bare" or "tasklane"
 SIDES: tuple[Side, Side] = ("bare", "tasklane")
@@ -65,13 +66,14 @@ class Options:
     only: tuple[str, ...]
     json_path: Path | None
     keep_logs: bool
+    ablation: bool
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--broker", help=f"Redis broker URL (default: {DEFAULT_BROKER_URL})")
     parser.add_argument("--quick", action="store_true", help="a smaller run for a quick check")
-    parser.add_argument("--tasks", type=int, help="tasks per throughput run (default 20000)")
+    parser.add_argument("--tasks", type=int, help="tasks per throughput run (default 10000)")
     parser.add_argument("--rounds", type=int, help="rounds of throughput and publish (default 3)")
     parser.add_argument(
         "--pool",
@@ -91,6 +93,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run only this benchmark (repeatable)",
     )
     parser.add_argument("--json", type=Path, dest="json_path", help="also write figures here")
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also measure Tasklane throughput with events, track_started, result_extended off",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="print worker log paths")
     return parser.parse_args(argv)
 
@@ -103,7 +110,7 @@ def options_from(args: argparse.Namespace, broker_url: str) -> Options:
 
     return Options(
         broker_url=broker_url,
-        tasks=pick(args.tasks, 20_000, 4_000),
+        tasks=pick(args.tasks, 10_000, 3_000),
         rounds=pick(args.rounds, 3, 2),
         pool=args.pool,
         publish_tasks=pick(args.publish_tasks, 20_000, 4_000),
@@ -114,6 +121,7 @@ def options_from(args: argparse.Namespace, broker_url: str) -> Options:
         only=tuple(args.only or ("throughput", "publish", "latency")),
         json_path=args.json_path,
         keep_logs=bool(args.keep_logs),
+        ablation=bool(args.ablation),
     )
 
 
@@ -216,6 +224,21 @@ class Worker:
             start_new_session=True,  # own process group: pool children die with it
         )
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of every live process in the worker's group (pool children too)."""
+        total = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                # Fields after the parenthesised command: pgrp is 5th, utime 14th, stime 15th.
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.process.pid:
+                total += int(fields[11]) + int(fields[12])
+        return total / CLOCK_TICKS
+
     def check_alive(self) -> None:
         if self.process.poll() is not None:
             raise RuntimeError(f"worker exited ({self.process.returncode}):\n{self.tail()}")
@@ -252,7 +275,12 @@ def running(worker: Worker) -> Iterator[Worker]:
 
 
 def wait_for(
-    condition: Callable[[], bool], timeout: float, what: str, worker: Worker | None = None
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    worker: Worker | None = None,
+    *,
+    poll: float = 0.05,
 ) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -261,7 +289,7 @@ def wait_for(
         if time.monotonic() > deadline:
             tail = f"\n{worker.tail()}" if worker is not None else ""
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
-        time.sleep(0.05)
+        time.sleep(poll)
 
 
 # --------------------------------------------------------------------------- figures
@@ -350,22 +378,64 @@ def done_at(meta: dict[str, Any] | None) -> float:
     return datetime.fromisoformat(str(meta["date_done"])).timestamp()
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One worker configuration measured for throughput."""
+
+    key: str
+    label: str
+    side: Side
+    env: dict[str, str] = field(default_factory=dict)
+
+
+BARE = Variant("throughput.bare", "bare Celery", "bare")
+TASKLANE = Variant("throughput.tasklane", "Tasklane", "tasklane")
+_NO_EVENTS = {"TASKLANE_TASK_EVENTS": "false"}
+#: Tasklane with parts of its configuration switched off, to attribute the throughput gap.
+ABLATIONS = (
+    Variant("throughput.tasklane.no_events", "Tasklane, TASKLANE_TASK_EVENTS=false", "tasklane",
+            _NO_EVENTS),
+    Variant("throughput.tasklane.no_events_started", "Tasklane, events + track_started off",
+            "tasklane", {**_NO_EVENTS, "TASKLANE_BENCH_CONF": '{"task_track_started": false}'}),
+    Variant("throughput.tasklane.no_events_started_extended",
+            "Tasklane, events + track_started + result_extended off", "tasklane",
+            {**_NO_EVENTS, "TASKLANE_BENCH_CONF":
+             '{"task_track_started": false, "result_extended": false}'}),
+)  # fmt: skip
+
+
+def cpu_key(variant: Variant) -> str:
+    return variant.key.replace("throughput.", "worker_cpu.", 1)
+
+
 def throughput_run(
-    client: redis.Redis, side: Side, opts: Options, log_dir: Path
+    client: redis.Redis, variant: Variant, opts: Options, log_dir: Path
 ) -> dict[str, float]:
     """One run: prefill, start a worker, time first to last result from the results' own stamps.
 
     ``date_done`` is written by the worker as each result is stored, so the figure excludes worker
     start-up and the polling here, and includes storing every result.
     """
+    side = variant.side
     cleanup(client)
     ids = prefill(side, opts.tasks)
     assert queue_depth(client, queue_of(side)) == opts.tasks
     concurrency = 1 if opts.pool == "solo" else 2
-    worker = Worker(side, opts.broker_url, pool=opts.pool, concurrency=concurrency, log_dir=log_dir)
+    worker = Worker(
+        side,
+        opts.broker_url,
+        pool=opts.pool,
+        concurrency=concurrency,
+        log_dir=log_dir,
+        extra_env=variant.env,
+    )
     with running(worker):
-        last = ids[-EDGE:]
+        first, last = f"{RESULT_PREFIX}{ids[0]}", ids[-EDGE:]
+        # CPU is sampled once consumption has begun, so start-up (imports, connecting) is not in it.
+        wait_for(lambda: bool(client.exists(first)), 120, f"{side} start", worker, poll=0.01)
+        cpu_start, depth_start = worker.cpu_seconds(), queue_depth(client, queue_of(side))
         wait_for(lambda: all_succeeded(client, last), 600, f"{side} drain", worker)
+        cpu_used = worker.cpu_seconds() - cpu_start
         wait_for(
             lambda: count_keys(client, f"{RESULT_PREFIX}*") >= opts.tasks,
             60,
@@ -379,37 +449,52 @@ def throughput_run(
     if bad:
         raise RuntimeError(f"{side}: {len(bad)} sampled results did not succeed: {bad[:3]}")
     elapsed = last_done - first_done
-    return {"tasks_per_s": (opts.tasks - 1) / elapsed, "seconds": elapsed}
+    return {
+        "tasks_per_s": (opts.tasks - 1) / elapsed,
+        "seconds": elapsed,
+        "cpu_us_per_task": cpu_used / max(1, depth_start) * 1e6,
+    }
 
 
 def bench_throughput(
     client: redis.Redis, opts: Options, log_dir: Path, figures: dict[str, Figure]
 ) -> None:
-    bare = figures.setdefault(
-        "throughput.bare",
-        Figure("worker throughput", "bare Celery", "tasks/s", notes=f"pool {opts.pool}"),
-    )
-    hardened = figures.setdefault(
-        "throughput.tasklane",
-        Figure(
-            "worker throughput",
-            "Tasklane",
-            "tasks/s",
-            baseline="throughput.bare",
-            target=0.95,
-            target_kind="ratio",
-            notes=f"pool {opts.pool}",
-        ),
-    )
+    variants = (BARE, TASKLANE, *(ABLATIONS if opts.ablation else ()))
+    for variant in variants:
+        hardened = variant.side == "tasklane"
+        figures.setdefault(
+            variant.key,
+            Figure(
+                "worker throughput",
+                variant.label,
+                "tasks/s",
+                baseline=BARE.key if hardened else None,
+                target=0.95 if variant is TASKLANE else None,
+                target_kind="ratio",
+                notes=f"pool {opts.pool}",
+            ),
+        )
+        figures.setdefault(
+            cpu_key(variant),
+            Figure(
+                "worker CPU per task",
+                variant.label,
+                "us",
+                baseline=cpu_key(BARE) if hardened else None,
+                higher_is_better=False,
+                notes=f"pool {opts.pool}",
+            ),
+        )
     for round_no in range(opts.rounds):
-        # Alternate who goes first so drift in the machine's load hits both sides alike.
-        order = SIDES if round_no % 2 == 0 else SIDES[::-1]
-        for side in order:
-            run = throughput_run(client, side, opts, log_dir)
-            (bare if side == "bare" else hardened).values.append(run["tasks_per_s"])
+        # Alternate the order so drift in the machine's load hits every variant alike.
+        for variant in variants if round_no % 2 == 0 else variants[::-1]:
+            run = throughput_run(client, variant, opts, log_dir)
+            figures[variant.key].values.append(run["tasks_per_s"])
+            figures[cpu_key(variant)].values.append(run["cpu_us_per_task"])
             print(
-                f"  throughput round {round_no + 1} {side:8s} {run['tasks_per_s']:8.0f} tasks/s "
-                f"({opts.tasks} in {run['seconds']:.2f}s)",
+                f"  throughput round {round_no + 1} {variant.label:55s} "
+                f"{run['tasks_per_s']:7.0f} tasks/s ({opts.tasks} in {run['seconds']:.2f}s), "
+                f"worker CPU {run['cpu_us_per_task']:.0f} us/task",
                 flush=True,
             )
     cleanup(client)
@@ -669,7 +754,8 @@ def print_table(figures: dict[str, Figure]) -> None:
     table = Table(title="Tasklane benchmarks (median over rounds)")
     for column in ("benchmark", "figure", "median", "rounds", "baseline", "ratio", "target"):
         table.add_column(column, justify="right" if column in ("median", "ratio") else "left")
-    for figure in figures.values():
+    benchmarks = list(dict.fromkeys(f.benchmark for f in figures.values()))
+    for figure in sorted(figures.values(), key=lambda f: benchmarks.index(f.benchmark)):
         r = ratio(figure, figures)
         met = target_met(figure, figures)
         target = ""
@@ -687,7 +773,10 @@ def print_table(figures: dict[str, Figure]) -> None:
             f"{r:.3f}x" if r is not None else "-",
             target,
         )
-    Console().print(table)
+    # Wide enough for whole figure names even when stdout is not a terminal.
+    console = Console()
+    console.width = max(console.width, 150)
+    console.print(table)
 
 
 def report(figures: dict[str, Figure], env: dict[str, Any]) -> dict[str, Any]:

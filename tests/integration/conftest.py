@@ -19,18 +19,29 @@ from tests.integration.harness import (
 )
 
 
+def _broker_env(kind: str, redis_url: str) -> BrokerEnv:
+    namespace = f"t{uuid.uuid4().hex[:10]}."
+    if kind == "redis":
+        return BrokerEnv("redis", redis_url, redis_url, namespace)
+    if not rabbitmq_reachable():
+        if os.environ.get("TASKLANE_REQUIRE_RABBITMQ"):
+            pytest.fail(f"RabbitMQ is required but does not answer at {RABBITMQ_URL}")
+        pytest.skip(f"RabbitMQ does not answer at {RABBITMQ_URL}")
+    return BrokerEnv("rabbitmq", RABBITMQ_URL, redis_url, namespace)
+
+
 @pytest.fixture(params=["redis", "rabbitmq"])
 def broker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[BrokerEnv]:
     """Each test runs once on Redis and once on RabbitMQ, in a namespace of its own."""
-    namespace = f"t{uuid.uuid4().hex[:10]}."
-    if request.param == "rabbitmq":
-        if not rabbitmq_reachable():
-            if os.environ.get("TASKLANE_REQUIRE_RABBITMQ"):
-                pytest.fail(f"RabbitMQ is required but does not answer at {RABBITMQ_URL}")
-            pytest.skip(f"RabbitMQ does not answer at {RABBITMQ_URL}")
-        env = BrokerEnv("rabbitmq", RABBITMQ_URL, redis_url, namespace)
-    else:
-        env = BrokerEnv("redis", redis_url, redis_url, namespace)
+    env = _broker_env(request.param, redis_url)
+    yield env
+    cleanup(env)
+
+
+@pytest.fixture
+def rabbitmq_broker(redis_url: str) -> Iterator[BrokerEnv]:
+    """RabbitMQ alone, for its own features (native dead-lettering)."""
+    env = _broker_env("rabbitmq", redis_url)
     yield env
     cleanup(env)
 

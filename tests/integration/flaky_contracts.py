@@ -8,6 +8,7 @@ from tasklane.contracts import REGISTRY, Payload, Result, RetryPolicy, TaskContr
 class FlakyPayload(Payload):
     label: str
     sleep: float = 0.0
+    ignore_soft_limit: bool = False
 
 
 class FlakyResult(Result):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from tasklane.app import create_app
 from tasklane.errors import TransientError
 from tasklane.settings import load_settings
@@ -31,6 +33,12 @@ def always_fail(payload: FlakyPayload) -> FlakyResult:
 
 @implement(app, SLOW, settings)
 def slow(payload: FlakyPayload) -> FlakyResult:
-    """Sleeps past the soft time limit when asked to."""
-    time.sleep(payload.sleep)
+    """Sleeps past the soft (and, ignoring it, the hard) time limit when asked to."""
+    deadline = time.monotonic() + payload.sleep
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(deadline - time.monotonic())
+        except SoftTimeLimitExceeded:
+            if not payload.ignore_soft_limit:
+                raise
     return FlakyResult(label=payload.label)

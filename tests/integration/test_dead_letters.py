@@ -138,9 +138,10 @@ def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason(
     assert len(smtp_sink.wait_for(1)) == 1
 
 
-def test_rabbitmq_dead_letters_natively_what_the_broker_rejects(broker: BrokerEnv) -> None:
-    if broker.kind != "rabbitmq":
-        pytest.skip("native dead-lettering (x-dead-letter-exchange) is a RabbitMQ feature")
+def test_rabbitmq_dead_letters_natively_what_the_broker_rejects(
+    rabbitmq_broker: BrokerEnv,
+) -> None:
+    broker = rabbitmq_broker
     queue = f"{broker.namespace}notifier.email"
     with Connection(broker.broker_url) as conn:
         # The queues as every Tasklane process declares them; no worker consumes here.

@@ -71,3 +71,19 @@ def test_soft_time_limit_ends_in_the_dlq_and_the_worker_goes_on(
     assert letter.reason == "time-limit"
     assert letter.task_id == slow.id
     assert flaky_worker.process.poll() is None
+
+
+def test_hard_time_limit_kills_the_pool_process_and_dead_letters(
+    broker: BrokerEnv, flaky_worker: WorkerProcess
+) -> None:
+    with Publisher(broker.settings, registry=FLAKY_REGISTRY) as publisher:
+        stuck = publisher.publish(SLOW, {"label": "stuck", "sleep": 6.0, "ignore_soft_limit": True})
+        with pytest.raises(TaskFailedError, match="TimeLimitExceeded"):
+            stuck.get(timeout=30)
+        after = publisher.publish(SLOW, {"label": "after"})
+        assert after.get(timeout=20).label == "after"  # a fresh pool process took over
+    (letter,) = _dead_letters(broker, SLOW.queue, 1)
+    assert letter.reason == "time-limit"
+    assert letter.error_type == "TimeLimitExceeded"
+    assert letter.task_id == stuck.id
+    assert letter.payload()[1]["label"] == "stuck"

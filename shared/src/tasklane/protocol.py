@@ -35,7 +35,9 @@ class TaskMessage:
 
 def encode_body(kwargs: dict[str, Any], args: list[Any] | None = None) -> bytes:
     """The protocol v2 body: ``[args, kwargs, embed]`` as UTF-8 JSON."""
-    return json.dumps([args or [], kwargs, _EMBED], separators=(",", ":")).encode()
+    return json.dumps(
+        [args or [], kwargs, _EMBED], separators=(",", ":"), ensure_ascii=False
+    ).encode()
 
 
 def task_headers(

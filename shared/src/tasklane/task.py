@@ -137,7 +137,11 @@ class ContractTask(Task):  # type: ignore[misc]
         return result
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        """Every final failure lands in the queue's DLQ with the original payload and the reason."""
+        """Every final failure lands in the queue's DLQ with the original payload and the reason.
+
+        Celery calls this in the pool process, and in the worker's main process after a hard time
+        limit killed the pool process.
+        """
         if isinstance(exc, Retry):
             return
         reason = _reason(exc)
@@ -186,7 +190,7 @@ def _reason(exc: Exception) -> str:
         return "invalid-payload"
     if isinstance(exc, RetriesExhaustedError):
         return "retries-exhausted"
-    if type(exc).__name__ == "SoftTimeLimitExceeded":
+    if type(exc).__name__ in ("SoftTimeLimitExceeded", "TimeLimitExceeded"):
         return "time-limit"
     if isinstance(exc, PermanentError):
         return "permanent-error"
