@@ -9,13 +9,14 @@ import json
 import socket
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 
 def free_port() -> int:
@@ -23,6 +24,46 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class _Recorder(ABC):
+    """What both sinks share: a lock-guarded list of what arrived, waiting, and a context."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._received: list[Any] = []
+
+    def _record(self, item: Any) -> None:
+        with self._lock:
+            self._received.append(item)
+
+    def _wait(self, count: int, timeout: float, what: str) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self._received) >= count:
+                    return list(self._received)
+            time.sleep(0.02)
+        raise TimeoutError(f"{type(self).__name__} holds {len(self._received)} of {count} {what}")
+
+    @abstractmethod
+    def start(self) -> Self:
+        """Start serving; returns self."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop serving."""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 @dataclass(frozen=True)
@@ -34,7 +75,7 @@ class ReceivedMail:
     message: EmailMessage
 
 
-class SmtpSink:
+class SmtpSink(_Recorder):
     """An aiosmtpd server on 127.0.0.1 that keeps every accepted message.
 
     Args:
@@ -49,9 +90,8 @@ class SmtpSink:
     ) -> None:
         from aiosmtpd.controller import Controller
 
+        super().__init__()
         self.port = port or free_port()
-        self.messages: list[ReceivedMail] = []
-        self._lock = threading.Lock()
         self._before_data = before_data
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
@@ -63,21 +103,20 @@ class SmtpSink:
                 return refusal
         parsed = message_from_bytes(envelope.content, policy=policy.default)
         assert isinstance(parsed, EmailMessage)
-        with self._lock:
-            self.messages.append(ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), parsed))
+        self._record(ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), parsed))
         return "250 Message accepted for delivery"
+
+    @property
+    def messages(self) -> list[ReceivedMail]:
+        """Every accepted message so far."""
+        with self._lock:
+            return list(self._received)
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[ReceivedMail]:
         """Block until ``count`` messages arrived; returns them all."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if len(self.messages) >= count:
-                    return list(self.messages)
-            time.sleep(0.02)
-        raise TimeoutError(f"SMTP sink holds {len(self.messages)} of {count} messages")
+        return self._wait(count, timeout, "messages")
 
-    def start(self) -> SmtpSink:
+    def start(self) -> Self:
         """Start serving; returns self."""
         self._controller.start()
         return self
@@ -85,17 +124,6 @@ class SmtpSink:
     def stop(self) -> None:
         """Stop serving."""
         self._controller.stop()
-
-    def __enter__(self) -> SmtpSink:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 @dataclass(frozen=True)
@@ -123,16 +151,15 @@ class Reply:
     delay: float = 0.0
 
 
-class WebhookSink:
+class WebhookSink(_Recorder):
     """A threaded HTTP server on 127.0.0.1 that records requests and answers from a script.
 
     Replies queued with :meth:`script` are used in order; after that every request gets 200.
     """
 
     def __init__(self) -> None:
-        self.requests: list[ReceivedRequest] = []
+        super().__init__()
         self._replies: list[Reply] = []
-        self._lock = threading.Lock()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -142,10 +169,7 @@ class WebhookSink:
                 reply = sink._next_reply()
                 if reply.delay:
                     time.sleep(reply.delay)
-                with sink._lock:
-                    sink.requests.append(
-                        ReceivedRequest("POST", self.path, dict(self.headers.items()), body)
-                    )
+                sink._record(ReceivedRequest("POST", self.path, dict(self.headers.items()), body))
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
@@ -175,17 +199,17 @@ class WebhookSink:
         with self._lock:
             return self._replies.pop(0) if self._replies else Reply()
 
+    @property
+    def requests(self) -> list[ReceivedRequest]:
+        """Every request so far."""
+        with self._lock:
+            return list(self._received)
+
     def wait_for(self, count: int, timeout: float = 20.0) -> list[ReceivedRequest]:
         """Block until ``count`` requests arrived; returns them all."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if len(self.requests) >= count:
-                    return list(self.requests)
-            time.sleep(0.02)
-        raise TimeoutError(f"webhook sink holds {len(self.requests)} of {count} requests")
+        return self._wait(count, timeout, "requests")
 
-    def start(self) -> WebhookSink:
+    def start(self) -> Self:
         """Start serving; returns self."""
         self._thread.start()
         return self
@@ -194,14 +218,3 @@ class WebhookSink:
         """Stop serving and close the socket."""
         self._server.shutdown()
         self._server.server_close()
-
-    def __enter__(self) -> WebhookSink:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
