@@ -131,7 +131,7 @@ def run(keep_running: bool = False) -> int:
         console.print(
             Panel(
                 f"POST {request.path}\nX-Tasklane-Signature: "
-                f"{request.headers.get('X-Tasklane-Signature')}\n\n{request.body.decode()}",
+                f"{request.headers.get('x-tasklane-signature')}\n\n{request.body.decode()}",
                 title="webhook sink received",
             )
         )

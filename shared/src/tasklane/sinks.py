@@ -17,6 +17,7 @@ from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import parse_qs, urlsplit
 
 
 def free_port() -> int:
@@ -128,13 +129,28 @@ class SmtpSink(_Recorder):
 
 @dataclass(frozen=True)
 class ReceivedRequest:
-    """One HTTP request as the webhook sink saw it."""
+    """One HTTP request as the webhook sink saw it; header names are lower-cased."""
 
     method: str
-    path: str
+    target: str
     headers: dict[str, str]
     body: bytes
     received_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def path(self) -> str:
+        """The path without the query string."""
+        return urlsplit(self.target).path
+
+    @property
+    def raw_query(self) -> str:
+        """The query string as sent."""
+        return urlsplit(self.target).query
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The query parameters, decoded (the first value of each)."""
+        return {name: values[0] for name, values in parse_qs(self.raw_query).items()}
 
     def json(self) -> Any:
         """The body decoded as JSON."""
@@ -160,16 +176,18 @@ class WebhookSink(_Recorder):
     def __init__(self) -> None:
         super().__init__()
         self._replies: list[Reply] = []
+        self._closing = threading.Event()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                sink._record(ReceivedRequest("POST", self.path, headers, body))
                 reply = sink._next_reply()
-                if reply.delay:
-                    time.sleep(reply.delay)
-                sink._record(ReceivedRequest("POST", self.path, dict(self.headers.items()), body))
+                if reply.delay and sink._closing.wait(reply.delay):
+                    return  # the sink is stopping; the client gave up long ago
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
@@ -182,8 +200,11 @@ class WebhookSink(_Recorder):
                 pass  # keep test and demo output readable
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # Handler threads are joined on stop, so none outlives the sink.
+        self._server.daemon_threads = False
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -215,6 +236,8 @@ class WebhookSink(_Recorder):
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving, wake stalled handlers and close the socket."""
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
+        self._thread.join()

@@ -7,14 +7,10 @@ import hashlib
 import hmac
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, quote_plus, urlsplit
+from urllib.parse import quote_plus
 
 import httpx
 import pytest
@@ -28,91 +24,16 @@ from notifier.webhooks import (
 )
 from tasklane.contracts.notifier import IMPayload
 from tasklane.errors import PermanentError, TransientError
+from tasklane.sinks import Reply, WebhookSink
 
 NOW = 1_700_000_000.123
 DINGTALK_OK = b'{"errcode":0,"errmsg":"ok"}'
 
 
-@dataclass(frozen=True)
-class Seen:
-    """One request as the server received it; header names are lower-cased."""
-
-    path: str
-    raw_query: str
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def query(self) -> dict[str, str]:
-        return {name: values[0] for name, values in parse_qs(self.raw_query).items()}
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int = 200
-    body: bytes = b"ok"
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-
-
-class RecordingServer(ThreadingHTTPServer):
-    """Records every POST and answers with the scripted replies in order (then 200 "ok")."""
-
-    # Join handler threads on close so that none outlives its test.
-    daemon_threads = False
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.seen: list[Seen] = []
-        self.replies: list[Reply] = []
-        self.closing = threading.Event()
-        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def script(self, *replies: Reply) -> None:
-        self.replies.extend(replies)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.closing.set()  # wakes handlers that are stalling on purpose
-        self.shutdown()
-        self.server_close()
-        self._thread.join()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: RecordingServer
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        url = urlsplit(self.path)
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        self.server.seen.append(Seen(url.path, url.query, headers, body))
-        reply = self.server.replies.pop(0) if self.server.replies else Reply()
-        if reply.delay and self.server.closing.wait(reply.delay):
-            return  # the test is over and its client long gone
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        self.wfile.write(reply.body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def server() -> Iterator[RecordingServer]:
-    recording = RecordingServer()
-    recording.start()
-    yield recording
-    recording.stop()
+def server() -> Iterator[WebhookSink]:
+    with WebhookSink() as sink:
+        yield sink
 
 
 @pytest.fixture
@@ -133,14 +54,14 @@ def send(
     return post(client, build_request(payload, secret, now=now))
 
 
-def test_dingtalk_text_is_signed(server: RecordingServer, client: httpx.Client) -> None:
+def test_dingtalk_text_is_signed(server: WebhookSink, client: httpx.Client) -> None:
     server.script(Reply(body=DINGTALK_OK))
-    payload = im("dingtalk", f"{server.base_url}/robot/send?access_token=tok123")
+    payload = im("dingtalk", f"{server.url}/robot/send?access_token=tok123")
 
     outcome = send(client, payload, secret="SECabc+/=")
 
     assert outcome == WebhookOutcome(status_code=200, response=DINGTALK_OK.decode())
-    [seen] = server.seen
+    [seen] = server.requests
     assert seen.path == "/robot/send"
     assert seen.query["access_token"] == "tok123"
     assert seen.query["timestamp"] == "1700000000123"
@@ -160,15 +81,13 @@ def test_dingtalk_signature_known_value() -> None:
     assert dingtalk_signature("s", 1000) != dingtalk_signature("s", 1001)
 
 
-def test_dingtalk_markdown_without_secret(server: RecordingServer, client: httpx.Client) -> None:
+def test_dingtalk_markdown_without_secret(server: WebhookSink, client: httpx.Client) -> None:
     server.script(Reply(body=DINGTALK_OK))
-    payload = im(
-        "dingtalk", f"{server.base_url}/robot/send?access_token=t", "**all** good", "Deploy"
-    )
+    payload = im("dingtalk", f"{server.url}/robot/send?access_token=t", "**all** good", "Deploy")
 
     send(client, payload)
 
-    [seen] = server.seen
+    [seen] = server.requests
     assert set(seen.query) == {"access_token"}
     assert json.loads(seen.body) == {
         "msgtype": "markdown",
@@ -184,14 +103,14 @@ def test_dingtalk_markdown_without_secret(server: RecordingServer, client: httpx
     ],
 )
 def test_dingtalk_errcode(
-    server: RecordingServer,
+    server: WebhookSink,
     client: httpx.Client,
     errcode: int,
     errmsg: str,
     error: type[Exception],
 ) -> None:
     server.script(Reply(body=json.dumps({"errcode": errcode, "errmsg": errmsg}).encode()))
-    payload = im("dingtalk", f"{server.base_url}/robot/send?access_token=secret-token")
+    payload = im("dingtalk", f"{server.url}/robot/send?access_token=secret-token")
 
     with pytest.raises(error) as caught:
         send(client, payload, secret="SEC")
@@ -202,35 +121,36 @@ def test_dingtalk_errcode(
     assert "secret-token" not in str(caught.value)
 
 
-def test_slack_body_and_unsigned(server: RecordingServer, client: httpx.Client) -> None:
-    payload = im("slack", f"{server.base_url}/services/T0/B0/xyz", "all good", "Deploy")
+def test_slack_body_and_unsigned(server: WebhookSink, client: httpx.Client) -> None:
+    server.script(Reply(body=b"ok"))
+    payload = im("slack", f"{server.url}/services/T0/B0/xyz", "all good", "Deploy")
 
     outcome = send(client, payload, secret="ignored")
 
     assert outcome == WebhookOutcome(status_code=200, response="ok")
-    [seen] = server.seen
+    [seen] = server.requests
     assert seen.body == b'{"text":"*Deploy*\\nall good"}'
     assert seen.raw_query == ""
     assert "x-tasklane-signature" not in seen.headers
 
 
-def test_slack_other_200_body_is_accepted(server: RecordingServer, client: httpx.Client) -> None:
+def test_slack_other_200_body_is_accepted(server: WebhookSink, client: httpx.Client) -> None:
     server.script(Reply(body=b'{"errcode": 1}'))
 
-    outcome = send(client, im("slack", f"{server.base_url}/hook"))
+    outcome = send(client, im("slack", f"{server.url}/hook"))
 
     assert outcome.status_code == 200
-    assert json.loads(server.seen[0].body) == {"text": "Deploy finished"}
+    assert json.loads(server.requests[0].body) == {"text": "Deploy finished"}
 
 
 def test_generic_webhook_is_signed_over_the_raw_body(
-    server: RecordingServer, client: httpx.Client
+    server: WebhookSink, client: httpx.Client
 ) -> None:
-    payload = im("webhook", f"{server.base_url}/events", "Grüße, 世界", "Deploy")
+    payload = im("webhook", f"{server.url}/events", "Grüße, 世界", "Deploy")
 
     send(client, payload, secret="hook-key")
 
-    [seen] = server.seen
+    [seen] = server.requests
     timestamp = seen.headers["x-tasklane-timestamp"]
     signature = seen.headers["x-tasklane-signature"]
     assert timestamp == "1700000000"
@@ -249,21 +169,21 @@ def test_generic_webhook_is_signed_over_the_raw_body(
 
 
 def test_generic_webhook_without_secret_is_unsigned(
-    server: RecordingServer, client: httpx.Client
+    server: WebhookSink, client: httpx.Client
 ) -> None:
-    send(client, im("webhook", f"{server.base_url}/events"))
+    send(client, im("webhook", f"{server.url}/events"))
 
-    [seen] = server.seen
+    [seen] = server.requests
     assert "x-tasklane-signature" not in seen.headers
     assert "x-tasklane-timestamp" not in seen.headers
     assert json.loads(seen.body)["title"] is None
 
 
-def test_server_error_is_transient(server: RecordingServer, client: httpx.Client) -> None:
+def test_server_error_is_transient(server: WebhookSink, client: httpx.Client) -> None:
     server.script(Reply(status=500, body=b"boom"))
 
     with pytest.raises(TransientError, match="answered 500: boom") as caught:
-        send(client, im("webhook", f"{server.base_url}/events"))
+        send(client, im("webhook", f"{server.url}/events"))
 
     assert caught.value.retry_after is None
 
@@ -273,7 +193,7 @@ def test_server_error_is_transient(server: RecordingServer, client: httpx.Client
     [({"Retry-After": "7"}, 7.0), ({}, None), ({"Retry-After": "soon"}, None)],
 )
 def test_too_many_requests_is_transient_with_retry_after(
-    server: RecordingServer,
+    server: WebhookSink,
     client: httpx.Client,
     header: dict[str, str],
     expected: float | None,
@@ -281,56 +201,56 @@ def test_too_many_requests_is_transient_with_retry_after(
     server.script(Reply(status=429, body=b"slow down", headers=header))
 
     with pytest.raises(TransientError, match="429") as caught:
-        send(client, im("slack", f"{server.base_url}/hook"))
+        send(client, im("slack", f"{server.url}/hook"))
 
     assert caught.value.retry_after == expected
 
 
-def test_retry_after_as_http_date(server: RecordingServer, client: httpx.Client) -> None:
+def test_retry_after_as_http_date(server: WebhookSink, client: httpx.Client) -> None:
     when = formatdate(time.time() + 30, usegmt=True)
     server.script(Reply(status=503, body=b"maintenance", headers={"Retry-After": when}))
 
     with pytest.raises(TransientError) as caught:
-        send(client, im("webhook", f"{server.base_url}/events"))
+        send(client, im("webhook", f"{server.url}/events"))
 
     assert caught.value.retry_after is not None
     assert 25 <= caught.value.retry_after <= 30
 
 
-def test_client_error_is_permanent_with_body(server: RecordingServer, client: httpx.Client) -> None:
+def test_client_error_is_permanent_with_body(server: WebhookSink, client: httpx.Client) -> None:
     server.script(Reply(status=400, body=b"invalid_payload"))
 
     with pytest.raises(PermanentError, match="answered 400: invalid_payload"):
-        send(client, im("slack", f"{server.base_url}/services/T0/B0/secret-path"))
+        send(client, im("slack", f"{server.url}/services/T0/B0/secret-path"))
 
 
-def test_error_messages_do_not_leak_the_url(server: RecordingServer, client: httpx.Client) -> None:
+def test_error_messages_do_not_leak_the_url(server: WebhookSink, client: httpx.Client) -> None:
     server.script(Reply(status=404, body=b"no_service"))
 
     with pytest.raises(PermanentError) as caught:
-        send(client, im("slack", f"{server.base_url}/services/T0/B0/secret-path"))
+        send(client, im("slack", f"{server.url}/services/T0/B0/secret-path"))
 
     assert "secret-path" not in str(caught.value)
     assert "127.0.0.1" in str(caught.value)
 
 
-def test_long_answer_is_truncated(server: RecordingServer, client: httpx.Client) -> None:
+def test_long_answer_is_truncated(server: WebhookSink, client: httpx.Client) -> None:
     server.script(Reply(body=b"x" * 2000))
 
-    outcome = send(client, im("slack", f"{server.base_url}/hook"))
+    outcome = send(client, im("slack", f"{server.url}/hook"))
 
     assert outcome.response == "x" * 500
 
 
-def test_slow_server_is_transient(server: RecordingServer) -> None:
+def test_slow_server_is_transient(server: WebhookSink) -> None:
     server.script(Reply(delay=30.0))
     started = time.monotonic()
 
     with httpx.Client(timeout=0.3) as slow_client, pytest.raises(TransientError, match="timed out"):
-        send(slow_client, im("webhook", f"{server.base_url}/events"))
+        send(slow_client, im("webhook", f"{server.url}/events"))
 
     assert time.monotonic() - started < 5
-    assert len(server.seen) == 1
+    assert len(server.requests) == 1
 
 
 def test_unreachable_server_is_transient(client: httpx.Client) -> None:
