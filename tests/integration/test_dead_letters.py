@@ -82,6 +82,8 @@ def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason(
             content_type="application/x-python-serialize",
         ),
         "malformed-json": send_raw(broker, "notifier.email", b'[[], {"to": ['),
+        "short-body": send_raw(broker, "notifier.email", json.dumps([[], EMAIL])),
+        "object-body": send_raw(broker, "notifier.email", json.dumps(EMAIL)),
         "unknown-channel": send_raw(
             broker,
             "notifier.im",
@@ -98,7 +100,7 @@ def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason(
         with pytest.raises(TaskFailedError, match="product"):
             missing_variable.get(timeout=20)
 
-        email = letters_by_id(broker, "notifier.email", 7)
+        email = letters_by_id(broker, "notifier.email", 9)
         im = letters_by_id(broker, "notifier.im", 1)
 
         expected = {
@@ -108,6 +110,8 @@ def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason(
             "unknown-task": ("unknown-task", "notifier.fax.send"),
             "pickle": ("undecodable", "application/x-python-serialize"),
             "malformed-json": ("undecodable", ""),
+            "short-body": ("invalid-message", "[args, kwargs, embed]"),
+            "object-body": ("invalid-message", "[args, kwargs, embed]"),
         }
         for case, (reason, text) in expected.items():
             letter = email[ids[case]]

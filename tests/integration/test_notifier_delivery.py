@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from tasklane.errors import TaskFailedError
 from tasklane.publish import Publisher
 from tasklane.routing import dlq_name
 from tasklane.sinks import Reply, SmtpSink, WebhookSink
-from tests.integration.harness import BrokerEnv
+from tests.integration.harness import BrokerEnv, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -212,3 +213,25 @@ def test_same_idempotency_key_is_delivered_once(
     assert len(smtp_sink.messages) == 1
     assert not first.deduplicated and second.deduplicated
     assert second.message_id == first.message_id
+
+
+def test_concurrent_publishes_of_one_key_deliver_once(broker: BrokerEnv, tmp_path: Path) -> None:
+    def slow_server(recipients: list[str]) -> None:
+        time.sleep(1.5)  # the first delivery is still running when the second one starts
+
+    with SmtpSink(before_data=slow_server) as sink:
+        env = {**broker.env(), "TASKLANE_NOTIFIER_SMTP_PORT": str(sink.port)}
+        worker = WorkerProcess("notifier", env, tmp_path / "worker.log", concurrency=2)
+        try:
+            worker.wait_ready()
+            payload = {"to": ["ada@example.com"], "subject": "Once", "text": "only once",
+                       "idempotency_key": "once-1"}  # fmt: skip
+            with Publisher(broker.settings) as publisher:
+                handles = [publisher.publish("notifier.email.send", payload) for _ in range(2)]
+                results = [h.get(timeout=40) for h in handles]
+        finally:
+            worker.stop()
+    assert len(sink.messages) == 1
+    assert sorted(r.deduplicated for r in results) == [False, True]
+    assert results[0].message_id == results[1].message_id
+    assert "idempotency key held by task" in worker.output()

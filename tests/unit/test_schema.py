@@ -96,7 +96,7 @@ def test_payload_schema_carries_routing_and_policy() -> None:
         "priority": 5,
         "soft_time_limit": 30.0,
         "time_limit": 45.0,
-        "rate_limit": "50/s",
+        "rate_limit": None,
         "max_retries": 8,
         "idempotency_key": ["idempotency_key"],
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
@@ -13,27 +14,43 @@ from tasklane.errors import SettingsError
 from tasklane.routing import dead_letter_queues, queues_for_service, task_routes
 from tasklane.settings import Settings, load_settings
 
+logger = logging.getLogger(__name__)
+
 #: Seconds added to the longest wait a message can be held unacknowledged.
 VISIBILITY_MARGIN = 60.0
 
 
 def longest_hold(contracts: tuple[TaskContract[Any, Any], ...]) -> float:
-    """The longest a worker may hold a message unacknowledged: a run or a retry countdown."""
-    return max(max(c.time_limit, c.retry.backoff_max) for c in contracts)
+    """The longest a worker may hold one message unacknowledged.
+
+    A retry is a new message with a countdown: the worker holds it for the countdown, then runs it
+    for up to the hard time limit before acknowledging it.
+    """
+    return max(c.retry.backoff_max + c.time_limit for c in contracts)
 
 
 def visibility_timeout(settings: Settings, contracts: tuple[TaskContract[Any, Any], ...]) -> float:
-    """Redis visibility timeout: the configured one if it is safe, else derived from the contracts.
+    """Redis visibility timeout: derived from the contracts, or the configured one if it is safe.
 
-    Below the longest time limit Redis would hand a running task to a second worker.
+    Below the longest hard time limit Redis would hand a running task to a second worker: refused.
+    Below the longest hold, a retry waiting out a long countdown may run twice: allowed with a
+    warning, since idempotency keys cover that case.
     """
-    longest = max(c.time_limit for c in contracts)
+    hold = longest_hold(contracts)
     if settings.visibility_timeout is None:
-        return longest_hold(contracts) + VISIBILITY_MARGIN
+        return hold + VISIBILITY_MARGIN
+    longest = max(c.time_limit for c in contracts)
     if settings.visibility_timeout <= longest:
         raise SettingsError(
             f"TASKLANE_VISIBILITY_TIMEOUT={settings.visibility_timeout:g} must exceed the longest "
             f"hard time limit of the service's contracts ({longest:g}s)"
+        )
+    if settings.visibility_timeout <= hold:
+        logger.warning(
+            "TASKLANE_VISIBILITY_TIMEOUT=%g is below the longest retry countdown plus time limit "
+            "(%gs): a retry waiting that long may be delivered twice",
+            settings.visibility_timeout,
+            hold,
         )
     return settings.visibility_timeout
 

@@ -8,10 +8,11 @@ the queue it came from, with the reason, before acknowledging; the worker keeps 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps, signals
-from celery.exceptions import NotRegistered
+from celery.exceptions import InvalidTaskError, NotRegistered
 from celery.worker.consumer import Consumer
 from kombu.entity import Queue
 from kombu.exceptions import ContentDisallowed, DecodeError
@@ -20,6 +21,20 @@ from tasklane.deadletter import dead_letter_headers, send_to_dlq
 from tasklane.routing import dead_letter_exchange
 
 logger = logging.getLogger(__name__)
+
+
+def body_problem(body: Any) -> str | None:
+    """Why ``body`` is not a protocol v2 ``[args, kwargs, embed]`` list, or ``None`` if it is."""
+    if not isinstance(body, list | tuple) or len(body) != 3:
+        return "the body must be a JSON array [args, kwargs, embed]"
+    args, kwargs, embed = body
+    if not isinstance(args, list | tuple):
+        return "args (body[0]) must be an array"
+    if not isinstance(kwargs, dict):
+        return "kwargs (body[1]) must be an object"
+    if embed is not None and not isinstance(embed, dict):
+        return "embed (body[2]) must be an object or null"
+    return None
 
 
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
@@ -54,6 +69,32 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             message.reject_log_error(logger, self.connection_errors)
             return
         message.ack_log_error(logger, self.connection_errors)
+
+    def create_task_handler(self, promise: Any = None) -> Callable[[Any], None]:
+        """Check a protocol v2 body's shape before Celery's strategy sees it.
+
+        Celery unpacks ``[args, kwargs, embed]`` without checking it: a short list stops the whole
+        worker, and a non-list leaves the task pending forever. Decoding here costs nothing extra,
+        as Kombu caches the decoded body for the request.
+        """
+        handler = (
+            super().create_task_handler()
+            if promise is None
+            else super().create_task_handler(promise)
+        )
+
+        def on_task_received(message: Any) -> None:
+            headers = message.headers
+            if isinstance(headers, dict) and "task" in headers:
+                try:
+                    problem = body_problem(message.decode())
+                except (ContentDisallowed, DecodeError) as exc:
+                    return self.on_invalid_task(None, message, exc)
+                if problem is not None:
+                    return self.on_invalid_task(None, message, InvalidTaskError(problem))
+            return handler(message)  # type: ignore[no-any-return]
+
+        return on_task_received
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         """Undecodable body or refused content type (pickle): dead-letter, never deserialize."""

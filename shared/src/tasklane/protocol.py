@@ -20,6 +20,7 @@ CONTENT_ENCODING = "utf-8"
 PUBLISHED_AT = "x-tasklane-published-at"
 
 _EMBED: dict[str, None] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_EMBED_JSON = json.dumps(_EMBED, separators=(",", ":"))
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
 
@@ -77,12 +78,13 @@ def task_message(
 ) -> TaskMessage:
     """Encode one task call; ``kwargs`` must already be JSON-compatible."""
     body = encode_body(kwargs)
-    headers = task_headers(name, task_id, kwargsrepr=_short_repr(body))
+    headers = task_headers(name, task_id, kwargsrepr=_kwargs_repr(body))
     properties = {"correlation_id": task_id, "priority": priority}
     return TaskMessage(task_id, body, headers, properties)
 
 
-def _short_repr(body: bytes, limit: int = 512) -> str:
-    # Flower and `celery inspect` show kwargsrepr; cap it so large payloads do not bloat headers.
-    text = body.decode()
+def _kwargs_repr(body: bytes, limit: int = 512) -> str:
+    # Flower and `celery inspect` show kwargsrepr. The kwargs are sliced out of the encoded body
+    # ("[[],{...},{embed}]") rather than encoded twice, and capped to keep headers small.
+    text = body.decode()[4 : -len(_EMBED_JSON) - 2]
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -233,6 +233,8 @@ class Publisher:
     ) -> TaskMessage:
         model = validate_payload(contract, payload)
         level = contract.priority if priority is None else priority
+        if not 0 <= level <= MAX_PRIORITY:
+            raise PayloadValidationError(contract.name, [f"priority: {level} is not within 0..9"])
         message = task_message(
             contract.name,
             task_id or str(uuid.uuid4()),

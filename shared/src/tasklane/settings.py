@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -13,7 +14,10 @@ from tasklane.errors import SettingsError
 
 BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp"})
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
-_NAMESPACE = re.compile(r"^([a-z0-9][a-z0-9\-]*\.)?$")
+_NAMESPACE = re.compile(r"^([a-z0-9][a-z0-9\-]*\.)*$")
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
 def _scheme(url: str) -> str:
@@ -84,7 +88,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_namespace(cls, value: str) -> str:
         if not _NAMESPACE.match(value):
-            raise ValueError("must be empty or lowercase words ending in a dot, like 'staging.'")
+            raise ValueError(
+                "must be empty or dotted lowercase words ending in a dot: 'eu.staging.'"
+            )
         return value
 
     @field_validator("timezone")
@@ -126,15 +132,25 @@ class Settings(BaseSettings):
         return is_redis_url(self.broker_url)
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment, turning validation errors into one clear message."""
+def load(cls: type[SettingsT], **overrides: object) -> SettingsT:
+    """Read ``cls`` from the environment, turning validation errors into one clear message.
+
+    Raises:
+        SettingsError: names each offending variable and what is wrong with it.
+    """
     from pydantic import ValidationError
 
+    prefix = str(cls.model_config.get("env_prefix", ""))
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return cls(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"TASKLANE_{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            f"{prefix}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
             for err in exc.errors()
         )
         raise SettingsError(f"invalid settings: {problems}") from None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The platform settings from the environment (see :func:`load`)."""
+    return load(Settings, **overrides)

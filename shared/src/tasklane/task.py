@@ -34,6 +34,9 @@ ResultT = TypeVar("ResultT", bound=BaseModel)
 #: Seconds a second publish of a key waits before checking again whether the first one finished.
 BUSY_RETRY_DELAY = 5.0
 
+#: Header counting the retries spent waiting for another delivery of the same idempotency key.
+BUSY_WAITS = "x-tasklane-busy-waits"
+
 
 class InvalidPayloadError(PermanentError):
     """A message reached the worker with a payload that breaks its contract."""
@@ -65,27 +68,47 @@ class ContractTask(Task):  # type: ignore[misc]
         key = self.contract.idempotency_value(payload.model_dump())
         task_id = self.request.id
         if key is not None:
-            claim = self.idempotency.begin(
-                self.contract.name, key, task_id, claim_ttl=self.contract.time_limit + 30
-            )
+            try:
+                claim = self.idempotency.begin(
+                    self.contract.name, key, task_id, claim_ttl=self.contract.time_limit + 30
+                )
+            except redis.RedisError as exc:
+                self._retry_or_raise(TransientError(f"idempotency store unavailable: {exc}"))
+                raise
             if claim.state == "done":
                 return self._deduplicated(claim.result)
             if claim.state == "busy":
+                # Waiting for another delivery of the same key is not a failed attempt: the wait
+                # is counted apart so that it does not use up the retry budget.
                 raise self.retry(
                     exc=TransientError(f"idempotency key held by task {claim.owner}"),
                     countdown=BUSY_RETRY_DELAY,
                     max_retries=None,
+                    headers={BUSY_WAITS: self._busy_waits() + 1},
                 )
         try:
             result = self.implementation(payload).model_dump(mode="json")
         except Exception as exc:
             if key is not None:
-                self.idempotency.release(self.contract.name, key, task_id)
+                self._forget_claim(key, task_id)
             self._retry_or_raise(exc)
             raise
         if key is not None:
-            self.idempotency.complete(self.contract.name, key, task_id, result)
+            try:
+                self.idempotency.complete(self.contract.name, key, task_id, result)
+            except redis.RedisError:
+                # Delivered, but not recorded: a redelivery of this key would deliver again.
+                logger.exception("%s[%s]: could not record idempotency key", self.name, task_id)
         return result
+
+    def _busy_waits(self) -> int:
+        return int(self.request.get(BUSY_WAITS) or 0)
+
+    def _forget_claim(self, key: str, task_id: str) -> None:
+        try:
+            self.idempotency.release(self.contract.name, key, task_id)
+        except redis.RedisError:
+            logger.warning("%s[%s]: claim left to expire", self.name, task_id)
 
     def validate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BaseModel:
         """The payload model from the message's arguments, or :class:`InvalidPayloadError`."""
@@ -112,7 +135,7 @@ class ContractTask(Task):  # type: ignore[misc]
         policy = self.contract.retry
         if not policy.retries(exc):
             return
-        done = self.request.retries
+        done = (self.request.retries or 0) - self._busy_waits()
         if done >= policy.max_retries:
             raise RetriesExhaustedError(
                 f"gave up after {done + 1} attempts: {type(exc).__name__}: {exc}"
@@ -128,7 +151,12 @@ class ContractTask(Task):  # type: ignore[misc]
             exc,
             countdown,
         )
-        raise self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries)
+        raise self.retry(
+            exc=exc,
+            countdown=countdown,
+            max_retries=None,  # counted above, busy waits excluded
+            headers={BUSY_WAITS: self._busy_waits()},
+        )
 
     def _deduplicated(self, stored: Any) -> Any:
         result = json.loads(stored) if isinstance(stored, str) else stored
@@ -176,7 +204,7 @@ class ContractTask(Task):  # type: ignore[misc]
                         reason=reason,
                         error_type=error_type,
                         error=str(exc),
-                        attempts=(request.retries or 0) + 1,
+                        attempts=(request.retries or 0) - self._busy_waits() + 1,
                         worker=request.hostname or "",
                     ),
                     properties={"correlation_id": task_id},

@@ -17,6 +17,7 @@ def test_task_message_is_celery_protocol_v2_in_json() -> None:
     assert headers["retries"] == 0
     assert isinstance(headers[PUBLISHED_AT], float)
     assert message.properties == {"correlation_id": "id-1", "priority": 4}
+    assert json.loads(headers["kwargsrepr"]) == {"to": ["a@example.com"]}
 
 
 def test_kwargsrepr_is_capped() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TEMPLATES = Path(__file__).parent / "templates"
@@ -29,3 +29,10 @@ class NotifierSettings(BaseSettings):
         default_factory=dict,
         description='Signing secrets by name, as JSON: {"dingtalk-ops": "SEC..."}.',
     )
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _existing_directory(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value

@@ -19,31 +19,25 @@ from notifier.settings import NotifierSettings
 from notifier.templates import TemplateRenderer
 from tasklane.contracts import SEND_EMAIL, SEND_IM, EmailPayload, EmailResult, IMPayload, IMResult
 from tasklane.errors import PermanentError
+from tasklane.settings import load
 from tasklane.task import implement
 
 settings = app.conf.tasklane_settings
-
-
-@cache
-def _notifier_settings() -> NotifierSettings:
-    return NotifierSettings()
-
-
-@cache
-def _renderer() -> TemplateRenderer:
-    return TemplateRenderer(_notifier_settings().templates_dir)
+# Read when the worker starts, so that a bad value stops it with a clear error at once.
+notifier_settings = load(NotifierSettings)
+renderer = TemplateRenderer(notifier_settings.templates_dir)
 
 
 @cache
 def _http() -> httpx.Client:
     # One pooled client per worker process, created after the pool forks.
-    return httpx.Client(timeout=_notifier_settings().webhook_timeout, follow_redirects=False)
+    return httpx.Client(timeout=notifier_settings.webhook_timeout, follow_redirects=False)
 
 
 def _secret(name: str | None) -> str | None:
     if name is None:
         return None
-    secret = _notifier_settings().secrets.get(name)
+    secret = notifier_settings.secrets.get(name)
     if secret is None:
         raise PermanentError(f"secret_ref {name!r} is not configured in the notifier")
     return secret.get_secret_value()
@@ -52,9 +46,9 @@ def _secret(name: str | None) -> str | None:
 @implement(app, SEND_EMAIL, settings)
 def send_email(payload: EmailPayload) -> EmailResult:
     """Send one email over SMTP. Retries transient SMTP errors; at most once per idempotency key."""
-    config = _notifier_settings()
+    config = notifier_settings
     if payload.template is not None:
-        body = _renderer().render(payload.template, payload.context)
+        body = renderer.render(payload.template, payload.context)
         text, html = body.text, body.html
     else:
         text, html = payload.text, payload.html

@@ -36,7 +36,7 @@ class RetryPolicy:
         max_retries: retries after the first attempt; then the message is dead-lettered.
         backoff_base: seconds before the first retry.
         backoff_max: upper bound of any computed delay.
-        jitter: draw the delay uniformly from ``[0, computed]`` to spread retry storms.
+        jitter: draw the delay uniformly from ``[computed / 2, computed]`` to spread retries.
     """
 
     retry_on: tuple[type[BaseException], ...] = (TransientError, ConnectionError, TimeoutError)
@@ -68,7 +68,7 @@ class TaskContract(Generic[PayloadT, ResultT]):
 
     The queue is the dedicated queue of this task type; its dead-letter queue is derived from it
     (see :mod:`tasklane.routing`). Time limits are seconds; ``rate_limit`` uses Celery's syntax
-    (``"10/s"``) and applies per worker process.
+    (``"10/s"``) and applies per worker node, not across the pool.
     """
 
     name: str

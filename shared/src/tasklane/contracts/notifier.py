@@ -83,6 +83,8 @@ class IMResult(Result):
     deduplicated: bool = False
 
 
+# No rate limits on delivery: Celery's per-node token bucket with Redis and prefetch 1 delivered
+# about 1.5 emails/s under a "50/s" limit (measured); providers throttle with 429/4xx, retried.
 DELIVERY_RETRY = RetryPolicy(
     retry_on=(TransientError, ConnectionError, TimeoutError),
     max_retries=8,
@@ -99,7 +101,6 @@ SEND_EMAIL: TaskContract[EmailPayload, EmailResult] = TaskContract(
     retry=DELIVERY_RETRY,
     soft_time_limit=30.0,
     time_limit=45.0,
-    rate_limit="50/s",
     idempotency_key=("idempotency_key",),
     priority=5,
 )
@@ -113,7 +114,6 @@ SEND_IM: TaskContract[IMPayload, IMResult] = TaskContract(
     retry=DELIVERY_RETRY,
     soft_time_limit=20.0,
     time_limit=30.0,
-    rate_limit="20/s",
     idempotency_key=("idempotency_key",),
     priority=5,
 )
