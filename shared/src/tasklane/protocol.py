@@ -21,6 +21,8 @@ PUBLISHED_AT = "x-tasklane-published-at"
 
 _EMBED: dict[str, None] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _EMBED_JSON = json.dumps(_EMBED, separators=(",", ":"))
+# One encoder for every message: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
 

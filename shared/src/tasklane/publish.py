@@ -5,9 +5,10 @@ Upstream services use this module alone; it never imports worker code.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
@@ -254,7 +255,10 @@ class Publisher:
 
     def _producer_for(self, contract: TaskContract[Any, Any]) -> Producer:
         if self._producer is None:
-            self._producer = Producer(self._connection.default_channel)
+            channel = self._connection.default_channel
+            if self._connection.transport.driver_type == "redis":
+                _reuse_redis_client(channel)
+            self._producer = Producer(channel)
         name = queue_name(contract, self.settings.namespace)
         if name not in self._declared:
             # Declaring before the first publish means no message is dropped by RabbitMQ
@@ -287,6 +291,21 @@ class Publisher:
             retry_policy=_RETRY_POLICY,
             **message.properties,
         )
+
+
+def _reuse_redis_client(channel: Any) -> None:
+    """Make a publish-only Kombu Redis channel send through its one long-lived client.
+
+    Kombu builds a new ``redis.Redis`` object for every message it puts (about a third of a single
+    publish here, see docs/performance.md), since a consuming channel's own client may be blocked
+    in BRPOP. This channel never consumes, so its client is free; the connection pool is the same.
+    """
+
+    @contextlib.contextmanager
+    def conn_or_acquire(client: Any = None) -> Iterator[Any]:
+        yield client or channel.client
+
+    channel.conn_or_acquire = conn_or_acquire
 
 
 def publish(

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
     timezone: str = "UTC"
     task_events: bool = True
+    track_started: bool = Field(
+        default=False,
+        description="Record a STARTED state per task: one more result-backend write per task.",
+    )
     worker_concurrency: int | None = Field(default=None, ge=1)
 
     @field_validator("broker_url")

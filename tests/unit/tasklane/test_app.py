@@ -56,3 +56,9 @@ def test_visibility_timeout_below_a_retry_hold_is_allowed_with_a_warning(
     settings = Settings(broker_url=REDIS, visibility_timeout=100)
     assert visibility_timeout(settings, contracts) == 100
     assert "may be delivered twice" in caplog.text
+
+
+def test_started_state_is_opt_in() -> None:
+    assert not create_app("notifier", settings=Settings(broker_url=REDIS)).conf.task_track_started
+    tracked = create_app("notifier", settings=Settings(broker_url=REDIS, track_started=True))
+    assert tracked.conf.task_track_started
