@@ -5,7 +5,8 @@ their ``PYTHONPATH``); ``bench/run.py`` imports it to publish. Settings come fro
 
 * ``TASKLANE_BROKER_URL`` (default ``redis://127.0.0.1:6379/12``) and ``TASKLANE_NAMESPACE``
   (default ``perf.``); every other ``TASKLANE_*`` variable is honoured as usual.
-* ``TASKLANE_BENCH_CONF``: a JSON object of Celery settings applied over the Tasklane app's, for
+* ``TASKLANE_BENCH_CONF``: a JSON object of Celery settings applied over the Tasklane app's, and
+  ``TASKLANE_BENCH_TASK_ATTRS`` one of task attributes (``acks_late``) set on its no-op task, for
   the ablation runs that attribute the hardening's cost (``run.py --ablation``).
 * ``TASKLANE_BENCH_LATENCY_KEY``: when set, a ``task_prerun`` handler records, per task, the
   seconds between the ``x-tasklane-published-at`` header and the task's start in the Redis list
@@ -33,6 +34,7 @@ DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/12"
 DEFAULT_NAMESPACE = "perf."
 LATENCY_KEY_ENV = "TASKLANE_BENCH_LATENCY_KEY"
 CONF_ENV = "TASKLANE_BENCH_CONF"
+TASK_ATTRS_ENV = "TASKLANE_BENCH_TASK_ATTRS"
 
 BARE_TASK = "bench.bare.run"
 BARE_QUEUE = "bench.bare"
@@ -84,6 +86,11 @@ def noop(payload: NoopPayload) -> NoopResult:
     return NoopResult(n=payload.n)
 
 
+# implement() sets acks_late per task, so an ablation has to override it on the task itself.
+for _name, _value in json.loads(os.environ.get(TASK_ATTRS_ENV) or "{}").items():
+    setattr(noop, _name, _value)
+
+
 # --------------------------------------------------------------------------- bare Celery side
 BARE_QUEUE_NAME = f"{settings.namespace}{BARE_QUEUE}"
 
@@ -107,7 +114,7 @@ bare_app.conf.update(
 )
 
 
-@bare_app.task(name=BARE_TASK)
+@bare_app.task(name=BARE_TASK)  # type: ignore[untyped-decorator]
 def bare_noop(n: int) -> dict[str, int]:
     """The bare equivalent of :func:`noop`: JSON-compatible dict in, same dict out."""
     return {"n": n}

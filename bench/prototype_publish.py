@@ -9,7 +9,10 @@ it with one long-lived redis-py client (pipelined for bulk), to measure what tha
 
 It reproduces Kombu's virtual-transport envelope (``body`` base64, ``properties.delivery_info``,
 ``body_encoding``, ``delivery_tag``) and its priority sub-list naming (``queue:N``) as configured by
-:mod:`tasklane.broker`; the real worker consumes these messages unchanged (checked by ``--verify``).
+:mod:`tasklane.broker`; ``verify()`` checks each run that its message equals the Kombu path's,
+ids and timestamps aside.
+
+It also times ``Publisher._encode`` with a prebuilt JSON encoder in ``protocol.encode_body``.
 
 Usage: ``.venv/bin/python bench/prototype_publish.py [--single N] [--bulk N] [--rounds R]``.
 """
@@ -71,7 +74,7 @@ class RedisFastPublisher(Publisher):
         }
         return key, json.dumps(envelope).encode()
 
-    def publish(  # type: ignore[override]
+    def publish(
         self,
         task: str | TaskContract[Any, Any],
         payload: BaseModel | Mapping[str, Any],
@@ -87,7 +90,7 @@ class RedisFastPublisher(Publisher):
             self._redis.lpush(key, raw)
         return TaskHandle(message.task_id, contract, self._results)
 
-    def publish_many(  # type: ignore[override]
+    def publish_many(
         self,
         task: str | TaskContract[Any, Any],
         payloads: Iterable[BaseModel | Mapping[str, Any]],
@@ -162,6 +165,37 @@ def verify(client: redis.Redis) -> None:
     purge(client)
 
 
+def encode_micro(rounds: int, count: int = 50_000) -> None:
+    """``Publisher._encode`` as shipped, then with a prebuilt ``JSONEncoder`` in ``encode_body``.
+
+    ``json.dumps`` with non-default ``separators`` builds a new encoder on every call; patching
+    this process's ``tasklane.protocol.encode_body`` measures the change without editing Tasklane.
+    """
+    import tasklane.protocol as protocol
+
+    encoder = json.JSONEncoder(separators=(",", ":"))
+    embed = protocol._EMBED
+
+    def prebuilt(kwargs: dict[str, Any], args: list[Any] | None = None) -> bytes:
+        return encoder.encode([args or [], kwargs, embed]).encode()
+
+    stock = protocol.encode_body
+    assert prebuilt({"n": 1}) == stock({"n": 1})
+    with Publisher(svc.settings, registry=svc.BENCH_REGISTRY) as publisher:
+        timings: dict[str, list[float]] = {"stock": [], "prebuilt encoder": []}
+        for _ in range(rounds):
+            for name, function in (("stock", stock), ("prebuilt encoder", prebuilt)):
+                protocol.encode_body = function
+                start = time.perf_counter()
+                for n in range(count):
+                    publisher._encode(svc.NOOP, {"n": n}, None, None)
+                timings[name].append((time.perf_counter() - start) / count * 1e6)
+        protocol.encode_body = stock
+    for name, values in timings.items():
+        shown = ", ".join(f"{v:.2f}" for v in values)
+        print(f"_encode, {name:17s} median {statistics.median(values):6.2f} us/msg  ({shown})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--single", type=int, default=10_000)
@@ -180,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, values in figures.items():
         shown = ", ".join(f"{v:.0f}" for v in values)
         print(f"{name:24s} median {statistics.median(values):8.0f} msg/s  ({shown})")
+    encode_micro(args.rounds)
+    from run import cleanup
+
+    cleanup(client)  # queues, bindings and anything else under the benchmark's namespace
     return 0
 
 

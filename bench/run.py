@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
@@ -43,7 +43,7 @@ LATENCY_KEY = f"{NAMESPACE}bench.latency"
 EDGE = 8
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-Side = str  # "bare" or "tasklane"
+Side = Literal["bare", "tasklane"]
 SIDES: tuple[Side, Side] = ("bare", "tasklane")
 
 
@@ -96,7 +96,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--ablation",
         action="store_true",
-        help="also measure Tasklane throughput with events, track_started, result_extended off",
+        help="also measure Tasklane with events, track_started, result_extended, acks_late off",
     )
     parser.add_argument("--keep-logs", action="store_true", help="print worker log paths")
     return parser.parse_args(argv)
@@ -351,10 +351,14 @@ def prefill(side: Side, count: int) -> list[str]:
         with Publisher(svc.settings, registry=svc.BENCH_REGISTRY) as publisher:
             handles = publisher.publish_many(svc.NOOP, ({"n": i} for i in range(count)))
             return [handle.id for handle in handles]
-    ids: list[str] = []
+    # Celery's own message builder and sender, without apply_async's result-backend subscription:
+    # a pub/sub channel per task would make Redis push every result to this idle process.
+    amqp = svc.bare_app.amqp
+    ids = [str(uuid.uuid4()) for _ in range(count)]
     with svc.bare_app.producer_or_acquire() as producer, producer.batch(max_size=1000):
-        for i in range(count):
-            ids.append(svc.bare_noop.apply_async(kwargs={"n": i}, producer=producer).id)
+        for i, task_id in enumerate(ids):
+            message = amqp.create_task_message(task_id, svc.BARE_TASK, (), {"n": i})
+            amqp.send_task_message(producer, svc.BARE_TASK, message, queue=svc.BARE_QUEUE_NAME)
     return ids
 
 
@@ -401,6 +405,11 @@ ABLATIONS = (
             "Tasklane, events + track_started + result_extended off", "tasklane",
             {**_NO_EVENTS, "TASKLANE_BENCH_CONF":
              '{"task_track_started": false, "result_extended": false}'}),
+    Variant("throughput.tasklane.no_events_started_extended_ackslate",
+            "Tasklane, the three above + acks_late off", "tasklane",
+            {**_NO_EVENTS, "TASKLANE_BENCH_CONF":
+             '{"task_track_started": false, "result_extended": false}',
+             "TASKLANE_BENCH_TASK_ATTRS": '{"acks_late": false}'}),
 )  # fmt: skip
 
 
