@@ -70,6 +70,8 @@ def start_worker(
             **broker.env(),
             "TASKLANE_NOTIFIER_SMTP_PORT": str(smtp_sink.port),
             "TASKLANE_NOTIFIER_WEBHOOK_TIMEOUT": "2",
+            # The webhook sink listens on loopback, which the SSRF guard refuses by default.
+            "TASKLANE_NOTIFIER_WEBHOOK_ALLOW": "127.0.0.1/32",
             **extra_env,
         }
         worker = WorkerProcess("notifier", env, tmp_path / f"worker{len(started)}.log", concurrency)

@@ -235,3 +235,21 @@ def test_concurrent_publishes_of_one_key_deliver_once(broker: BrokerEnv, tmp_pat
     assert sorted(r.deduplicated for r in results) == [False, True]
     assert results[0].message_id == results[1].message_id
     assert "idempotency key held by task" in worker.output()
+
+
+def test_webhook_to_an_internal_address_is_refused_without_a_request(
+    broker: BrokerEnv, webhook_sink: WebhookSink, start_worker: Any
+) -> None:
+    start_worker(TASKLANE_NOTIFIER_WEBHOOK_ALLOW="")  # no exception for the loopback sink
+    with Publisher(broker.settings) as publisher:
+        handle = publisher.publish(
+            "notifier.im.send",
+            {"channel": "slack", "url": f"{webhook_sink.url}/hook", "text": "to the inside"},
+        )
+        with pytest.raises(TaskFailedError, match="loopback"):
+            handle.get(timeout=20)
+    (letter,) = wait_for_dead_letters(broker, "notifier.im", 1)
+    assert letter.reason == "permanent-error"
+    assert letter.error_type == "UnsafeURLError"
+    time.sleep(0.5)
+    assert webhook_sink.requests == []

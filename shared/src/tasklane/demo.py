@@ -83,6 +83,7 @@ def run(keep_running: bool = False) -> int:
             "TASKLANE_BROKER_URL": url,
             "TASKLANE_NAMESPACE": settings.namespace,
             "TASKLANE_NOTIFIER_SMTP_PORT": str(smtp.port),
+            "TASKLANE_NOTIFIER_WEBHOOK_ALLOW": "127.0.0.1/32",  # the local webhook sink
             "TASKLANE_NOTIFIER_DEFAULT_SENDER": "demo@example.org",
             "TASKLANE_NOTIFIER_SECRETS": json.dumps({DEMO_SECRET_NAME: DEMO_SECRET}),
         }

@@ -25,6 +25,13 @@ class NotifierSettings(BaseSettings):
     default_sender: str = "tasklane@localhost"
     templates_dir: Path = DEFAULT_TEMPLATES
     webhook_timeout: float = Field(default=10.0, gt=0)
+    webhook_allow: str = Field(
+        default="",
+        description=(
+            "Comma-separated networks and host names webhooks may reach although they are private "
+            "(e.g. '10.20.0.0/16,hooks.internal'); every other private address is refused."
+        ),
+    )
     secrets: dict[str, SecretStr] = Field(
         default_factory=dict,
         description='Signing secrets by name, as JSON: {"dingtalk-ops": "SEC..."}.',

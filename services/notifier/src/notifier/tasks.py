@@ -19,6 +19,7 @@ from notifier.settings import NotifierSettings
 from notifier.templates import TemplateRenderer
 from tasklane.contracts import SEND_EMAIL, SEND_IM, EmailPayload, EmailResult, IMPayload, IMResult
 from tasklane.errors import PermanentError
+from tasklane.netguard import NetGuardPolicy, guarded_client
 from tasklane.settings import load
 from tasklane.task import implement
 
@@ -26,12 +27,18 @@ settings = app.conf.tasklane_settings
 # Read when the worker starts, so that a bad value stops it with a clear error at once.
 notifier_settings = load(NotifierSettings)
 renderer = TemplateRenderer(notifier_settings.templates_dir)
+webhook_policy = NetGuardPolicy.from_strings(
+    [entry.strip() for entry in notifier_settings.webhook_allow.split(",") if entry.strip()]
+)
 
 
 @cache
 def _http() -> httpx.Client:
-    # One pooled client per worker process, created after the pool forks.
-    return httpx.Client(timeout=notifier_settings.webhook_timeout, follow_redirects=False)
+    # One pooled client per worker process, created after the pool forks. Webhook URLs come from
+    # upstream payloads: the guard refuses internal addresses (SSRF) and redirects are not followed.
+    return guarded_client(
+        webhook_policy, timeout=notifier_settings.webhook_timeout, follow_redirects=False
+    )
 
 
 def _secret(name: str | None) -> str | None:
