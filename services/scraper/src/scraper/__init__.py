@@ -1,0 +1,1 @@
+"""Scraper service: polite, SSRF-guarded page fetching and extraction."""
