@@ -111,7 +111,8 @@ def depths() -> dict[str, int]:
 
 def expected_depths(env: CliEnv, **waiting: int) -> dict[str, int]:
     """Every queue of the registry at 0, except ``waiting`` (keys: queue names, dots as _)."""
-    names = ("notifier.email", "notifier.im", "notifier.email.dlq", "notifier.im.dlq")
+    queues = {contract.queue for contract in REGISTRY}
+    names = sorted(queues) + sorted(dlq_name(queue) for queue in queues)
     return {env.q(name): waiting.get(name.replace(".", "_"), 0) for name in names}
 
 

@@ -60,13 +60,14 @@ class UnsafeURLError(PermanentError):
     """
 
     def __init__(self, url: str, host: str, reason: str) -> None:
-        super().__init__(url, host, reason)  # all of them, so that pickling round-trips
+        # The message is the only argument: result backends store and show an error's args.
+        super().__init__(f"refusing {url}: {reason}")
         self.url = url
         self.host = host
         self.reason = reason
 
-    def __str__(self) -> str:
-        return f"refusing {self.url}: {self.reason}"
+    def __reduce__(self) -> tuple[type[UnsafeURLError], tuple[str, str, str]]:
+        return type(self), (self.url, self.host, self.reason)
 
 
 def _refuse(url: httpx.URL, reason: str) -> UnsafeURLError:

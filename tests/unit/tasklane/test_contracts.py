@@ -27,7 +27,8 @@ def test_registry_knows_the_notifier_contracts() -> None:
         "notifier.email.send",
         "notifier.im.send",
     ]
-    assert REGISTRY.services() == ("notifier",)
+    assert REGISTRY.services() == ("notifier", "scraper")
+    assert [c.name for c in REGISTRY.for_service("scraper")] == ["scraper.page.fetch"]
 
 
 def test_unknown_contract_names_the_task() -> None:

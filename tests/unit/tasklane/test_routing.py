@@ -13,6 +13,7 @@ def test_every_contract_routes_to_its_own_queue() -> None:
             "routing_key": "prod.notifier.email",
         },
         "notifier.im.send": {"queue": "prod.notifier.im", "routing_key": "prod.notifier.im"},
+        "scraper.page.fetch": {"queue": "prod.scraper.fetch", "routing_key": "prod.scraper.fetch"},
     }
 
 
@@ -33,9 +34,10 @@ def test_dead_letter_queues_are_bound_to_the_dead_letter_exchange() -> None:
     assert [(q.name, q.exchange.name, q.routing_key) for q in dlqs] == [
         ("staging.notifier.email.dlq", "staging.tasklane.dlx", "staging.notifier.email.dlq"),
         ("staging.notifier.im.dlq", "staging.tasklane.dlx", "staging.notifier.im.dlq"),
+        ("staging.scraper.fetch.dlq", "staging.tasklane.dlx", "staging.scraper.fetch.dlq"),
     ]
 
 
 def test_unknown_service_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="services: notifier"):
+    with pytest.raises(ValueError, match="services: notifier, scraper"):
         queues_for_service(REGISTRY, "fax")

@@ -55,14 +55,15 @@ class RobotsDisallowedError(PermanentError):
     """robots.txt forbids fetching ``url`` for ``user_agent`` (or could not be fetched)."""
 
     def __init__(self, url: str, user_agent: str) -> None:
-        super().__init__(url, user_agent)  # both, so that pickling round-trips
+        # The message is the only argument: result backends store and show an error's args.
+        # The query is left out: it may carry secrets, and the path is what robots.txt rules.
+        shown = str(httpx.URL(url).copy_with(query=None, fragment=None))
+        super().__init__(f"robots.txt disallows {shown} for user agent {user_agent!r}")
         self.url = url
         self.user_agent = user_agent
 
-    def __str__(self) -> str:
-        # The query is left out: it may carry secrets, and the path is what robots.txt rules.
-        shown = str(httpx.URL(self.url).copy_with(query=None, fragment=None))
-        return f"robots.txt disallows {shown} for user agent {self.user_agent!r}"
+    def __reduce__(self) -> tuple[type[RobotsDisallowedError], tuple[str, str]]:
+        return type(self), (self.url, self.user_agent)
 
 
 @dataclass(frozen=True)

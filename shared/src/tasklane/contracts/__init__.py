@@ -17,14 +17,19 @@ from tasklane.contracts.notifier import (
     IMPayload,
     IMResult,
 )
+from tasklane.contracts.scraper import FETCH_PAGE, FetchPayload, FetchResult, FieldSelector
 
 #: Every contract of the platform. Services and publishers read this registry.
-REGISTRY = ContractRegistry((SEND_EMAIL, SEND_IM))
+REGISTRY = ContractRegistry((SEND_EMAIL, SEND_IM, FETCH_PAGE))
 
 __all__ = [
     "ContractRegistry",
     "EmailPayload",
     "EmailResult",
+    "FETCH_PAGE",
+    "FetchPayload",
+    "FetchResult",
+    "FieldSelector",
     "IMPayload",
     "IMResult",
     "Payload",

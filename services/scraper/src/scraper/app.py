@@ -1,0 +1,8 @@
+"""The scraper's Celery app, run by ``tasklane worker scraper``."""
+
+from __future__ import annotations
+
+from tasklane.app import create_app
+
+app = create_app("scraper")
+app.conf.include = ["scraper.tasks"]

@@ -1,0 +1,44 @@
+"""Scraper settings: identity, politeness, limits and the SSRF allow-list."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ScraperSettings(BaseSettings):
+    """Read from ``TASKLANE_SCRAPER_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="TASKLANE_SCRAPER_", extra="ignore", frozen=True)
+
+    user_agent: str = Field(
+        default="TasklaneBot/0.1 (+https://example.org/tasklane-bot)",
+        min_length=3,
+        description="Sent with every request and matched against robots.txt groups.",
+    )
+    allow: str = Field(
+        default="",
+        description=(
+            "Comma-separated networks and host names that may be fetched although private "
+            "(e.g. '10.20.0.0/16,intranet.example'); every other private address is refused."
+        ),
+    )
+    min_delay: float = Field(
+        default=1.0, ge=0, description="Seconds between request starts to one host, all workers."
+    )
+    max_concurrency: int = Field(
+        default=2, ge=1, description="Requests in flight to one host across all workers."
+    )
+    max_wait: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds a task waits for its host's turn before it retries later instead.",
+    )
+    robots_ttl: int = Field(default=3600, ge=60, description="Seconds robots.txt is cached.")
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=10.0, gt=0)
+    max_redirects: int = Field(default=5, ge=0, le=20)
+
+    def allow_list(self) -> list[str]:
+        """The allow-list entries, parsed from the comma-separated setting."""
+        return [entry.strip() for entry in self.allow.split(",") if entry.strip()]
