@@ -27,10 +27,10 @@ from scraper.fetch import (
     UnsupportedContentTypeError,
     fetch,
     make_client,
-    retry_after_seconds,
 )
 from tasklane.errors import PermanentError, TransientError
 from tasklane.netguard import NetGuardPolicy, UnsafeURLError
+from tasklane.retryafter import retry_after_seconds
 
 pytestmark = pytest.mark.integration
 

@@ -6,17 +6,15 @@ import base64
 import hashlib
 import hmac
 import json
-import math
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import httpx
 
 from tasklane.contracts.notifier import IMPayload
 from tasklane.errors import PermanentError, TransientError
+from tasklane.retryafter import retry_after_seconds
 
 _EXCERPT = 500
 # DingTalk's "sending too fast" error: the robot is throttled for a while, retrying later works.
@@ -133,7 +131,7 @@ def post(client: httpx.Client, request: WebhookRequest) -> WebhookOutcome:
     if status == 429 or 500 <= status < 600:
         raise TransientError(
             f"{target} answered {status}: {excerpt}",
-            retry_after=_retry_after(response.headers.get("Retry-After")),
+            retry_after=retry_after_seconds(response.headers.get("Retry-After")),
         )
     if not 200 <= status < 300:
         raise PermanentError(f"{target} answered {status}: {excerpt}")
@@ -157,23 +155,3 @@ def _check_dingtalk(target: str, response: httpx.Response) -> None:
     if errcode == _DINGTALK_THROTTLED:
         raise TransientError(message)
     raise PermanentError(message)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), if usable."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # HTTP-dates are GMT by definition
-    return max(0.0, when.timestamp() - time.time())

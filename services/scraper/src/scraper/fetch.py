@@ -14,19 +14,18 @@ output of every step capped, so a compression bomb never expands past the limit 
 
 from __future__ import annotations
 
-import math
 import re
 import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
 from tasklane.errors import PermanentError, TransientError
 from tasklane.netguard import NetGuardPolicy, guarded_client
+from tasklane.retryafter import retry_after_seconds
 
 DEFAULT_ACCEPTED_TYPES = frozenset(
     {
@@ -160,32 +159,6 @@ def make_client(policy: NetGuardPolicy, limits: FetchLimits) -> httpx.Client:
         follow_redirects=True,
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )
-
-
-def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date), if usable.
-
-    Args:
-        value: the header value, or None when absent.
-        now: the current POSIX time; ``time.time()`` when None.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None  # not an HTTP-date (those say GMT); a zone-less guess would be arbitrary
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 def fetch(
