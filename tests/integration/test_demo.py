@@ -24,7 +24,9 @@ def test_demo_runs_on_the_embedded_broker_and_shows_both_ends() -> None:
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "embedded Valkey" in out
-    assert out.count("ready: False") == 2  # the handles, right after publishing
+    # Right after publishing a handle is normally not ready; a fast worker may win one race.
+    assert out.count("published notifier.") == 2
+    assert "ready: False" in out
     assert "notifier.email.send ready: True" in out
     assert "Subject: Welcome to Tasklane" in out  # what the SMTP sink received
     assert "X-Tasklane-Signature: sha256=" in out  # what the webhook sink received
