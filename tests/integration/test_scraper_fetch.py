@@ -30,7 +30,6 @@ from scraper.fetch import (
 )
 from tasklane.errors import PermanentError, TransientError
 from tasklane.netguard import NetGuardPolicy, UnsafeURLError
-from tasklane.retryafter import retry_after_seconds
 
 pytestmark = pytest.mark.integration
 
@@ -420,30 +419,6 @@ def test_connection_refused_is_transient() -> None:
 
 
 # Pure helpers of scraper.fetch; here rather than in tests/unit, next to their users.
-
-
-NOW = 1_700_000_000.0
-
-
-@pytest.mark.parametrize(
-    "value, expected",
-    [
-        ("3", 3.0),
-        (" 2.5 ", 2.5),
-        ("0", 0.0),
-        ("-1", None),
-        ("nan", None),
-        ("inf", None),
-        ("soon", None),
-        ("", None),
-        (None, None),
-        ("Tue, 14 Nov 2023 22:13:50 GMT", 30.0),  # NOW + 30 s
-        ("Tue, 14 Nov 2023 22:12:00 GMT", 0.0),  # in the past
-        ("Tue, 14 Nov 2023 22:13:50", None),  # no zone: not an HTTP-date
-    ],
-)
-def test_retry_after_seconds(value: str | None, expected: float | None) -> None:
-    assert retry_after_seconds(value, now=NOW) == expected
 
 
 def test_max_decompressed_bytes_defaults_to_four_times_max_bytes_within_bounds() -> None:
