@@ -124,6 +124,11 @@ class NetGuardPolicy:
             hosts.add(entry)
         return cls(tuple(networks), frozenset(hosts))
 
+    @classmethod
+    def from_setting(cls, value: str) -> NetGuardPolicy:
+        """Build a policy from one comma-separated setting (``"10.20.0.0/16,hooks.internal"``)."""
+        return cls.from_strings(entry.strip() for entry in value.split(","))
+
     def refusal(self, host: str, address: IPAddress) -> str | None:
         """Why ``address`` (one address of ``host``) must not be contacted; None if it may."""
         if _normalize_host(host) in self.allow_hosts:

@@ -421,3 +421,9 @@ def test_options_that_bypass_the_guard_are_refused(option: dict[str, object]) ->
 def test_guarded_transport_refuses_proxy_and_uds() -> None:
     with pytest.raises(TypeError, match="does not support proxy, uds"):
         GuardedTransport(NO_ALLOW, proxy="http://127.0.0.1:3128", uds="/tmp/x.sock")
+
+
+def test_policy_from_a_comma_separated_setting() -> None:
+    policy = NetGuardPolicy.from_setting(" 127.0.0.1/32, hooks.internal ,,")
+    assert policy == NetGuardPolicy.from_strings(["127.0.0.1/32", "hooks.internal"])
+    assert NetGuardPolicy.from_setting("") == NetGuardPolicy()

@@ -27,9 +27,7 @@ settings = app.conf.tasklane_settings
 # Read when the worker starts, so that a bad value stops it with a clear error at once.
 notifier_settings = load(NotifierSettings)
 renderer = TemplateRenderer(notifier_settings.templates_dir)
-webhook_policy = NetGuardPolicy.from_strings(
-    [entry.strip() for entry in notifier_settings.webhook_allow.split(",") if entry.strip()]
-)
+webhook_policy = NetGuardPolicy.from_setting(notifier_settings.webhook_allow)
 
 
 @cache

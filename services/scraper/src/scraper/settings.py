@@ -38,7 +38,3 @@ class ScraperSettings(BaseSettings):
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=10.0, gt=0)
     max_redirects: int = Field(default=5, ge=0, le=20)
-
-    def allow_list(self) -> list[str]:
-        """The allow-list entries, parsed from the comma-separated setting."""
-        return [entry.strip() for entry in self.allow.split(",") if entry.strip()]

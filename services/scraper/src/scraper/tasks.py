@@ -29,7 +29,7 @@ from tasklane.task import implement
 settings = app.conf.tasklane_settings
 # Read when the worker starts, so that a bad value stops it with a clear error at once.
 scraper_settings = load(ScraperSettings)
-policy = NetGuardPolicy.from_strings(scraper_settings.allow_list())
+policy = NetGuardPolicy.from_setting(scraper_settings.allow)
 base_limits = FetchLimits(
     connect_timeout=scraper_settings.connect_timeout,
     read_timeout=scraper_settings.read_timeout,
