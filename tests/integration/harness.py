@@ -15,6 +15,7 @@ import redis
 from kombu import Connection
 
 from tasklane.contracts import REGISTRY
+from tasklane.deadletter import DeadLetter, DeadLetterQueue
 from tasklane.routing import dead_letter_exchange, dlq_name, queue_name
 from tasklane.settings import Settings
 
@@ -44,6 +45,26 @@ class BrokerEnv:
             "TASKLANE_RESULT_BACKEND": self.result_backend,
             "TASKLANE_NAMESPACE": self.namespace,
         }
+
+
+def dead_letters(broker: BrokerEnv, queue: str) -> list[DeadLetter]:
+    """The dead letters of a contract queue (``notifier.email``) in the broker's namespace."""
+    with Connection(broker.broker_url) as conn:
+        return DeadLetterQueue(conn, dlq_name(broker.namespace + queue), broker.namespace).peek()
+
+
+def wait_for_dead_letters(
+    broker: BrokerEnv, queue: str, count: int, timeout: float = 30.0
+) -> list[DeadLetter]:
+    """Poll until ``queue``'s DLQ holds ``count`` letters; fails the test otherwise."""
+    deadline = time.monotonic() + timeout
+    letters = dead_letters(broker, queue)
+    while len(letters) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{queue}: {len(letters)} dead letters, expected {count}")
+        time.sleep(0.2)
+        letters = dead_letters(broker, queue)
+    return letters
 
 
 def rabbitmq_reachable() -> bool:

@@ -19,7 +19,7 @@ from tasklane.protocol import encode_body, task_headers
 from tasklane.publish import Publisher
 from tasklane.routing import dead_letter_queue, dlq_name, work_queue
 from tasklane.sinks import SmtpSink
-from tests.integration.harness import BrokerEnv, WorkerProcess
+from tests.integration.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -47,19 +47,6 @@ def send_raw(
             correlation_id=task_id,
         )
     return task_id
-
-
-def letters_by_id(broker: BrokerEnv, queue: str, count: int) -> dict[str | None, DeadLetter]:
-    name = dlq_name(f"{broker.namespace}{queue}")
-    deadline = time.monotonic() + 30
-    letters: list[DeadLetter] = []
-    while time.monotonic() < deadline:
-        with Connection(broker.broker_url) as conn:
-            letters = DeadLetterQueue(conn, name, broker.namespace).peek()
-        if len(letters) >= count:
-            return {letter.task_id: letter for letter in letters}
-        time.sleep(0.2)
-    raise AssertionError(f"{name}: {len(letters)} dead letters, expected {count}")
 
 
 def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason(
@@ -100,8 +87,8 @@ def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason(
         with pytest.raises(TaskFailedError, match="product"):
             missing_variable.get(timeout=20)
 
-        email = letters_by_id(broker, "notifier.email", 9)
-        im = letters_by_id(broker, "notifier.im", 1)
+        email = {x.task_id: x for x in wait_for_dead_letters(broker, "notifier.email", 9)}
+        im = {x.task_id: x for x in wait_for_dead_letters(broker, "notifier.im", 1)}
 
         expected = {
             "bad-address": ("invalid-payload", "to.0: value is not a valid email address"),

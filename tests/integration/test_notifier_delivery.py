@@ -11,34 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection
 
 from notifier.webhooks import verify_signature
-from tasklane.deadletter import DeadLetter, DeadLetterQueue
 from tasklane.errors import TaskFailedError
 from tasklane.publish import Publisher
-from tasklane.routing import dlq_name
 from tasklane.sinks import Reply, SmtpSink, WebhookSink
-from tests.integration.harness import BrokerEnv, WorkerProcess
+from tests.integration.harness import (
+    BrokerEnv,
+    WorkerProcess,
+    dead_letters,
+    wait_for_dead_letters,
+)
 
 pytestmark = pytest.mark.integration
 
 SECRETS = json.dumps({"ding": "SEC-ding-secret", "hook": "hook-key"})
-
-
-def dead_letters(broker: BrokerEnv, queue: str) -> list[DeadLetter]:
-    with Connection(broker.broker_url) as conn:
-        return DeadLetterQueue(conn, dlq_name(broker.namespace + queue), broker.namespace).peek()
-
-
-def wait_for_dead_letters(broker: BrokerEnv, queue: str, count: int) -> list[DeadLetter]:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        letters = dead_letters(broker, queue)
-        if len(letters) >= count:
-            return letters
-        time.sleep(0.2)
-    raise AssertionError(f"{queue}: {len(letters)} dead letters, expected {count}")
 
 
 def test_email_arrives_with_headers_and_both_bodies(

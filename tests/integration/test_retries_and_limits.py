@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from kombu import Connection
 
-from tasklane.deadletter import DeadLetter, DeadLetterQueue
 from tasklane.errors import TaskFailedError
 from tasklane.publish import Publisher
-from tasklane.routing import dlq_name
 from tests.integration.flaky_contracts import ALWAYS_FAILS, FLAKY_REGISTRY, SLOW
-from tests.integration.harness import BrokerEnv, WorkerProcess
+from tests.integration.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
 
 pytestmark = pytest.mark.integration
-
-
-def _dead_letters(broker: BrokerEnv, queue: str, count: int) -> list[DeadLetter]:
-    name = dlq_name(f"{broker.namespace}{queue}")
-    deadline = time.monotonic() + 20
-    while True:
-        with Connection(broker.broker_url) as conn:
-            letters = DeadLetterQueue(conn, name, broker.namespace).peek()
-        if len(letters) >= count or time.monotonic() > deadline:
-            return letters
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -50,7 +35,7 @@ def test_retries_exhausted_end_in_the_dlq_with_attempts(
         handle = publisher.publish(ALWAYS_FAILS, {"label": "payment-service"})
         with pytest.raises(TaskFailedError, match="gave up after 3 attempts"):
             handle.get(timeout=30)
-    (letter,) = _dead_letters(broker, ALWAYS_FAILS.queue, 1)
+    (letter,) = wait_for_dead_letters(broker, ALWAYS_FAILS.queue, 1)
     assert letter.reason == "retries-exhausted"
     assert letter.error_type == "TransientError"
     assert letter.attempts == 3  # the first try and max_retries=2 retries
@@ -67,7 +52,7 @@ def test_soft_time_limit_ends_in_the_dlq_and_the_worker_goes_on(
             slow.get(timeout=30)
         fast = publisher.publish(SLOW, {"label": "fast"})
         assert fast.get(timeout=20).label == "fast"
-    (letter,) = _dead_letters(broker, SLOW.queue, 1)
+    (letter,) = wait_for_dead_letters(broker, SLOW.queue, 1)
     assert letter.reason == "time-limit"
     assert letter.task_id == slow.id
     assert flaky_worker.process.poll() is None
@@ -82,7 +67,7 @@ def test_hard_time_limit_kills_the_pool_process_and_dead_letters(
             stuck.get(timeout=30)
         after = publisher.publish(SLOW, {"label": "after"})
         assert after.get(timeout=20).label == "after"  # a fresh pool process took over
-    (letter,) = _dead_letters(broker, SLOW.queue, 1)
+    (letter,) = wait_for_dead_letters(broker, SLOW.queue, 1)
     assert letter.reason == "time-limit"
     assert letter.error_type == "TimeLimitExceeded"
     assert letter.task_id == stuck.id

@@ -10,13 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection
 
-from tasklane.deadletter import DeadLetter, DeadLetterQueue
 from tasklane.errors import TaskFailedError
 from tasklane.publish import Publisher
-from tasklane.routing import dlq_name
-from tests.integration.harness import BrokerEnv, WorkerProcess
+from tests.integration.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -103,17 +100,6 @@ def scraper(broker: BrokerEnv, tmp_path: Path) -> Iterator[WorkerProcess]:
     worker.stop()
 
 
-def dead_letters(broker: BrokerEnv, count: int) -> list[DeadLetter]:
-    name = dlq_name(f"{broker.namespace}scraper.fetch")
-    deadline = time.monotonic() + 20
-    while True:
-        with Connection(broker.broker_url) as conn:
-            letters = DeadLetterQueue(conn, name, broker.namespace).peek()
-        if len(letters) >= count or time.monotonic() > deadline:
-            return letters
-        time.sleep(0.2)
-
-
 def test_fetch_extracts_named_fields_and_links(
     broker: BrokerEnv, site: Site, scraper: WorkerProcess
 ) -> None:
@@ -151,7 +137,9 @@ def test_refusals_are_dead_lettered_and_never_retried(
             private.get(timeout=30)
         with pytest.raises(TaskFailedError, match="127.0.0.2"):
             moved.get(timeout=30)
-    letters = {letter.task_id: letter for letter in dead_letters(broker, 2)}
+    letters = {
+        letter.task_id: letter for letter in wait_for_dead_letters(broker, "scraper.fetch", 2)
+    }
     assert letters[private.id].error_type == "RobotsDisallowedError"
     assert letters[moved.id].error_type == "UnsafeURLError"
     assert all(letter.attempts == 1 for letter in letters.values())
