@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install demo up test unit integration lint format typecheck bench
+.PHONY: help install demo up test unit integration lint format typecheck bench bench-crawl
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -53,3 +53,7 @@ typecheck: install ## mypy --strict on every package
 
 bench: install ## Run the benchmarks in bench/ (prints ratios against their baselines)
 	$(PY) bench/run.py
+	$(PY) bench/crawl.py
+
+bench-crawl: install ## Only the crawl benchmark: pages/s of one scraper worker process
+	$(PY) bench/crawl.py

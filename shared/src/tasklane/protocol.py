@@ -11,6 +11,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 CONTENT_TYPE = "application/json"
@@ -76,11 +77,22 @@ def task_headers(
 
 
 def task_message(
-    name: str, task_id: str, kwargs: dict[str, Any], *, priority: int = 0
+    name: str,
+    task_id: str,
+    kwargs: dict[str, Any],
+    *,
+    priority: int = 0,
+    countdown: float | None = None,
 ) -> TaskMessage:
-    """Encode one task call; ``kwargs`` must already be JSON-compatible."""
+    """Encode one task call; ``kwargs`` must already be JSON-compatible.
+
+    ``countdown`` sets the ``eta`` header: the worker holds the task until then.
+    """
     body = encode_body(kwargs)
     headers = task_headers(name, task_id, kwargsrepr=_kwargs_repr(body))
+    if countdown:
+        eta = datetime.now(UTC) + timedelta(seconds=countdown)
+        headers["eta"] = eta.isoformat()
     properties = {"correlation_id": task_id, "priority": priority}
     return TaskMessage(task_id, body, headers, properties)
 

@@ -162,6 +162,7 @@ class Publisher:
         *,
         task_id: str | None = None,
         priority: int | None = None,
+        countdown: float | None = None,
     ) -> TaskHandle[ResultT]: ...
 
     @overload
@@ -172,6 +173,7 @@ class Publisher:
         *,
         task_id: str | None = None,
         priority: int | None = None,
+        countdown: float | None = None,
     ) -> TaskHandle[Any]: ...
 
     def publish(
@@ -181,15 +183,16 @@ class Publisher:
         *,
         task_id: str | None = None,
         priority: int | None = None,
+        countdown: float | None = None,
     ) -> TaskHandle[Any]:
-        """Validate, route and send one task.
+        """Validate, route and send one task; ``countdown`` seconds later if given.
 
         Raises:
             UnknownContractError: no contract of that name.
             PayloadValidationError: the payload breaks the contract (the message names the field).
         """
         contract = self.contract(task)
-        message = self._encode(contract, payload, task_id, priority)
+        message = self._encode(contract, payload, task_id, priority, countdown)
         with self._lock:
             producer = self._producer_for(contract)
             self._send(producer, contract, message, retry=True)
@@ -231,6 +234,7 @@ class Publisher:
         payload: BaseModel | Mapping[str, Any],
         task_id: str | None,
         priority: int | None,
+        countdown: float | None = None,
     ) -> TaskMessage:
         model = validate_payload(contract, payload)
         level = contract.priority if priority is None else priority
@@ -242,6 +246,7 @@ class Publisher:
             model.model_dump(mode="json"),
             # Contracts use AMQP's order (9 most urgent); Kombu's Redis lists serve 0 first.
             priority=MAX_PRIORITY - level if self.settings.broker_is_redis else level,
+            countdown=countdown,
         )
         if len(message.body) > self.settings.max_payload_bytes:
             raise PayloadTooLargeError(

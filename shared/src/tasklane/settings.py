@@ -49,6 +49,10 @@ class Settings(BaseSettings):
         default=None,
         description="Redis URL for idempotency records; defaults to the result backend.",
     )
+    artifacts_url: str | None = Field(
+        default=None,
+        description="Where crawl data, reports and media go: file:///dir or s3://bucket/prefix.",
+    )
     namespace: str = Field(
         default="",
         description="Prefix of every queue name ending in a dot, like 'staging.'; empty for none.",
@@ -129,6 +133,15 @@ class Settings(BaseSettings):
                 "(required when the broker is not Redis)"
             )
         return self.state_url
+
+    def require_artifacts(self) -> str:
+        """The artifact store URI, or a clear error naming the variable to set."""
+        if self.artifacts_url is None:
+            raise SettingsError(
+                "no artifact store configured: set TASKLANE_ARTIFACTS_URL "
+                "(file:///abs/dir or s3://bucket/prefix)"
+            )
+        return self.artifacts_url
 
     @property
     def broker_is_redis(self) -> bool:

@@ -241,3 +241,85 @@ class WebhookSink(_Recorder):
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+
+
+class SiteServer(_Recorder):
+    """A small website on 127.0.0.1: ``GET`` of a path answers its :class:`Reply`, else 404.
+
+    Records every request, so a test can count the fetches of each page. Speaks HTTP/1.1 with
+    keep-alive like real sites; an idle connection is closed after ``idle_timeout`` seconds.
+    Pages without a ``Content-Type`` header are served as UTF-8 HTML.
+    """
+
+    def __init__(self, pages: dict[str, Reply], *, idle_timeout: float = 5.0) -> None:
+        super().__init__()
+        self.pages = dict(pages)
+        self._closing = threading.Event()
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = idle_timeout
+            # Headers and body go out as two writes; with Nagle on, a keep-alive client
+            # waits for the delayed ACK (40 ms) before it sees the body.
+            disable_nagle_algorithm = True
+
+            def do_GET(self) -> None:  # noqa: N802
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                site._record(ReceivedRequest("GET", self.path, headers, b""))
+                reply = site.pages.get(urlsplit(self.path).path, _NOT_FOUND)
+                if reply.delay and site._closing.wait(reply.delay):
+                    return
+                self.send_response(reply.status)
+                sent = {name.lower() for name in reply.headers}
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                if "content-type" not in sent:
+                    self.send_header("Content-Type", "text/html; charset=utf-8")
+                if "content-length" not in sent:
+                    self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # Keep-alive connections of a client may stay open; stopping must not wait for them.
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        """Base URL of the site, without a trailing slash."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def requests(self) -> list[ReceivedRequest]:
+        """Every request so far."""
+        with self._lock:
+            return list(self._received)
+
+    def hits(self) -> dict[str, int]:
+        """How many times each path was requested."""
+        counts: dict[str, int] = {}
+        for request in self.requests:
+            counts[request.path] = counts.get(request.path, 0) + 1
+        return counts
+
+    def start(self) -> Self:
+        """Start serving; returns self."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket."""
+        self._closing.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+_NOT_FOUND = Reply(status=404, body=b"<html><title>Not found</title></html>")

@@ -52,6 +52,9 @@ class ContractTask(Task):  # type: ignore[misc]
     contract: TaskContract[Any, Any]
     implementation: Callable[[Any], BaseModel]
     settings: Settings
+    #: Called with the payload after a valid task was dead-lettered, so that a service can
+    #: account for work that will not be done (a crawl counting its pages, say).
+    dead_letter_hook: Callable[[Any, Exception], None] | None = None
     typing = False  # the payload model checks arguments, with better errors
 
     @cached_property
@@ -211,6 +214,16 @@ class ContractTask(Task):  # type: ignore[misc]
                 )
         except Exception:  # the failure is still recorded in the result backend
             logger.exception("could not dead-letter %s[%s]", self.contract.name, task_id)
+        if self.dead_letter_hook is not None and reason != "invalid-payload":
+            self._run_dead_letter_hook(exc, task_id, kwargs)
+
+    def _run_dead_letter_hook(self, exc: Exception, task_id: str, kwargs: Any) -> None:
+        assert self.dead_letter_hook is not None
+        try:
+            payload = self.contract.payload.model_validate(dict(kwargs or {}))
+            self.dead_letter_hook(payload, exc)
+        except Exception:
+            logger.exception("dead-letter hook of %s[%s] failed", self.contract.name, task_id)
 
 
 def _reason(exc: Exception) -> str:
@@ -226,12 +239,17 @@ def _reason(exc: Exception) -> str:
 
 
 def implement(
-    app: Celery, contract: TaskContract[PayloadT, ResultT], settings: Settings
+    app: Celery,
+    contract: TaskContract[PayloadT, ResultT],
+    settings: Settings,
+    *,
+    on_dead_letter: Callable[[PayloadT, Exception], None] | None = None,
 ) -> Callable[[Callable[[PayloadT], ResultT]], ContractTask]:
     """Register ``function`` as the worker implementation of ``contract`` on ``app``.
 
     The task takes its limits, rate limit and queue from the contract; the function receives the
-    validated payload model and returns the result model.
+    validated payload model and returns the result model. ``on_dead_letter`` is called with the
+    payload after a final failure has been dead-lettered (not for invalid payloads).
     """
 
     def register(function: Callable[[PayloadT], ResultT]) -> ContractTask:
@@ -247,6 +265,7 @@ def implement(
             contract=contract,
             implementation=staticmethod(function),
             settings=settings,
+            dead_letter_hook=staticmethod(on_dead_letter) if on_dead_letter else None,
             queue=queue_name(contract, settings.namespace),
             soft_time_limit=contract.soft_time_limit,
             time_limit=contract.time_limit,

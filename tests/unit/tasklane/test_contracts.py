@@ -22,13 +22,21 @@ class NoopResult(Result):
     n: int
 
 
-def test_registry_knows_the_notifier_contracts() -> None:
+def test_registry_knows_every_service_contract() -> None:
     assert [c.name for c in REGISTRY.for_service("notifier")] == [
         "notifier.email.send",
         "notifier.im.send",
     ]
     assert REGISTRY.services() == ("notifier", "scraper")
-    assert [c.name for c in REGISTRY.for_service("scraper")] == ["scraper.page.fetch"]
+    scraper = {c.name: c.queue for c in REGISTRY.for_service("scraper")}
+    assert scraper == {
+        "scraper.page.fetch": "scraper.fetch",
+        "scraper.crawl.fetch": "scraper.fetch",
+        "scraper.site.crawl": "scraper.crawl",
+        "scraper.crawl.status": "scraper.crawl",
+        "scraper.crawl.advance": "scraper.crawl",
+        "scraper.report.build": "scraper.reports",
+    }
 
 
 def test_unknown_contract_names_the_task() -> None:

@@ -6,15 +6,32 @@ from tasklane.contracts import REGISTRY
 from tasklane.routing import dead_letter_queues, queues_for_service, task_routes
 
 
-def test_every_contract_routes_to_its_own_queue() -> None:
-    assert task_routes(REGISTRY, "prod.") == {
-        "notifier.email.send": {
-            "queue": "prod.notifier.email",
-            "routing_key": "prod.notifier.email",
-        },
-        "notifier.im.send": {"queue": "prod.notifier.im", "routing_key": "prod.notifier.im"},
-        "scraper.page.fetch": {"queue": "prod.scraper.fetch", "routing_key": "prod.scraper.fetch"},
+def test_every_contract_routes_to_its_contract_queue() -> None:
+    routes = task_routes(REGISTRY, "prod.")
+    assert routes["notifier.email.send"] == {
+        "queue": "prod.notifier.email",
+        "routing_key": "prod.notifier.email",
     }
+    assert routes["notifier.im.send"] == {
+        "queue": "prod.notifier.im",
+        "routing_key": "prod.notifier.im",
+    }
+    assert {
+        name: route["queue"] for name, route in routes.items() if name.startswith("scraper.")
+    } == {
+        "scraper.page.fetch": "prod.scraper.fetch",
+        "scraper.crawl.fetch": "prod.scraper.fetch",
+        "scraper.site.crawl": "prod.scraper.crawl",
+        "scraper.crawl.status": "prod.scraper.crawl",
+        "scraper.crawl.advance": "prod.scraper.crawl",
+        "scraper.report.build": "prod.scraper.reports",
+    }
+    assert set(routes) == {contract.name for contract in REGISTRY}
+
+
+def test_contracts_sharing_a_queue_declare_it_once() -> None:
+    queues = queues_for_service(REGISTRY, "scraper")
+    assert [q.name for q in queues] == ["scraper.crawl", "scraper.fetch", "scraper.reports"]
 
 
 def test_service_consumes_exactly_its_queues_with_rabbitmq_dead_lettering() -> None:
@@ -34,7 +51,9 @@ def test_dead_letter_queues_are_bound_to_the_dead_letter_exchange() -> None:
     assert [(q.name, q.exchange.name, q.routing_key) for q in dlqs] == [
         ("staging.notifier.email.dlq", "staging.tasklane.dlx", "staging.notifier.email.dlq"),
         ("staging.notifier.im.dlq", "staging.tasklane.dlx", "staging.notifier.im.dlq"),
+        ("staging.scraper.crawl.dlq", "staging.tasklane.dlx", "staging.scraper.crawl.dlq"),
         ("staging.scraper.fetch.dlq", "staging.tasklane.dlx", "staging.scraper.fetch.dlq"),
+        ("staging.scraper.reports.dlq", "staging.tasklane.dlx", "staging.scraper.reports.dlq"),
     ]
 
 

@@ -38,3 +38,15 @@ class ScraperSettings(BaseSettings):
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=10.0, gt=0)
     max_redirects: int = Field(default=5, ge=0, le=20)
+    crawl_concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Pages of one crawl batch fetched at once by one worker process (threads).",
+    )
+    crawl_batch: int = Field(
+        default=16,
+        ge=1,
+        le=200,
+        description="URLs per crawl fetch task; at most crawl_concurrency is useful.",
+    )

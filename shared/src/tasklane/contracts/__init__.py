@@ -17,12 +17,46 @@ from tasklane.contracts.notifier import (
     IMPayload,
     IMResult,
 )
-from tasklane.contracts.scraper import FETCH_PAGE, FetchPayload, FetchResult, FieldSelector
+from tasklane.contracts.scraper import (
+    BUILD_REPORT,
+    CRAWL_ADVANCE,
+    CRAWL_FETCH,
+    CRAWL_SITE,
+    CRAWL_STATUS,
+    FETCH_PAGE,
+    CrawlPayload,
+    CrawlStatus,
+    FetchPayload,
+    FetchResult,
+    FieldSelector,
+    ReportPayload,
+    ReportResult,
+)
 
 #: Every contract of the platform. Services and publishers read this registry.
-REGISTRY = ContractRegistry((SEND_EMAIL, SEND_IM, FETCH_PAGE))
+REGISTRY = ContractRegistry(
+    (
+        SEND_EMAIL,
+        SEND_IM,
+        FETCH_PAGE,
+        CRAWL_SITE,
+        CRAWL_STATUS,
+        CRAWL_ADVANCE,
+        CRAWL_FETCH,
+        BUILD_REPORT,
+    )
+)
 
 __all__ = [
+    "BUILD_REPORT",
+    "CRAWL_ADVANCE",
+    "CRAWL_FETCH",
+    "CRAWL_SITE",
+    "CRAWL_STATUS",
+    "CrawlPayload",
+    "CrawlStatus",
+    "ReportPayload",
+    "ReportResult",
     "ContractRegistry",
     "EmailPayload",
     "EmailResult",
