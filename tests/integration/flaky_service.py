@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from tasklane.app import create_app
@@ -25,13 +26,19 @@ settings = load_settings()
 app = create_app("flaky", settings=settings, registry=FLAKY_REGISTRY)
 
 
-@implement(app, ALWAYS_FAILS, settings)
+def record_dead_letter(payload: FlakyPayload, exc: Exception) -> None:
+    """The dead-letter hook: lists what was given up, by label, for the tests to read."""
+    client = redis.Redis.from_url(settings.require_state())
+    client.rpush(f"{settings.namespace}flaky:dead", f"{payload.label}:{type(exc).__name__}")
+
+
+@implement(app, ALWAYS_FAILS, settings, on_dead_letter=record_dead_letter)
 def always_fail(payload: FlakyPayload) -> FlakyResult:
     """Fails transiently on every attempt."""
     raise TransientError(f"{payload.label}: upstream unavailable")
 
 
-@implement(app, SLOW, settings)
+@implement(app, SLOW, settings, on_dead_letter=record_dead_letter)
 def slow(payload: FlakyPayload) -> FlakyResult:
     """Sleeps past the soft (and, ignoring it, the hard) time limit when asked to."""
     deadline = time.monotonic() + payload.sleep

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from tasklane.errors import TaskFailedError
 from tasklane.publish import Publisher
@@ -13,6 +14,12 @@ from tests.integration.flaky_contracts import ALWAYS_FAILS, FLAKY_REGISTRY, SLOW
 from tests.integration.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
 
 pytestmark = pytest.mark.integration
+
+
+def dead_letter_hook_calls(broker: BrokerEnv) -> list[str]:
+    """What the flaky service's dead-letter hook recorded, in order."""
+    client = redis.Redis.from_url(broker.result_backend)
+    return [item.decode() for item in client.lrange(f"{broker.namespace}flaky:dead", 0, -1)]
 
 
 @pytest.fixture
@@ -41,6 +48,7 @@ def test_retries_exhausted_end_in_the_dlq_with_attempts(
     assert letter.attempts == 3  # the first try and max_retries=2 retries
     assert "payment-service: upstream unavailable" in letter.error
     assert flaky_worker.output().count("retrying in") == 2
+    assert dead_letter_hook_calls(broker) == ["payment-service:RetriesExhaustedError"]
 
 
 def test_soft_time_limit_ends_in_the_dlq_and_the_worker_goes_on(
@@ -56,6 +64,7 @@ def test_soft_time_limit_ends_in_the_dlq_and_the_worker_goes_on(
     assert letter.reason == "time-limit"
     assert letter.task_id == slow.id
     assert flaky_worker.process.poll() is None
+    assert dead_letter_hook_calls(broker) == ["too-slow:SoftTimeLimitExceeded"]
 
 
 def test_hard_time_limit_kills_the_pool_process_and_dead_letters(
@@ -72,3 +81,5 @@ def test_hard_time_limit_kills_the_pool_process_and_dead_letters(
     assert letter.error_type == "TimeLimitExceeded"
     assert letter.task_id == stuck.id
     assert letter.payload()[1]["label"] == "stuck"
+    # The hook runs in the worker's main process here, since the pool process was killed.
+    assert dead_letter_hook_calls(broker) == ["stuck:TimeLimitExceeded"]

@@ -72,10 +72,15 @@ def artifacts_url(tmp_path: Path) -> str:
 
 
 def start_scrapers(
-    broker: BrokerEnv, tmp_path: Path, artifacts_url: str, count: int = 2
+    broker: BrokerEnv,
+    tmp_path: Path,
+    artifacts_url: str,
+    count: int = 2,
+    extra_env: dict[str, str] | None = None,
 ) -> list[WorkerProcess]:
     env = {
         **broker.env(),
+        **(extra_env or {}),
         "TASKLANE_ARTIFACTS_URL": artifacts_url,
         "TASKLANE_SCRAPER_ALLOW": "127.0.0.1/32",
         "TASKLANE_SCRAPER_MIN_DELAY": "0",
@@ -257,3 +262,103 @@ def test_report_figures_match_the_served_site(
     # build_report asked for the same report when the crawl completed.
     auto = store.uri(f"reports/{crawl.crawl_id}/report.html")
     assert store.exists(auto)
+
+
+def test_page_failures_are_recorded_retried_or_refused_and_the_crawl_completes(
+    broker: BrokerEnv, scrapers: list[WorkerProcess], artifacts_url: str
+) -> None:
+    ok = Reply(body=b"<html><title>ok</title></html>")
+    pages: dict[str, Reply | list[Reply]] = {
+        "/": Reply(
+            body=b'<a href="/flaky">f</a><a href="/huge">h</a><a href="/away">a</a>'
+            b'<a href="/image">i</a><a href="/gone">g</a>'
+        ),
+        "/flaky": [Reply(status=503, headers={"Retry-After": "1"}, body=b"busy"), ok],
+        "/huge": Reply(body=b"x" * 50_000),
+        "/image": Reply(body=b"\x89PNG", headers={"Content-Type": "image/png"}),
+        "/gone": Reply(status=410, body=b"<html><title>gone</title></html>"),
+        # 127.0.0.2 is not allow-listed: the guard refuses the hop before any connection.
+        "/away": Reply(status=302, headers={"Location": "http://127.0.0.2:1/x"}),
+    }
+    with SiteServer(pages) as site, Publisher(broker.settings) as publisher:
+        crawl = publisher.publish(
+            "scraper.site.crawl",
+            {"seeds": [f"{site.url}/"], "max_depth": 1, "max_bytes": 10_000},
+        ).get(timeout=30)
+        final = wait_completed(publisher, crawl.crawl_id)[-1]
+        hits = site.hits()
+    assert final.data_uri is not None
+    records = {
+        json.loads(line)["url"].removeprefix(site.url): json.loads(line)
+        for line in open_store(artifacts_url).get(final.data_uri).decode().splitlines()
+    }
+    assert records["/flaky"]["status"] == 200 and records["/flaky"]["attempts"] == 2
+    assert hits["/flaky"] == 2  # the 503, then the retry after Retry-After
+    assert records["/huge"]["error_type"] == "too-large"
+    assert records["/image"]["error_type"] == "unsupported-type"
+    assert records["/gone"]["status"] == 410 and records["/gone"]["error"] is None
+    assert (
+        records["/away"]["error_type"] == "unsafe-url" and "127.0.0.2" in records["/away"]["error"]
+    )
+    assert (final.fetched, final.failed) == (3, 3)
+
+
+@pytest.fixture
+def s3_bucket() -> Iterator[tuple[str, dict[str, str]]]:
+    """A bucket on a local S3-compatible server (moto) and the AWS_* variables that reach it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    client.create_bucket(Bucket="crawls")
+    try:
+        yield "crawls", env
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_crawl_data_and_reports_go_to_s3(
+    broker: BrokerEnv, tmp_path: Path, s3_bucket: tuple[str, dict[str, str]]
+) -> None:
+    bucket, aws = s3_bucket
+    base = f"s3://{bucket}/tasklane"
+    pages = {"/": Reply(body=b'<title>Home</title><a href="/a">a</a>'), "/a": Reply(body=b"<p>a")}
+    (worker,) = start_scrapers(broker, tmp_path, base, count=1, extra_env=aws)
+    try:
+        with SiteServer(pages) as site, Publisher(broker.settings) as publisher:
+            crawl = publisher.publish("scraper.site.crawl", {"seeds": [f"{site.url}/"]}).get(30)
+            final = wait_completed(publisher, crawl.crawl_id)[-1]
+            report = publisher.publish("scraper.report.build", {"crawl_id": crawl.crawl_id}).get(
+                timeout=60
+            )
+    finally:
+        worker.stop()
+    assert final.data_uri == f"{base}/crawls/{crawl.crawl_id}/pages.jsonl"
+    assert report.html_uri == f"{base}/reports/{crawl.crawl_id}/report.html"
+    store = open_store(
+        base,
+        endpoint_url=aws["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    assert len(store.get(final.data_uri).splitlines()) == 2
+    assert store.content_type(report.html_uri) == "text/html"
+    assert report.pages == 2 and report.by_status == {"200": 2}

@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -246,14 +246,20 @@ class WebhookSink(_Recorder):
 class SiteServer(_Recorder):
     """A small website on 127.0.0.1: ``GET`` of a path answers its :class:`Reply`, else 404.
 
-    Records every request, so a test can count the fetches of each page. Speaks HTTP/1.1 with
+    A path given a list of replies answers them in turn, repeating the last one. Records every
+    request, so a test can count the fetches of each page. Speaks HTTP/1.1 with
     keep-alive like real sites; an idle connection is closed after ``idle_timeout`` seconds.
     Pages without a ``Content-Type`` header are served as UTF-8 HTML.
     """
 
-    def __init__(self, pages: dict[str, Reply], *, idle_timeout: float = 5.0) -> None:
+    def __init__(
+        self, pages: Mapping[str, Reply | list[Reply]], *, idle_timeout: float = 5.0
+    ) -> None:
         super().__init__()
-        self.pages = dict(pages)
+        self._pages = {
+            path: list(reply) if isinstance(reply, list) else [reply]
+            for path, reply in pages.items()
+        }
         self._closing = threading.Event()
         site = self
 
@@ -267,7 +273,7 @@ class SiteServer(_Recorder):
             def do_GET(self) -> None:  # noqa: N802
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 site._record(ReceivedRequest("GET", self.path, headers, b""))
-                reply = site.pages.get(urlsplit(self.path).path, _NOT_FOUND)
+                reply = site._reply(urlsplit(self.path).path)
                 if reply.delay and site._closing.wait(reply.delay):
                     return
                 self.send_response(reply.status)
@@ -301,6 +307,13 @@ class SiteServer(_Recorder):
         """Every request so far."""
         with self._lock:
             return list(self._received)
+
+    def _reply(self, path: str) -> Reply:
+        with self._lock:
+            replies = self._pages.get(path)
+            if not replies:
+                return _NOT_FOUND
+            return replies.pop(0) if len(replies) > 1 else replies[0]
 
     def hits(self) -> dict[str, int]:
         """How many times each path was requested."""

@@ -30,3 +30,14 @@ def test_body_is_compact_utf8() -> None:
     assert encode_body({"name": "Zoë"}) == '[[],{"name":"Zoë"},'.encode() + (
         b'{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]'
     )
+
+
+def test_countdown_sets_an_eta_the_worker_holds_the_task_until() -> None:
+    from datetime import UTC, datetime
+
+    before = datetime.now(UTC)
+    message = task_message("notifier.email.send", "id-1", {}, countdown=30)
+    eta = datetime.fromisoformat(message.headers["eta"])
+    assert eta.tzinfo is not None
+    assert 29.9 <= (eta - before).total_seconds() <= 31
+    assert task_message("notifier.email.send", "id-2", {}).headers["eta"] is None
