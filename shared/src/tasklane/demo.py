@@ -1,8 +1,9 @@
-"""``make demo``: publish a sample email and IM message to a real notifier worker, show both ends.
+"""``make demo``: real notifier and scraper workers doing the platform's main jobs, both ends shown.
 
-Without ``TASKLANE_BROKER_URL``/``REDIS_URL`` an embedded Valkey server is the broker. A local SMTP
-sink and a webhook sink stand in for the outside world. ``--keep-running`` (``make up``) leaves
-the stack up until Ctrl-C.
+It publishes a sample email and IM message to the notifier, then crawls a small local catalogue
+site with the scraper and builds the crawl's report. Without ``TASKLANE_BROKER_URL``/``REDIS_URL``
+an embedded Valkey server is the broker. A local SMTP sink, a webhook sink and the catalogue site
+stand in for the outside world. ``--keep-running`` (``make up``) leaves the stack up until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -22,10 +23,20 @@ from typing import Any
 from rich.console import Console
 from rich.panel import Panel
 
-from tasklane.contracts import SEND_EMAIL, SEND_IM, EmailPayload, IMPayload
+from tasklane.contracts import (
+    BUILD_REPORT,
+    CRAWL_SITE,
+    CRAWL_STATUS,
+    SEND_EMAIL,
+    SEND_IM,
+    CrawlPayload,
+    EmailPayload,
+    IMPayload,
+    ReportPayload,
+)
 from tasklane.publish import Publisher, TaskHandle
 from tasklane.settings import Settings
-from tasklane.sinks import SmtpSink, WebhookSink
+from tasklane.sinks import Reply, SiteServer, SmtpSink, WebhookSink
 
 DEMO_SECRET_NAME = "demo-webhook"
 DEMO_SECRET = "demo-signing-secret"
@@ -47,11 +58,13 @@ def broker_url(console: Console) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def notifier_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real notifier worker process; stopped with a warm shutdown on exit."""
+def service_worker(
+    service: str, env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real worker process of ``service``; stopped with a warm shutdown on exit."""
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("tasklane")), "worker", "notifier",
+            [str(Path(sys.executable).with_name("tasklane")), "worker", service,
              "--concurrency", "2", "--", "--without-gossip", "--without-mingle"],
             env={**os.environ, **env},
             stdout=out,
@@ -62,7 +75,7 @@ def notifier_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen
             deadline = time.monotonic() + 60
             while " ready." not in log.read_text(errors="replace"):
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"notifier worker did not start:\n{log.read_text()}")
+                    raise RuntimeError(f"{service} worker did not start:\n{log.read_text()}")
                 time.sleep(0.1)
             yield process
         finally:
@@ -70,10 +83,84 @@ def notifier_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen
             process.wait(30)
 
 
+def catalogue_site() -> SiteServer:
+    """A small shop: a home page, six products with prices, a dead link and a private area."""
+    products = {
+        f"/product/{n}": (name, price)
+        for n, (name, price) in enumerate(
+            [("Blue kettle", "19.90"), ("Red mug", "7.50"), ("Tea tin", "12.00"),
+             ("Green teapot", "34.00"), ("Tea towel", "5.25"), ("Cup set", "28.40")],
+            start=1,
+        )
+    }  # fmt: skip
+
+    def page(title: str, body: str) -> Reply:
+        return Reply(
+            body=f"<html><head><title>{title}</title></head><body>{body}</body></html>".encode()
+        )
+
+    links = "".join(f'<a href="{path}">{name}</a> ' for path, (name, _) in products.items())
+    pages = {
+        "/robots.txt": Reply(
+            body=b"User-agent: *\nDisallow: /admin/\n", headers={"Content-Type": "text/plain"}
+        ),
+        "/": page("Shop", f'{links}<a href="/admin/">admin</a> <a href="/old-offer">offer</a>'),
+    }
+    for n, (path, (name, price)) in enumerate(products.items(), start=1):
+        related = list(products)[n % len(products)]
+        pages[path] = page(
+            name,
+            f'<h1>{name}</h1><span class="price">{price}</span><a href="/">home</a> '
+            f'<a href="{related}">related</a>',
+        )
+    return SiteServer(pages)
+
+
 def _show_published(console: Console, handle: TaskHandle[Any]) -> None:
     # Asked right after publishing, like the seed's add.delay(4, 4): normally not ready yet,
     # though a fast worker can win the race.
     console.print(f"published {handle.contract.name}  id={handle.id}  ready: {handle.ready()}")
+
+
+def crawl_and_report(console: Console, publisher: Publisher, site_url: str) -> None:
+    """Crawl the catalogue, show the crawl's status as it moves, then build and show its report."""
+    crawl = publisher.publish(
+        CRAWL_SITE,
+        CrawlPayload.model_validate(
+            {
+                "seeds": [f"{site_url}/"],
+                "max_depth": 2,
+                "max_pages": 20,
+                "selectors": {"price": {"css": "span.price"}},
+            }
+        ),
+    ).get(timeout=30)
+    status = crawl
+    while status.state != "completed":
+        console.print(
+            f"crawl {crawl.crawl_id}: {status.state}, level {status.level}, "
+            f"{status.fetched} fetched, {status.failed} failed"
+        )
+        time.sleep(0.3)
+        status = publisher.publish(CRAWL_STATUS, {"crawl_id": crawl.crawl_id}).get(timeout=30)
+    console.print(
+        f"crawl {crawl.crawl_id}: [green]completed[/], {status.fetched} fetched, "
+        f"{status.failed} failed, data: {status.data_uri}"
+    )
+    report = publisher.publish(BUILD_REPORT, ReportPayload(crawl_id=crawl.crawl_id)).get(60)
+    linked = ", ".join(
+        f"{link.url.removeprefix(site_url)} ({link.inlinks})" for link in report.most_linked[:3]
+    )
+    times = report.response_ms
+    console.print(
+        Panel(
+            f"pages {report.pages}: {report.fetched} fetched, {report.failed} failed\n"
+            f"by status: {report.by_status}\nby content type: {report.by_content_type}\n"
+            f"response ms: p50 {times.get('p50')}  p99 {times.get('p99')}\n"
+            f"most linked: {linked}\nHTML report: {report.html_uri}",
+            title="crawl report",
+        )
+    )
 
 
 def run(keep_running: bool = False) -> int:
@@ -95,7 +182,7 @@ def run(keep_running: bool = False) -> int:
             "TASKLANE_NOTIFIER_SECRETS": json.dumps({DEMO_SECRET_NAME: DEMO_SECRET}),
         }
         with console.status("starting the notifier worker…"):
-            stack.enter_context(notifier_worker(env, log))
+            stack.enter_context(service_worker("notifier", env, log))
         console.print("notifier worker: [green]ready[/]")
         publisher = stack.enter_context(Publisher(settings))
 
@@ -141,6 +228,21 @@ def run(keep_running: bool = False) -> int:
                 title="webhook sink received",
             )
         )
+        artifacts = os.environ.get("TASKLANE_ARTIFACTS_URL") or (log.parent / "artifacts").as_uri()
+        site = stack.enter_context(catalogue_site())
+        scraper_env = {
+            **env,
+            "TASKLANE_ARTIFACTS_URL": artifacts,
+            "TASKLANE_SCRAPER_ALLOW": "127.0.0.1/32",  # the local catalogue site
+            "TASKLANE_SCRAPER_MIN_DELAY": "0.05",
+            "TASKLANE_SCRAPER_MAX_CONCURRENCY": "4",
+        }
+        with console.status("starting the scraper worker…"):
+            stack.enter_context(
+                service_worker("scraper", scraper_env, log.with_name("scraper.log"))
+            )
+        console.print(f"scraper worker: [green]ready[/]   catalogue site: {site.url}")
+        crawl_and_report(console, publisher, site.url)
         if keep_running:
             console.print("stack is up; publish with `tasklane submit …` — Ctrl-C stops it")
             console.print(f"export TASKLANE_BROKER_URL={url} TASKLANE_NAMESPACE=demo.")
