@@ -294,7 +294,7 @@ def test_worker_of_unknown_service_lists_the_known_ones(cli_env: CliEnv) -> None
     output = run("worker", "billing", "--print", code=2).output
 
     assert "unknown service 'billing'" in output
-    assert "known services: notifier" in output
+    assert "known services: media, notifier, scraper" in output
 
 
 def test_dlq_list_show_replay_purge(cli_env: CliEnv) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,18 @@ from tests.integration.harness import BrokerEnv, WorkerProcess, wait_for_dead_le
 pytestmark = pytest.mark.integration
 
 
-def dead_letter_hook_calls(broker: BrokerEnv) -> list[str]:
-    """What the flaky service's dead-letter hook recorded, in order."""
+def dead_letter_hook_calls(broker: BrokerEnv, timeout: float = 10.0) -> list[str]:
+    """What the flaky service's dead-letter hook recorded, once it recorded anything.
+
+    The hook runs right after the dead letter is sent, so a test that saw the letter may still
+    be ahead of it.
+    """
     client = redis.Redis.from_url(broker.result_backend)
-    return [item.decode() for item in client.lrange(f"{broker.namespace}flaky:dead", 0, -1)]
+    key = f"{broker.namespace}flaky:dead"
+    deadline = time.monotonic() + timeout
+    while not client.llen(key) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [item.decode() for item in client.lrange(key, 0, -1)]
 
 
 @pytest.fixture

@@ -198,6 +198,10 @@ class Publisher:
             self._send(producer, contract, message, retry=True)
         return TaskHandle(message.task_id, contract, self._results)
 
+    def handle(self, task: str | TaskContract[Any, ResultT], task_id: str) -> TaskHandle[ResultT]:
+        """A handle on a task published earlier (by this process or any other), by its id."""
+        return TaskHandle(task_id, self.contract(task), self._results)
+
     def publish_many(
         self,
         task: str | TaskContract[Any, ResultT],

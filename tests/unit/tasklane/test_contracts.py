@@ -27,7 +27,15 @@ def test_registry_knows_every_service_contract() -> None:
         "notifier.email.send",
         "notifier.im.send",
     ]
-    assert REGISTRY.services() == ("notifier", "scraper")
+    assert REGISTRY.services() == ("media", "notifier", "scraper")
+    media = {c.name: c.queue for c in REGISTRY.for_service("media")}
+    assert media == {
+        "media.image.transform": "media.image",
+        "media.image.thumbnail": "media.image",
+        "media.video.probe": "media.video",
+        "media.video.thumbnail": "media.video",
+        "media.video.transcode": "media.video",
+    }
     scraper = {c.name: c.queue for c in REGISTRY.for_service("scraper")}
     assert scraper == {
         "scraper.page.fetch": "scraper.fetch",

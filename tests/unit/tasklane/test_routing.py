@@ -49,6 +49,8 @@ def test_service_consumes_exactly_its_queues_with_rabbitmq_dead_lettering() -> N
 def test_dead_letter_queues_are_bound_to_the_dead_letter_exchange() -> None:
     dlqs = dead_letter_queues(REGISTRY, "staging.")
     assert [(q.name, q.exchange.name, q.routing_key) for q in dlqs] == [
+        ("staging.media.image.dlq", "staging.tasklane.dlx", "staging.media.image.dlq"),
+        ("staging.media.video.dlq", "staging.tasklane.dlx", "staging.media.video.dlq"),
         ("staging.notifier.email.dlq", "staging.tasklane.dlx", "staging.notifier.email.dlq"),
         ("staging.notifier.im.dlq", "staging.tasklane.dlx", "staging.notifier.im.dlq"),
         ("staging.scraper.crawl.dlq", "staging.tasklane.dlx", "staging.scraper.crawl.dlq"),
@@ -58,5 +60,5 @@ def test_dead_letter_queues_are_bound_to_the_dead_letter_exchange() -> None:
 
 
 def test_unknown_service_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="services: notifier, scraper"):
+    with pytest.raises(ValueError, match="services: media, notifier, scraper"):
         queues_for_service(REGISTRY, "fax")

@@ -9,6 +9,13 @@ from tasklane.contracts.base import (
     RetryPolicy,
     TaskContract,
 )
+from tasklane.contracts.media import (
+    PROBE_VIDEO,
+    THUMBNAIL_IMAGE,
+    THUMBNAIL_VIDEO,
+    TRANSCODE_VIDEO,
+    TRANSFORM_IMAGE,
+)
 from tasklane.contracts.notifier import (
     SEND_EMAIL,
     SEND_IM,
@@ -44,10 +51,20 @@ REGISTRY = ContractRegistry(
         CRAWL_ADVANCE,
         CRAWL_FETCH,
         BUILD_REPORT,
+        TRANSFORM_IMAGE,
+        THUMBNAIL_IMAGE,
+        PROBE_VIDEO,
+        THUMBNAIL_VIDEO,
+        TRANSCODE_VIDEO,
     )
 )
 
 __all__ = [
+    "PROBE_VIDEO",
+    "THUMBNAIL_IMAGE",
+    "THUMBNAIL_VIDEO",
+    "TRANSCODE_VIDEO",
+    "TRANSFORM_IMAGE",
     "BUILD_REPORT",
     "CRAWL_ADVANCE",
     "CRAWL_FETCH",

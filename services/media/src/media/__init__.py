@@ -1,0 +1,1 @@
+"""Tasklane media worker service."""

@@ -1,0 +1,25 @@
+"""The media service's Celery app, run by ``tasklane worker media``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.signals import worker_init
+
+from media.settings import MediaSettings
+from media.workspace import remove_stale
+from tasklane.app import create_app
+from tasklane.contracts import REGISTRY
+from tasklane.settings import load
+
+app = create_app("media")
+app.conf.include = ["media.tasks"]
+
+
+def _remove_stale_workspaces(**_: Any) -> None:
+    # Older than the longest hard time limit: no task of this service can still be using them.
+    longest = max(contract.time_limit for contract in REGISTRY.for_service("media"))
+    remove_stale(load(MediaSettings).work_dir, older_than=longest)
+
+
+worker_init.connect(_remove_stale_workspaces, weak=False)
