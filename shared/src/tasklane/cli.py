@@ -511,6 +511,39 @@ def worker(
     os.execvp(argv[0], argv)
 
 
+# --------------------------------------------------------------------------- beat
+
+
+@app.command()
+@_handle_errors
+def beat(
+    extra: Annotated[
+        list[str] | None, typer.Argument(help="Extra celery beat arguments, after --.")
+    ] = None,
+    celery_app: Annotated[
+        str,
+        typer.Option(
+            "--app", "-A", help="Celery app whose beat_schedule / add_periodic_task to load."
+        ),
+    ] = "tasklane.beatapp",
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log level.")] = "INFO",
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the command instead of running it.")
+    ] = False,
+) -> None:
+    """Run Beat: one active scheduler (a Redis lock), any number in standby."""
+    load_settings().require_state()  # a clear error now rather than in celery's banner
+    argv = [sys.executable, "-m", "celery", "-A", celery_app, "beat"]
+    argv += ["--scheduler", "tasklane.beat:TasklaneScheduler", "--loglevel", loglevel]
+    argv += list(extra or [])
+    if print_only:
+        typer.echo(shlex.join(argv))
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(argv[0], argv)
+
+
 def main() -> None:
     """Entry point of the ``tasklane`` console script."""
     app()

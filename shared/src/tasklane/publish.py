@@ -163,6 +163,7 @@ class Publisher:
         task_id: str | None = None,
         priority: int | None = None,
         countdown: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> TaskHandle[ResultT]: ...
 
     @overload
@@ -174,6 +175,7 @@ class Publisher:
         task_id: str | None = None,
         priority: int | None = None,
         countdown: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> TaskHandle[Any]: ...
 
     def publish(
@@ -184,8 +186,12 @@ class Publisher:
         task_id: str | None = None,
         priority: int | None = None,
         countdown: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> TaskHandle[Any]:
         """Validate, route and send one task; ``countdown`` seconds later if given.
+
+        ``headers`` are added to the message's headers (names starting ``x-``; they may not
+        replace a protocol header).
 
         Raises:
             UnknownContractError: no contract of that name.
@@ -193,6 +199,10 @@ class Publisher:
         """
         contract = self.contract(task)
         message = self._encode(contract, payload, task_id, priority, countdown)
+        for name, value in (headers or {}).items():
+            if not name.startswith("x-") or name in message.headers:
+                raise ValueError(f"header {name!r}: extra headers are x-… names of their own")
+            message.headers[name] = value
         with self._lock:
             producer = self._producer_for(contract)
             self._send(producer, contract, message, retry=True)

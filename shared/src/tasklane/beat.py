@@ -1,0 +1,331 @@
+"""Beat: one active scheduler that publishes the schedule entries' tasks on time.
+
+Run it with ``tasklane beat`` (``celery beat`` with :class:`TasklaneScheduler`). Any number of
+Beat processes may run; the one holding the lock (a Redis key with a TTL it renews on every
+tick) fires, the others wait in standby and take over within the TTL when it dies.
+
+Entries come from three places, all stored in Redis by :mod:`tasklane.schedulestore`:
+
+* the runtime API, CLI and Python (:class:`tasklane.scheduling.Schedules`), ``source="api"``;
+* a YAML file (``TASKLANE_BEAT_SCHEDULE_FILE``), reloaded when it changes, ``source="file"``;
+* the Celery app's ``beat_schedule``, which ``add_periodic_task`` in an ``on_after_configure``
+  handler also fills, ``source="code"``.
+
+Why not celery-redbeat: it has no one-off (clocked) entries, no start and expiry times and no
+validation of payloads against contracts; it fires through ``send_task`` (not the publisher
+that declares queues with their dead-letter arguments and orders Redis priorities); and its
+lock alone decides who fires, so a Beat whose lock expired during a pause can fire a slot the
+new holder fires too. Here every slot is claimed in Redis before it is published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+import yaml
+from celery import Celery
+from celery.beat import Scheduler
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasklane.errors import TasklaneError
+from tasklane.publish import Publisher
+from tasklane.schedules import (
+    ENTRY_NAME_PATTERN,
+    ClockedSchedule,
+    CrontabSchedule,
+    IntervalSchedule,
+    ScheduleEntry,
+    due_slot,
+    next_slot,
+)
+from tasklane.schedulestore import BeatStatus, ScheduleStore, process_name
+from tasklane.scheduling import SCHEDULE_HEADER, SLOT_HEADER
+from tasklane.settings import Settings, load, load_settings
+
+logger = logging.getLogger(__name__)
+
+
+class BeatSettings(BaseSettings):
+    """Read from ``TASKLANE_BEAT_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="TASKLANE_BEAT_", extra="ignore", frozen=True)
+
+    lock_ttl: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=300.0,
+        description="Seconds the lock outlives its holder; a standby takes over within this.",
+    )
+    schedule_file: Path | None = Field(
+        default=None, description="YAML schedule file, reloaded when it changes."
+    )
+    max_interval: float = Field(
+        default=1.0, gt=0, le=60, description="Longest sleep between two ticks (seconds)."
+    )
+
+
+class TasklaneScheduler(Scheduler):  # type: ignore[misc]
+    """A Celery Beat scheduler over :class:`~tasklane.schedulestore.ScheduleStore`."""
+
+    def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
+        self.settings: Settings = getattr(app.conf, "tasklane_settings", None) or load_settings()
+        self.beat_settings = load(BeatSettings)
+        client = redis.Redis.from_url(self.settings.require_state())
+        self.store = ScheduleStore(client, namespace=self.settings.namespace)
+        self.publisher = Publisher(self.settings)
+        self.process = process_name()
+        self.holds_lock = False
+        self.problems: dict[str, str] = {}
+        self._entries: list[ScheduleEntry] = []
+        self._version = -1
+        self._file_stamp: tuple[float, int] | None = None
+        self._code_synced = False
+        self._source_problems: dict[str, str] = {}
+        kwargs["max_interval"] = self.beat_settings.max_interval
+        super().__init__(app, *args, **kwargs)
+
+    # -------------------------------------------------------------- celery.beat.Scheduler API
+
+    def setup_schedule(self) -> None:
+        """Nothing to load yet: entries are read once this process holds the lock."""
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """Keep or take the lock; when held, sync sources and fire what is due."""
+        now = datetime.now(UTC)
+        held = self.store.hold_lock(self.process, self.beat_settings.lock_ttl)
+        if held != self.holds_lock:
+            logger.warning("beat %s %s the lock", self.process, "holds" if held else "lost")
+        self.holds_lock = held
+        sleep = self._poll_interval()
+        if held:
+            self._sync_sources()
+            self._reload()
+            sleep = min(sleep, self._fire_due(now))
+        self._report(now)
+        return max(0.05, sleep)
+
+    def sync(self) -> None:
+        """Nothing to sync: every change is written to Redis as it happens."""
+
+    def close(self) -> None:
+        """Let the lock go, so a standby takes over at once."""
+        try:
+            if self.holds_lock:
+                self.store.release_lock(self.process)
+        finally:
+            self.publisher.close()
+
+    @property
+    def info(self) -> str:
+        """Shown in ``celery beat``'s banner."""
+        file = self.beat_settings.schedule_file or "none"
+        return f"    . lock TTL -> {self.beat_settings.lock_ttl:g}s\n    . schedule file -> {file}"
+
+    # -------------------------------------------------------------- firing
+
+    def _fire_due(self, now: datetime) -> float:
+        """Fire every due slot once; seconds until the next slot (capped by the poll interval)."""
+        soonest = self._poll_interval()
+        for entry in self._entries:
+            if entry.name in self.problems or not entry.enabled:
+                continue
+            state = self.store.state(entry.name)
+            slot = due_slot(entry, state, now)
+            if slot is not None and self.store.claim(entry.name, slot, now):
+                self._publish(entry, slot)
+                state = self.store.state(entry.name)
+            upcoming = next_slot(entry, state, now)
+            if upcoming is not None:
+                soonest = min(soonest, (upcoming - datetime.now(UTC)).total_seconds())
+        return soonest
+
+    def _publish(self, entry: ScheduleEntry, slot: datetime) -> None:
+        headers = {SCHEDULE_HEADER: entry.name, SLOT_HEADER: slot.isoformat()}
+        try:
+            handle = self.publisher.publish(entry.task, entry.payload, headers=headers)
+        except Exception:
+            # The slot is claimed: it is not fired twice, and this one is lost (at most once).
+            logger.exception("schedule %s: could not publish the slot %s", entry.name, slot)
+            return
+        logger.info("schedule %s: published %s[%s] for %s", entry.name, entry.task, handle.id, slot)
+        if isinstance(entry.schedule, ClockedSchedule):
+            self.store.set_enabled(entry.name, False)  # a one-off is done
+
+    # -------------------------------------------------------------- sources
+
+    def _reload(self) -> None:
+        version = self.store.version()
+        if version == self._version:
+            return
+        entries = self.store.entries()
+        problems = {e.name: p for e in entries if (p := self.store.problem(e)) is not None}
+        for name, problem in problems.items():
+            if self.problems.get(name) != problem:
+                logger.error("schedule %s cannot fire: %s", name, problem)
+        self.problems = {**self._source_problems, **problems}
+        self._entries = entries
+        self._version = version
+
+    def _sync_sources(self) -> None:
+        if not self._code_synced:
+            self._sync("code", *entries_from_beat_schedule(self.app))
+            self._code_synced = True
+        path = self.beat_settings.schedule_file
+        if path is None:
+            return
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            self._note_problem("file", f"{path}: {exc}")
+            return
+        stamp = (stat.st_mtime, stat.st_size)
+        if stamp != self._file_stamp:
+            self._sync("file", *entries_from_file(path))
+            self._file_stamp = stamp
+
+    def _sync(self, source: str, entries: list[ScheduleEntry], problems: dict[str, str]) -> None:
+        try:
+            removed = self.store.sync_source(source, entries)  # type: ignore[arg-type]
+        except TasklaneError as exc:
+            problems = {**problems, source: str(exc)}
+            removed = []
+        self._source_problems = {
+            **{k: v for k, v in self._source_problems.items() if not k.startswith(source)},
+            **problems,
+        }
+        for name, problem in problems.items():
+            logger.error("schedule %s: %s", name, problem)
+        logger.info(
+            "beat: %d %s schedule(s) loaded, %d removed", len(entries), source, len(removed)
+        )
+
+    def _note_problem(self, key: str, problem: str) -> None:
+        if self._source_problems.get(key) != problem:
+            logger.error("schedule source %s: %s", key, problem)
+        self._source_problems = {**self._source_problems, key: problem}
+
+    # -------------------------------------------------------------- status
+
+    def _poll_interval(self) -> float:
+        # Renew the lock several times per TTL, so one slow tick does not lose it.
+        return min(self.beat_settings.max_interval, self.beat_settings.lock_ttl / 4)
+
+    def _report(self, now: datetime) -> None:
+        status = BeatStatus(
+            process=self.process,
+            last_tick=now,
+            schedules=len(self._entries),
+            holds_lock=self.holds_lock,
+            problems={**self._source_problems, **self.problems},
+        )
+        try:
+            self.store.report(status, ttl=max(30.0, 3 * self.beat_settings.lock_ttl))
+        except redis.RedisError:
+            logger.warning("beat: could not report status", exc_info=True)
+
+
+def entries_from_file(path: Path) -> tuple[list[ScheduleEntry], dict[str, str]]:
+    """Valid entries of a YAML schedule file, and the problems of the others.
+
+    The file holds ``schedules:``, a list of entries as the API takes them.
+    """
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        return [], {"file": f"{path}: cannot read: {exc}"}
+    items = document.get("schedules", []) if isinstance(document, dict) else None
+    if not isinstance(items, list):
+        return [], {"file": f"{path}: expected a mapping with a 'schedules' list"}
+    entries: list[ScheduleEntry] = []
+    problems: dict[str, str] = {}
+    for index, item in enumerate(items):
+        label = item.get("name", f"#{index}") if isinstance(item, dict) else f"#{index}"
+        try:
+            entry = ScheduleEntry.model_validate({**item, "source": "file"})
+            entries.append(entry.validated())
+        except (ValidationError, TasklaneError, TypeError) as exc:
+            problems[f"file:{label}"] = f"{path}: schedule {label}: {_one_line(exc)}"
+    return entries, problems
+
+
+def entries_from_beat_schedule(app: Celery) -> tuple[list[ScheduleEntry], dict[str, str]]:
+    """Entries of ``app.conf.beat_schedule`` (``add_periodic_task`` included), and problems."""
+    entries: list[ScheduleEntry] = []
+    problems: dict[str, str] = {}
+    timezone = str(app.conf.timezone or "UTC")
+    for key, spec in dict(app.conf.beat_schedule or {}).items():
+        name = _entry_name(key)
+        try:
+            entries.append(_from_celery(name, spec, timezone).validated())
+        except (ValidationError, TasklaneError, ValueError, TypeError) as exc:
+            problems[f"code:{name}"] = f"beat_schedule {key!r}: {_one_line(exc)}"
+    return entries, problems
+
+
+def _from_celery(name: str, spec: Mapping[str, Any], timezone: str) -> ScheduleEntry:
+    if spec.get("args"):
+        raise ValueError("positional args: a contract's payload is keyword arguments (kwargs)")
+    return ScheduleEntry(
+        name=name,
+        task=spec["task"],
+        payload=dict(spec.get("kwargs") or {}),
+        schedule=_celery_schedule(spec["schedule"], timezone),
+        source="code",
+    )
+
+
+def _celery_schedule(value: Any, timezone: str) -> IntervalSchedule | CrontabSchedule:
+    from celery.schedules import crontab, schedule
+
+    if isinstance(value, int | float):
+        return IntervalSchedule(every=float(value))
+    if isinstance(value, timedelta):
+        return IntervalSchedule(every=value.total_seconds())
+    if isinstance(value, crontab):
+        return CrontabSchedule(
+            minute=str(value._orig_minute),
+            hour=str(value._orig_hour),
+            day_of_month=str(value._orig_day_of_month),
+            month_of_year=str(value._orig_month_of_year),
+            day_of_week=str(value._orig_day_of_week),
+            timezone=timezone,
+        )
+    if isinstance(value, schedule):
+        return IntervalSchedule(every=value.run_every.total_seconds())
+    raise ValueError(f"unsupported schedule {type(value).__name__}: use seconds or crontab")
+
+
+def _entry_name(key: str) -> str:
+    # add_periodic_task names entries after the signature's repr unless given a name.
+    if re.fullmatch(ENTRY_NAME_PATTERN, key):
+        return key
+    return f"code-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def create_beat_app(settings: Settings | None = None) -> Celery:
+    """The Celery app ``tasklane beat`` runs when no other is given."""
+    settings = settings or load_settings()
+    app = Celery("tasklane-beat", set_as_current=False)
+    app.conf.update(
+        broker_url=settings.require_broker(),
+        timezone=settings.timezone,
+        enable_utc=True,
+        accept_content=["json"],
+        task_serializer="json",
+        result_serializer="json",
+        beat_scheduler="tasklane.beat:TasklaneScheduler",
+    )
+    app.conf.tasklane_settings = settings
+    return app

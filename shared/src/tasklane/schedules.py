@@ -1,0 +1,210 @@
+"""Periodic task definitions: what to publish, when, and what has happened so far.
+
+An entry names a contract and carries its payload, validated against the contract when the
+entry is made, so a bad entry is refused at once instead of failing when it fires. The times an
+entry fires are *slots*: for an interval, ``start + k * every``; for a crontab, the wall-clock
+times its fields match in its time zone; for a clocked entry, its one date-time. A slot is fired
+at most once, whichever Beat process sees it (see :mod:`tasklane.beat`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tasklane.contracts import REGISTRY, ContractRegistry
+from tasklane.publish import validate_payload
+
+ENTRY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
+Source = Literal["api", "file", "code"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IntervalSchedule(_Model):
+    """Every ``every`` seconds, from the entry's ``start_at`` (or its creation)."""
+
+    kind: Literal["interval"] = "interval"
+    every: float = Field(gt=0, le=366 * 86_400, description="Seconds between two runs.")
+
+
+class CrontabSchedule(_Model):
+    """Cron fields evaluated on the wall clock of ``timezone``."""
+
+    kind: Literal["crontab"] = "crontab"
+    minute: str = "*"
+    hour: str = "*"
+    day_of_month: str = "*"
+    month_of_year: str = "*"
+    day_of_week: str = Field(default="*", description="0-6 or sun-sat; 0 is Sunday.")
+    timezone: str = Field(default="UTC", description="An IANA time zone, e.g. Europe/Berlin.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _fields_parse(self) -> CrontabSchedule:
+        from tasklane import cron  # imported here: cron refers to this module's classes
+
+        cron.parse_crontab(self)  # the parser owns the field rules
+        return self
+
+
+class ClockedSchedule(_Model):
+    """Once, at ``at`` (an aware date-time); the entry disables itself after it fired."""
+
+    kind: Literal["clocked"] = "clocked"
+    at: datetime
+
+    @field_validator("at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("must carry a time zone offset, e.g. 2026-12-01T09:00:00+01:00")
+        return value
+
+
+Schedule = Annotated[
+    IntervalSchedule | CrontabSchedule | ClockedSchedule, Field(discriminator="kind")
+]
+
+
+class ScheduleEntry(_Model):
+    """One periodic (or one-off) publication of a contract's task."""
+
+    name: str = Field(pattern=ENTRY_NAME_PATTERN)
+    task: str = Field(description="The contract's task name.")
+    payload: dict[str, Any] = Field(default_factory=dict)
+    schedule: Schedule
+    enabled: bool = True
+    start_at: datetime | None = Field(default=None, description="No run before this.")
+    expires_at: datetime | None = Field(default=None, description="No run after this.")
+    description: str = Field(default="", max_length=500)
+    source: Source = Field(default="api", description="Who manages it: api, file or code.")
+    created_at: datetime | None = None
+
+    @field_validator("start_at", "expires_at", "created_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must carry a time zone offset")
+        return value
+
+    def validated(self, registry: ContractRegistry = REGISTRY) -> ScheduleEntry:
+        """This entry with its payload normalised by its contract.
+
+        Raises:
+            UnknownContractError: no contract of that name.
+            PayloadValidationError: the payload breaks the contract (the field is named).
+        """
+        model = validate_payload(registry[self.task], self.payload)
+        return self.model_copy(update={"payload": model.model_dump(mode="json")})
+
+
+class EntryState(_Model):
+    """What has happened to an entry."""
+
+    last_run_at: datetime | None = None
+    total_run_count: int = 0
+    last_slot: datetime | None = Field(default=None, description="The last slot fired.")
+
+
+class EntryView(_Model):
+    """An entry as the API, the CLI and Python callers see it."""
+
+    entry: ScheduleEntry
+    state: EntryState
+    next_run_at: datetime | None
+    problem: str | None = Field(
+        default=None, description="Why it cannot fire, e.g. its contract no longer exists."
+    )
+
+
+def due_slot(entry: ScheduleEntry, state: EntryState, now: datetime) -> datetime | None:
+    """The slot to fire now: the latest one not after ``now`` and after the last one fired.
+
+    Older slots missed while no Beat was running are skipped, not fired in a burst.
+    """
+    if not entry.enabled:
+        return None
+    slot = _slot_at_or_before(entry, now)
+    if slot is None or slot < _lower_bound(entry):
+        return None
+    if state.last_slot is not None and slot <= state.last_slot:
+        return None
+    if entry.expires_at is not None and slot > entry.expires_at:
+        return None
+    return slot
+
+
+def next_slot(entry: ScheduleEntry, state: EntryState, now: datetime) -> datetime | None:
+    """When the entry fires next (a slot due now counts), or None if it never will."""
+    if not entry.enabled:
+        return None
+    due = due_slot(entry, state, now)
+    if due is not None:
+        return due
+    after = max(now, _lower_bound(entry) - timedelta(microseconds=1))
+    if state.last_slot is not None:
+        after = max(after, state.last_slot)
+    slot = _slot_after(entry, state, after)
+    if slot is None or (entry.expires_at is not None and slot > entry.expires_at):
+        return None
+    return slot
+
+
+def _lower_bound(entry: ScheduleEntry) -> datetime:
+    # Slots before the entry existed (or before its start) are not owed.
+    return entry.start_at or entry.created_at or datetime.min.replace(tzinfo=UTC)
+
+
+def _slot_at_or_before(entry: ScheduleEntry, when: datetime) -> datetime | None:
+    schedule = entry.schedule
+    if isinstance(schedule, IntervalSchedule):
+        anchor = _interval_anchor(entry, schedule)
+        if when < anchor:
+            return None
+        steps = int((when - anchor).total_seconds() // schedule.every)
+        return anchor + timedelta(seconds=steps * schedule.every)
+    if isinstance(schedule, CrontabSchedule):
+        from tasklane import cron
+
+        return cron.last_fire(schedule, when)
+    return schedule.at if schedule.at <= when else None
+
+
+def _slot_after(entry: ScheduleEntry, state: EntryState, after: datetime) -> datetime | None:
+    schedule = entry.schedule
+    if isinstance(schedule, IntervalSchedule):
+        anchor = _interval_anchor(entry, schedule)
+        if after < anchor:
+            return anchor
+        steps = int((after - anchor).total_seconds() // schedule.every) + 1
+        return anchor + timedelta(seconds=steps * schedule.every)
+    if isinstance(schedule, CrontabSchedule):
+        from tasklane import cron
+
+        return cron.next_fire(schedule, after)
+    if state.total_run_count or schedule.at <= after:
+        return None
+    return schedule.at
+
+
+def _interval_anchor(entry: ScheduleEntry, schedule: IntervalSchedule) -> datetime:
+    # With a start time the first run is at it; otherwise one interval after the entry was made.
+    if entry.start_at is not None:
+        return entry.start_at
+    if entry.created_at is None:
+        raise ValueError(f"entry {entry.name!r} has neither start_at nor created_at")
+    return entry.created_at + timedelta(seconds=schedule.every)

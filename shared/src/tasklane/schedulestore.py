@@ -1,0 +1,306 @@
+"""Schedule entries, their state, the Beat lock and Beat's status, in Redis.
+
+Every process that manages schedules (the CLI, the HTTP API, Python callers) and every Beat
+process share these keys; a change bumps a version counter that the active Beat checks on each
+tick, so it picks changes up within a tick (one second) without a restart.
+
+Firing a slot is claimed by one compare-and-set script on the entry's state: the slot must be
+later than the last one fired. Two Beat processes that both believe they are active (a lock
+that expired during a long pause) therefore still fire each slot at most once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from pydantic import BaseModel, ConfigDict
+
+from tasklane.contracts import REGISTRY, ContractRegistry
+from tasklane.errors import TasklaneError
+from tasklane.schedules import EntryState, EntryView, ScheduleEntry, Source, next_slot
+
+# KEYS: state — ARGV: slot (epoch µs), now iso, slot iso. Returns 1 when this call claimed it.
+_CLAIM = """
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_slot_us') or '-1')
+if tonumber(ARGV[1]) <= last then return 0 end
+redis.call('HSET', KEYS[1], 'last_slot_us', ARGV[1], 'last_slot', ARGV[3], 'last_run_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'total_run_count', 1)
+return 1
+"""
+
+# KEYS: lock — ARGV: token, ttl ms. 1 when the caller holds the lock after the call.
+_HOLD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class ScheduleError(TasklaneError):
+    """A schedule operation that cannot be done (the message says why)."""
+
+
+class ScheduleNotFoundError(ScheduleError):
+    """No entry of that name."""
+
+
+class ScheduleExistsError(ScheduleError):
+    """An entry of that name exists already."""
+
+
+class BeatStatus(BaseModel):
+    """What one Beat process last reported."""
+
+    model_config = ConfigDict(frozen=True)
+
+    process: str
+    last_tick: datetime
+    schedules: int
+    holds_lock: bool
+    problems: dict[str, str] = {}
+
+
+class ScheduleStore:
+    """Entries, state, lock and status under ``<namespace>tasklane:beat:``."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        namespace: str = "",
+        registry: ContractRegistry = REGISTRY,
+    ) -> None:
+        self._client = client
+        self._prefix = f"{namespace}tasklane:beat:"
+        self.registry = registry
+        self._claim = client.register_script(_CLAIM)
+        self._hold = client.register_script(_HOLD)
+        self._release = client.register_script(_RELEASE)
+
+    def key(self, part: str) -> str:
+        """The Redis key of one part of the schedule store."""
+        return f"{self._prefix}{part}"
+
+    # ------------------------------------------------------------------ entries
+
+    def add(
+        self, entry: ScheduleEntry, *, replace: bool = False, now: datetime | None = None
+    ) -> ScheduleEntry:
+        """Validate ``entry`` against its contract and store it.
+
+        Raises:
+            UnknownContractError, PayloadValidationError: the entry is invalid.
+            ScheduleExistsError: the name is taken and ``replace`` is false, or it is managed by
+                a schedule file or code and this is not that source.
+        """
+        validated = entry.validated(self.registry)
+        existing = self._load(entry.name)
+        if existing is not None:
+            if existing.source != entry.source:
+                raise ScheduleExistsError(
+                    f"schedule {entry.name!r} is managed by {existing.source}; change it there"
+                )
+            if not replace:
+                raise ScheduleExistsError(f"schedule {entry.name!r} exists already")
+        created = (existing.created_at if existing else None) or now or datetime.now(UTC)
+        stored = validated.model_copy(update={"created_at": created})
+        with self._client.pipeline() as pipe:
+            pipe.hset(self.key("entries"), entry.name, stored.model_dump_json())
+            if existing is None or existing.schedule != stored.schedule:
+                pipe.delete(self._state_key(entry.name))  # a new schedule owes nothing old
+            pipe.incr(self.key("version"))
+            pipe.execute()
+        return stored
+
+    def get(self, name: str) -> ScheduleEntry:
+        """The entry, or :class:`ScheduleNotFoundError`."""
+        entry = self._load(name)
+        if entry is None:
+            raise ScheduleNotFoundError(f"no schedule {name!r}")
+        return entry
+
+    def entries(self) -> list[ScheduleEntry]:
+        """Every entry, sorted by name (not re-validated: see :meth:`problem`)."""
+        raw = self._client.hgetall(self.key("entries"))
+        entries = [ScheduleEntry.model_validate_json(value) for value in raw.values()]
+        return sorted(entries, key=lambda entry: entry.name)
+
+    def set_enabled(self, name: str, enabled: bool) -> ScheduleEntry:
+        """Enable or disable an entry (whatever manages it)."""
+        entry = self.get(name).model_copy(update={"enabled": enabled})
+        with self._client.pipeline() as pipe:
+            pipe.hset(self.key("entries"), name, entry.model_dump_json())
+            pipe.incr(self.key("version"))
+            pipe.execute()
+        return entry
+
+    def remove(self, name: str) -> None:
+        """Remove an entry and its state, or :class:`ScheduleNotFoundError`."""
+        entry = self.get(name)
+        if entry.source != "api":
+            raise ScheduleError(f"schedule {name!r} is managed by {entry.source}; remove it there")
+        self._delete([name])
+
+    def sync_source(self, source: Source, entries: Sequence[ScheduleEntry]) -> list[str]:
+        """Make the entries of ``source`` (a file, code) exactly ``entries``.
+
+        Entries are stored as given (validate them first). The enabled flag of an entry that
+        stays is kept, so that disabling one at run time survives a reload of its file.
+
+        Returns:
+            The names removed.
+        """
+        current = {entry.name: entry for entry in self.entries()}
+        clash = [e.name for e in entries if e.name in current and current[e.name].source != source]
+        if clash:
+            raise ScheduleExistsError(f"schedules {clash} exist already, managed elsewhere")
+        wanted = {entry.name for entry in entries}
+        gone = [name for name, e in current.items() if e.source == source and name not in wanted]
+        now = datetime.now(UTC)
+        with self._client.pipeline() as pipe:
+            for entry in entries:
+                old = current.get(entry.name)
+                update: dict[str, Any] = {"source": source}
+                update["created_at"] = (old.created_at if old else None) or entry.created_at or now
+                if old is not None and old.schedule == entry.schedule:
+                    update["enabled"] = old.enabled
+                elif old is not None:
+                    pipe.delete(self._state_key(entry.name))
+                stored = entry.model_copy(update=update)
+                if old is None or old != stored:
+                    pipe.hset(self.key("entries"), entry.name, stored.model_dump_json())
+            pipe.incr(self.key("version"))
+            pipe.execute()
+        self._delete(gone)
+        return gone
+
+    def version(self) -> int:
+        """A number that changes whenever an entry does."""
+        return int(self._client.get(self.key("version")) or 0)
+
+    def problem(self, entry: ScheduleEntry) -> str | None:
+        """Why ``entry`` cannot fire (its contract is gone or its payload no longer fits)."""
+        try:
+            entry.validated(self.registry)
+        except TasklaneError as exc:
+            return str(exc)
+        return None
+
+    # ------------------------------------------------------------------ state
+
+    def state(self, name: str) -> EntryState:
+        """What has happened to the entry so far."""
+        raw = self._client.hgetall(self._state_key(name))
+        values = {_text(k): _text(v) for k, v in raw.items()}
+        return EntryState.model_validate(
+            {
+                "last_run_at": values.get("last_run_at"),
+                "total_run_count": int(values.get("total_run_count", 0)),
+                "last_slot": values.get("last_slot"),
+            }
+        )
+
+    def view(self, name: str, now: datetime | None = None) -> EntryView:
+        """The entry with its state, next run and any problem."""
+        return self._view(self.get(name), now or datetime.now(UTC))
+
+    def views(self, now: datetime | None = None) -> list[EntryView]:
+        """Every entry as :meth:`view` shows it."""
+        moment = now or datetime.now(UTC)
+        return [self._view(entry, moment) for entry in self.entries()]
+
+    def claim(self, name: str, slot: datetime, now: datetime) -> bool:
+        """Record that ``slot`` fires now; False if it (or a later one) fired already."""
+        micros = int(slot.timestamp() * 1_000_000)
+        claimed = self._claim(
+            keys=[self._state_key(name)], args=[micros, now.isoformat(), slot.isoformat()]
+        )
+        return bool(claimed)
+
+    def record_manual_run(self, name: str, now: datetime) -> None:
+        """Count a run-now: it changes the run count and time, not the slots owed."""
+        with self._client.pipeline() as pipe:
+            pipe.hset(self._state_key(name), "last_run_at", now.isoformat())
+            pipe.hincrby(self._state_key(name), "total_run_count", 1)
+            pipe.execute()
+
+    # ------------------------------------------------------------------ lock and status
+
+    def hold_lock(self, token: str, ttl: float) -> bool:
+        """Take or keep the Beat lock for ``ttl`` seconds; whether ``token`` holds it now."""
+        return bool(self._hold(keys=[self.key("lock")], args=[token, max(1, int(ttl * 1000))]))
+
+    def release_lock(self, token: str) -> None:
+        """Let the lock go at once if ``token`` holds it (a clean shutdown)."""
+        self._release(keys=[self.key("lock")], args=[token])
+
+    def lock_holder(self) -> str | None:
+        """The token holding the lock, if any."""
+        value = self._client.get(self.key("lock"))
+        return _text(value) if value is not None else None
+
+    def report(self, status: BeatStatus, ttl: float) -> None:
+        """Publish one Beat process's status; it disappears ``ttl`` seconds after the last."""
+        key = self.key(f"status:{status.process}")
+        self._client.set(key, status.model_dump_json(), px=max(1, int(ttl * 1000)))
+
+    def statuses(self) -> list[BeatStatus]:
+        """What every live Beat process last reported."""
+        keys = list(self._client.scan_iter(self.key("status:*")))
+        values = self._client.mget(keys) if keys else []
+        return sorted(
+            (BeatStatus.model_validate_json(v) for v in values if v is not None),
+            key=lambda status: status.process,
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _view(self, entry: ScheduleEntry, now: datetime) -> EntryView:
+        state = self.state(entry.name)
+        problem = self.problem(entry)
+        upcoming = None if problem else next_slot(entry, state, now)
+        return EntryView(entry=entry, state=state, next_run_at=upcoming, problem=problem)
+
+    def _load(self, name: str) -> ScheduleEntry | None:
+        raw = self._client.hget(self.key("entries"), name)
+        return None if raw is None else ScheduleEntry.model_validate_json(raw)
+
+    def _state_key(self, name: str) -> str:
+        return self.key(f"state:{name}")
+
+    def _delete(self, names: Iterable[str]) -> None:
+        names = list(names)
+        if not names:
+            return
+        with self._client.pipeline() as pipe:
+            pipe.hdel(self.key("entries"), *names)
+            pipe.delete(*[self._state_key(name) for name in names])
+            pipe.incr(self.key("version"))
+            pipe.execute()
+
+
+def process_name() -> str:
+    """``<host>:<pid>:<random>``: tells Beat processes apart, restarts included."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,273 @@
+"""Real Beat processes: one active, standby takeover, runtime changes, files and code schedules.
+
+Beat publishes to a Redis broker here and no worker consumes, so each test reads what Beat sent
+straight from the queue's Redis lists (the schedule and slot travel in message headers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tasklane.broker import redis_queue_keys
+from tasklane.schedules import ClockedSchedule, IntervalSchedule, ScheduleEntry
+from tasklane.scheduling import SCHEDULE_HEADER, SLOT_HEADER, Schedules
+from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup
+
+pytestmark = pytest.mark.integration
+
+IM = {"channel": "webhook", "url": "https://hooks.example.org/beat", "text": "tick"}
+
+
+@pytest.fixture
+def env(redis_url: str) -> Iterator[BrokerEnv]:
+    broker = BrokerEnv("redis", redis_url, redis_url, f"t{uuid.uuid4().hex[:10]}.")
+    yield broker
+    cleanup(broker)
+
+
+@pytest.fixture
+def schedules(env: BrokerEnv) -> Iterator[Schedules]:
+    with Schedules(env.settings) as managed:
+        yield managed
+
+
+@pytest.fixture
+def start_beat(env: BrokerEnv, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, **extra_env: str) -> WorkerProcess:
+        command = [str(Path(sys.executable).with_name("tasklane")), "beat", *args]
+        process_env = {**env.env(), "TASKLANE_BEAT_LOCK_TTL": "2", **extra_env}
+        beat = WorkerProcess.from_command(
+            command, process_env, tmp_path / f"beat{len(started)}.log"
+        )
+        started.append(beat)
+        return beat
+
+    yield start
+    for beat in started:
+        beat.stop()
+
+
+def sent(env: BrokerEnv, queue: str = "notifier.im") -> list[dict[str, Any]]:
+    """Headers of every message Beat put in ``queue`` so far."""
+    client = redis.Redis.from_url(env.broker_url)
+    messages = []
+    for key in redis_queue_keys(f"{env.namespace}{queue}"):
+        messages += [json.loads(raw)["headers"] for raw in client.lrange(key, 0, -1)]
+    return messages
+
+
+def slots(env: BrokerEnv, name: str) -> list[datetime]:
+    return sorted(
+        datetime.fromisoformat(h[SLOT_HEADER]) for h in sent(env) if h.get(SCHEDULE_HEADER) == name
+    )
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def active(schedules: Schedules) -> list[str]:
+    return [status.process for status in schedules.beats() if status.holds_lock]
+
+
+def every(seconds: float, name: str, **fields: Any) -> ScheduleEntry:
+    return ScheduleEntry(
+        name=name,
+        task="notifier.im.send",
+        payload=IM,
+        schedule=IntervalSchedule(every=seconds),
+        **fields,
+    )
+
+
+def test_two_beats_fire_a_2s_interval_15_times_in_30s_never_twice(
+    env: BrokerEnv, schedules: Schedules, start_beat: Callable[..., WorkerProcess]
+) -> None:
+    start_beat()
+    start_beat()
+    wait_for(lambda: len(schedules.beats()) == 2 and len(active(schedules)) == 1, "one active beat")
+    added = schedules.add(every(2, "tick")).entry
+    assert added.created_at is not None
+    time.sleep(30.5)
+    schedules.disable("tick")
+    window_end = added.created_at + timedelta(seconds=30)
+    fired = [slot for slot in slots(env, "tick") if slot <= window_end]
+    assert len(fired) == len(set(fired)), "a slot fired twice"
+    assert 14 <= len(fired) <= 16, fired
+    assert len(active(schedules)) == 1
+    assert schedules.show("tick").state.total_run_count >= len(fired)
+
+
+def test_standby_takes_over_when_the_active_beat_is_killed(
+    env: BrokerEnv, schedules: Schedules, start_beat: Callable[..., WorkerProcess]
+) -> None:
+    beats = [start_beat(), start_beat()]
+    wait_for(lambda: len(active(schedules)) == 1 and len(schedules.beats()) == 2, "one active beat")
+    schedules.add(every(2, "tick"))
+    time.sleep(7)
+    (holder,) = active(schedules)
+    pid = int(holder.split(":")[1])
+    (victim,) = [beat for beat in beats if beat.process.pid == pid]
+    survivor = next(beat for beat in beats if beat is not victim)
+    killed_at = datetime.now(UTC)
+    os.killpg(victim.process.pid, signal.SIGKILL)
+    victim.process.wait(10)
+    wait_for(lambda: any(str(survivor.process.pid) in p for p in active(schedules)), "takeover", 10)
+    took_over = datetime.now(UTC)
+    time.sleep(7)
+    schedules.disable("tick")
+    fired = slots(env, "tick")
+    assert len(fired) == len(set(fired)), "a slot fired twice"
+    assert (took_over - killed_at).total_seconds() <= 2 + 1.5  # the lock TTL, plus a tick
+    gaps = [(b - a).total_seconds() for a, b in zip(fired, fired[1:], strict=False)]
+    missed = sum(round(gap / 2) - 1 for gap in gaps)
+    assert missed <= 1, (fired, gaps)
+    assert fired[-1] > took_over - timedelta(seconds=2)  # the survivor kept firing
+
+
+def test_runtime_changes_reach_the_running_beat_within_5_seconds(
+    env: BrokerEnv, schedules: Schedules, start_beat: Callable[..., WorkerProcess]
+) -> None:
+    start_beat()
+    wait_for(lambda: len(active(schedules)) == 1, "an active beat")
+    added = time.monotonic()
+    schedules.add(every(1, "fast"))
+    wait_for(lambda: len(slots(env, "fast")) >= 1, "the first run", timeout=5)
+    assert time.monotonic() - added < 5
+    schedules.disable("fast")
+    time.sleep(1.5)  # a tick in flight may still fire once
+    count = len(slots(env, "fast"))
+    time.sleep(2.5)
+    assert len(slots(env, "fast")) == count
+    assert not schedules.show("fast").entry.enabled and schedules.show("fast").next_run_at is None
+
+
+def test_one_off_fires_once_expired_never_and_a_lost_contract_is_reported(
+    env: BrokerEnv, schedules: Schedules, start_beat: Callable[..., WorkerProcess]
+) -> None:
+    now = datetime.now(UTC)
+    schedules.add(
+        ScheduleEntry(
+            name="once",
+            task="notifier.im.send",
+            payload=IM,
+            schedule=ClockedSchedule(at=now + timedelta(seconds=2)),
+        )
+    )
+    schedules.add(every(1, "expired", start_at=now - timedelta(hours=1), expires_at=now))
+    # An entry whose contract no longer exists (stored as an older release would have).
+    ghost = every(1, "ghost").model_copy(update={"task": "billing.invoice.send", "created_at": now})
+    redis.Redis.from_url(env.result_backend).hset(
+        schedules.store.key("entries"), "ghost", ghost.model_dump_json()
+    )
+    schedules.add(every(1, "alive"))
+    start_beat()
+    wait_for(lambda: len(slots(env, "once")) == 1 and len(slots(env, "alive")) >= 3, "runs", 15)
+    time.sleep(1.5)
+    assert len(slots(env, "once")) == 1
+    once = schedules.show("once")
+    assert not once.entry.enabled and once.state.total_run_count == 1 and once.next_run_at is None
+    assert slots(env, "expired") == []
+    assert schedules.show("expired").next_run_at is None
+    ghost_view = schedules.show("ghost")
+    assert ghost_view.problem is not None and "billing.invoice.send" in ghost_view.problem
+    (status,) = schedules.beats()
+    assert "ghost" in status.problems and status.holds_lock and status.schedules == 4
+
+
+APP_MODULE = """
+from celery.schedules import crontab
+from tasklane.beat import create_beat_app
+
+IM = {"channel": "webhook", "url": "https://hooks.example.org/code", "text": "from code"}
+app = create_beat_app()
+app.conf.beat_schedule = {
+    "code-dict": {"task": "notifier.im.send", "schedule": 1.0, "kwargs": IM},
+    "code-cron": {"task": "notifier.im.send", "schedule": crontab(minute="*/5"), "kwargs": IM},
+    "code-bad": {"task": "notifier.im.send", "schedule": 1.0, "kwargs": {"channel": "fax"}},
+}
+
+
+@app.on_after_configure.connect
+def setup_periodic_tasks(sender, **kwargs):
+    sender.add_periodic_task(
+        1.0, sender.signature("notifier.im.send", kwargs=IM), name="code-periodic"
+    )
+"""
+
+SCHEDULE_FILE = """
+schedules:
+  - name: file-tick
+    task: notifier.im.send
+    payload: {channel: webhook, url: "https://hooks.example.org/file", text: from file}
+    schedule: {kind: interval, every: 1}
+  - name: file-broken
+    task: notifier.im.send
+    payload: {channel: webhook}
+    schedule: {kind: interval, every: 1}
+"""
+
+
+def test_schedules_from_a_file_and_from_celery_code_and_file_reload(
+    env: BrokerEnv,
+    schedules: Schedules,
+    start_beat: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "seedapp.py").write_text(textwrap.dedent(APP_MODULE))
+    schedule_file = tmp_path / "schedules.yaml"
+    schedule_file.write_text(SCHEDULE_FILE)
+    start_beat(
+        "--app",
+        "seedapp:app",
+        PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        TASKLANE_BEAT_SCHEDULE_FILE=str(schedule_file),
+    )
+    wait_for(
+        lambda: all(slots(env, n) for n in ("code-dict", "code-periodic", "file-tick")),
+        "code and file schedules firing",
+    )
+    names = {view.entry.name: view.entry.source for view in schedules.list()}
+    assert names == {
+        "code-dict": "code",
+        "code-cron": "code",
+        "code-periodic": "code",
+        "file-tick": "file",
+    }
+    (status,) = schedules.beats()
+    assert {"code:code-bad", "file:file-broken"} <= set(status.problems)
+    assert "channel" in status.problems["code:code-bad"]
+    # The file changes: one entry goes, another comes; the running Beat follows.
+    schedule_file.write_text(
+        SCHEDULE_FILE.replace("file-tick", "file-tock").split("  - name: file-broken")[0]
+    )
+    wait_for(
+        lambda: (
+            {v.entry.name for v in schedules.list() if v.entry.source == "file"} == {"file-tock"}
+        ),
+        "the reloaded file",
+        timeout=5,
+    )
+    wait_for(lambda: bool(slots(env, "file-tock")), "the new file entry firing")
+    with pytest.raises(Exception, match="managed by file"):
+        schedules.remove("file-tock")
