@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasklane.contracts import REGISTRY, ContractRegistry
 from tasklane.publish import validate_payload
+from tasklane.settings import TimeZoneName
 
 ENTRY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
 Source = Literal["api", "file", "code"]
@@ -42,16 +42,9 @@ class CrontabSchedule(_Model):
     day_of_month: str = "*"
     month_of_year: str = "*"
     day_of_week: str = Field(default="*", description="0-6 or sun-sat; 0 is Sunday.")
-    timezone: str = Field(default="UTC", description="An IANA time zone, e.g. Europe/Berlin.")
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
+    timezone: TimeZoneName = Field(
+        default="UTC", description="An IANA time zone, e.g. Europe/Berlin."
+    )
 
     @model_validator(mode="after")
     def _fields_parse(self) -> CrontabSchedule:

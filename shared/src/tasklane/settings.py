@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import TypeVar
+from typing import Annotated, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasklane.errors import SettingsError
@@ -27,6 +27,19 @@ def _scheme(url: str) -> str:
 def is_redis_url(url: str | None) -> bool:
     """Whether ``url`` points at Redis or Valkey."""
     return url is not None and _scheme(url) in REDIS_SCHEMES
+
+
+def known_timezone(value: str) -> str:
+    """``value`` if it names an IANA time zone, else a ``ValueError`` saying so."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
+#: A string field that must name an IANA time zone (``Europe/Berlin``, ``UTC``).
+TimeZoneName = Annotated[str, AfterValidator(known_timezone)]
 
 
 class Settings(BaseSettings):
@@ -68,7 +81,7 @@ class Settings(BaseSettings):
         default=7 * 86_400, ge=60, description="Seconds a delivered idempotency key is remembered."
     )
     max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     task_events: bool = True
     track_started: bool = Field(
         default=False,
@@ -99,15 +112,6 @@ class Settings(BaseSettings):
             raise ValueError(
                 "must be empty or dotted lowercase words ending in a dot: 'eu.staging.'"
             )
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _check_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
         return value
 
     @model_validator(mode="after")

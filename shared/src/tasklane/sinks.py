@@ -167,58 +167,25 @@ class Reply:
     delay: float = 0.0
 
 
-class WebhookSink(_Recorder):
-    """A threaded HTTP server on 127.0.0.1 that records requests and answers from a script.
-
-    Replies queued with :meth:`script` are used in order; after that every request gets 200.
-    """
+class _HttpRecorder(_Recorder):
+    """A threaded HTTP server on 127.0.0.1 that records the requests it receives."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._replies: list[Reply] = []
         self._closing = threading.Event()
-        sink = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                length = int(self.headers.get("Content-Length", "0"))
-                body = self.rfile.read(length)
-                headers = {name.lower(): value for name, value in self.headers.items()}
-                sink._record(ReceivedRequest("POST", self.path, headers, body))
-                reply = sink._next_reply()
-                if reply.delay and sink._closing.wait(reply.delay):
-                    return  # the sink is stopping; the client gave up long ago
-                self.send_response(reply.status)
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                self.wfile.write(reply.body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # keep test and demo output readable
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        # Handler threads are joined on stop, so none outlives the sink.
-        self._server.daemon_threads = False
+    def _serve(self, handler: type[BaseHTTPRequestHandler], *, join_handlers: bool) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        # Joined handlers never outlive the server; keep-alive servers must not wait for them.
+        self._server.daemon_threads = not join_handlers
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), daemon=True
         )
 
     @property
     def url(self) -> str:
-        """Base URL of the sink."""
+        """Base URL of the server, without a trailing slash."""
         return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def script(self, *replies: Reply) -> None:
-        """Queue replies for the next requests."""
-        with self._lock:
-            self._replies.extend(replies)
-
-    def _next_reply(self) -> Reply:
-        with self._lock:
-            return self._replies.pop(0) if self._replies else Reply()
 
     @property
     def requests(self) -> list[ReceivedRequest]:
@@ -243,7 +210,50 @@ class WebhookSink(_Recorder):
         self._thread.join()
 
 
-class SiteServer(_Recorder):
+class WebhookSink(_HttpRecorder):
+    """A threaded HTTP server on 127.0.0.1 that records requests and answers from a script.
+
+    Replies queued with :meth:`script` are used in order; after that every request gets 200.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._replies: list[Reply] = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                sink._record(ReceivedRequest("POST", self.path, headers, body))
+                reply = sink._next_reply()
+                if reply.delay and sink._closing.wait(reply.delay):
+                    return  # the sink is stopping; the client gave up long ago
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # keep test and demo output readable
+
+        self._serve(Handler, join_handlers=True)
+
+    def script(self, *replies: Reply) -> None:
+        """Queue replies for the next requests."""
+        with self._lock:
+            self._replies.extend(replies)
+
+    def _next_reply(self) -> Reply:
+        with self._lock:
+            return self._replies.pop(0) if self._replies else Reply()
+
+
+class SiteServer(_HttpRecorder):
     """A small website on 127.0.0.1: ``GET`` of a path answers its :class:`Reply`, else 404.
 
     A path given a list of replies answers them in turn, repeating the last one. Records every
@@ -260,7 +270,6 @@ class SiteServer(_Recorder):
             path: list(reply) if isinstance(reply, list) else [reply]
             for path, reply in pages.items()
         }
-        self._closing = threading.Event()
         site = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -290,23 +299,7 @@ class SiteServer(_Recorder):
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        # Keep-alive connections of a client may stay open; stopping must not wait for them.
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        """Base URL of the site, without a trailing slash."""
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    @property
-    def requests(self) -> list[ReceivedRequest]:
-        """Every request so far."""
-        with self._lock:
-            return list(self._received)
+        self._serve(Handler, join_handlers=False)
 
     def _reply(self, path: str) -> Reply:
         with self._lock:
@@ -321,18 +314,6 @@ class SiteServer(_Recorder):
         for request in self.requests:
             counts[request.path] = counts.get(request.path, 0) + 1
         return counts
-
-    def start(self) -> Self:
-        """Start serving; returns self."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket."""
-        self._closing.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
 
 
 _NOT_FOUND = Reply(status=404, body=b"<html><title>Not found</title></html>")
