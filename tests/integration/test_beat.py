@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -23,6 +24,7 @@ import redis
 
 from tasklane.broker import redis_queue_keys
 from tasklane.schedules import ClockedSchedule, IntervalSchedule, ScheduleEntry
+from tasklane.schedulestore import ScheduleError
 from tasklane.scheduling import SCHEDULE_HEADER, SLOT_HEADER, Schedules
 from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup
 
@@ -160,12 +162,27 @@ def test_runtime_changes_reach_the_running_beat_within_5_seconds(
     time.sleep(2.5)
     assert len(slots(env, "fast")) == count
     assert not schedules.show("fast").entry.enabled and schedules.show("fast").next_run_at is None
+    # The liveness probe of a Beat pod: a Beat on this host ticked recently.
+    probe = subprocess.run(
+        [str(Path(sys.executable).with_name("tasklane")), "beat-health", "--max-age", "10"],
+        env={**os.environ, **env.env()},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert "active, last tick" in probe.stdout
 
 
 def test_one_off_fires_once_expired_never_and_a_lost_contract_is_reported(
     env: BrokerEnv, schedules: Schedules, start_beat: Callable[..., WorkerProcess]
 ) -> None:
     now = datetime.now(UTC)
+    past = ScheduleEntry(
+        name="too-late", task="notifier.im.send", payload=IM, schedule=ClockedSchedule(at=now)
+    )
+    with pytest.raises(ScheduleError, match="in the past"):
+        schedules.add(past)
     schedules.add(
         ScheduleEntry(
             name="once",

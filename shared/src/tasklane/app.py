@@ -11,6 +11,7 @@ from tasklane.broker import transport_options
 from tasklane.consumer import DeclareDeadLetterQueues
 from tasklane.contracts import REGISTRY, ContractRegistry, TaskContract
 from tasklane.errors import SettingsError
+from tasklane.metrics import install_metrics
 from tasklane.routing import dead_letter_queues, queues_for_service, task_routes
 from tasklane.settings import Settings, load_settings
 
@@ -127,4 +128,6 @@ def create_app(
     app.conf.update(celery_config(service, settings, registry))
     app.conf.tasklane_settings = settings
     app.steps["consumer"].add(DeclareDeadLetterQueues)
+    if settings.metrics_port is not None:
+        install_metrics(app, service, settings.metrics_port)
     return app

@@ -2,41 +2,38 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
 import os
 import shlex
+import socket
 import sys
-from collections.abc import Callable
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 import typer
-from kombu.exceptions import OperationalError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from tasklane.broker import connect
+from tasklane.cliexit import CliError
+from tasklane.cliexit import console as _console
+from tasklane.cliexit import handle_errors as _handle_errors
 from tasklane.contracts import REGISTRY, TaskContract
 from tasklane.deadletter import DeadLetter, DeadLetterQueue
-from tasklane.errors import PayloadValidationError, TaskFailedError, TasklaneError
+from tasklane.errors import PayloadValidationError
 from tasklane.inspect import queue_depths
+from tasklane.metrics import prepare_multiproc_dir
 from tasklane.publish import Publisher, validate_payload
 from tasklane.routing import dlq_name, queue_name, queues_for_service, work_queue
+from tasklane.schedulecli import schedule_app
+from tasklane.scheduling import Schedules
 from tasklane.schema import export_schemas
 from tasklane.settings import Settings, load_settings
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-#: Exit codes: 1 when the operation ran and failed, 2 when the input or configuration is wrong.
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 ERROR_PREVIEW_CHARS = 60
 
 app = typer.Typer(
@@ -51,10 +48,7 @@ contracts_app = typer.Typer(help="Inspect and export task contracts.", no_args_i
 dlq_app = typer.Typer(help="List, show, replay and purge dead letters.", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(dlq_app, name="dlq")
-
-
-class CliError(TasklaneError):
-    """Bad command-line input; reported like every other Tasklane error."""
+app.add_typer(schedule_app, name="schedule")
 
 
 class Pool(StrEnum):
@@ -65,38 +59,6 @@ class Pool(StrEnum):
     solo = "solo"
     gevent = "gevent"
     eventlet = "eventlet"
-
-
-def _console() -> Console:
-    # Built per command: Rich resolves the terminal (or the test runner's stream) at that moment.
-    return Console()
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    # soft_wrap keeps the message on one line however narrow the terminal is.
-    error = Text(f"error: {' '.join(message.split())}", style="bold red")
-    Console(stderr=True, soft_wrap=True).print(error)
-    raise typer.Exit(code)
-
-
-def _handle_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn expected errors into one red line and an exit code instead of a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except TaskFailedError as exc:
-            _fail(str(exc), EXIT_FAILED)
-        except TasklaneError as exc:
-            _fail(str(exc), EXIT_USAGE)
-        except TimeoutError as exc:
-            # Before OSError: TimeoutError is one, but it means "no result", not "no broker".
-            _fail(str(exc), EXIT_FAILED)
-        except (OperationalError, RedisConnectionError, OSError) as exc:
-            _fail(f"broker unreachable: {exc}", EXIT_FAILED)
-
-    return wrapper
 
 
 # --------------------------------------------------------------------------- contracts
@@ -506,6 +468,9 @@ def worker(
         return
     if not _module_exists(f"{service}.app"):
         raise CliError(f"module {service}.app not found: is the {service} service installed?")
+    if settings.metrics_port is not None:
+        # Pool children write their metrics to files the main process serves together.
+        prepare_multiproc_dir(os.environ)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvp(argv[0], argv)
@@ -542,6 +507,53 @@ def beat(
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvp(argv[0], argv)
+
+
+@app.command("schedule-api")
+@_handle_errors
+def schedule_api(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port.")] = 8080,
+) -> None:
+    """Serve the schedule HTTP API; the token comes from TASKLANE_SCHEDULE_API_TOKEN."""
+    from tasklane.scheduleapi import serve  # FastAPI and uvicorn: the optional "api" extra
+
+    serve(load_settings(), host=host, port=port)
+
+
+@app.command("beat-health")
+@_handle_errors
+def beat_health(
+    max_age: Annotated[
+        float, typer.Option("--max-age", min=1.0, help="Seconds since the last tick allowed.")
+    ] = 30.0,
+) -> None:
+    """Exit 0 if a Beat process on this host ticked within --max-age (a liveness probe)."""
+    host = socket.gethostname()
+    with Schedules() as schedules:
+        mine = [s for s in schedules.beats() if s.process.split(":")[0] == host]
+    if not mine:
+        raise CliError(f"no Beat process on {host} has reported")
+    newest = max(mine, key=lambda status: status.last_tick)
+    age = (datetime.now(UTC) - newest.last_tick).total_seconds()
+    role = "active" if newest.holds_lock else "standby"
+    if age > max_age:
+        raise CliError(f"Beat {newest.process} last ticked {age:.1f}s ago (over {max_age:g}s)")
+    typer.echo(f"{newest.process}: {role}, last tick {age:.1f}s ago, {newest.schedules} schedules")
+
+
+@app.command()
+@_handle_errors
+def exporter(
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port.")] = 9808,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.0, help="Seconds a broker read is reused.")
+    ] = 15.0,
+) -> None:
+    """Serve Prometheus queue gauges read from the broker on /metrics until SIGTERM."""
+    from tasklane.exporter import serve
+
+    serve(load_settings(), port=port, interval=interval)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from kombu.entity import Queue
 from kombu.exceptions import ContentDisallowed, DecodeError
 
 from tasklane.deadletter import dead_letter_headers, send_to_dlq
+from tasklane.metrics import record_dead_letter
 from tasklane.routing import dead_letter_exchange
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,11 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             message.reject_log_error(logger, self.connection_errors)
             return
         message.ack_log_error(logger, self.connection_errors)
+        if getattr(self.app.conf, "tasklane_metrics", None) is not None:
+            task = str((message.headers or {}).get("task") or "")
+            # Only names this worker knows become labels: a stray message must not add series.
+            known = task if task in self.app.tasks else "unknown"
+            record_dead_letter(known, queue, reason)
 
     def create_task_handler(self, promise: Any = None) -> Callable[[Any], None]:
         """Check a protocol v2 body's shape before Celery's strategy sees it.

@@ -25,6 +25,7 @@ from tasklane.errors import (
     PayloadValidationError,
     TaskFailedError,
 )
+from tasklane.metrics import task_metrics
 from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, TaskMessage, task_message
 from tasklane.routing import MAX_PRIORITY, dead_letter_queue, queue_name, work_queue
 from tasklane.settings import Settings, load_settings
@@ -298,10 +299,11 @@ class Publisher:
         *,
         retry: bool,
     ) -> None:
+        queue = queue_name(contract, self.settings.namespace)
         producer.publish(
             message.body,
             exchange="",
-            routing_key=queue_name(contract, self.settings.namespace),
+            routing_key=queue,
             content_type=CONTENT_TYPE,
             content_encoding=CONTENT_ENCODING,
             headers=message.headers,
@@ -310,6 +312,7 @@ class Publisher:
             retry_policy=_RETRY_POLICY,
             **message.properties,
         )
+        task_metrics().published.labels(contract.name, queue).inc()
 
 
 def _reuse_redis_client(channel: Any) -> None:

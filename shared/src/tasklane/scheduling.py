@@ -13,6 +13,7 @@ A change is stored in Redis at once; the active Beat picks it up on its next tic
 from __future__ import annotations
 
 import builtins
+import threading
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -20,7 +21,7 @@ import redis
 
 from tasklane.contracts import REGISTRY, ContractRegistry
 from tasklane.publish import Publisher
-from tasklane.schedules import EntryView, ScheduleEntry
+from tasklane.schedules import ClockedSchedule, EntryView, ScheduleEntry
 from tasklane.schedulestore import BeatStatus, ScheduleError, ScheduleStore
 from tasklane.settings import Settings, load_settings
 
@@ -47,9 +48,13 @@ class Schedules:
         )
         self._publisher = publisher
         self._owns_publisher = publisher is None
+        self._publisher_lock = threading.Lock()
 
     def add(self, entry: ScheduleEntry, *, replace: bool = False) -> EntryView:
         """Validate and store an entry (``source="api"``); see :meth:`ScheduleStore.add`."""
+        schedule = entry.schedule
+        if isinstance(schedule, ClockedSchedule) and schedule.at <= datetime.now(UTC):
+            raise ScheduleError(f"schedule.at: {schedule.at.isoformat()} is in the past")
         stored = self.store.add(entry.model_copy(update={"source": "api"}), replace=replace)
         return self.store.view(stored.name)
 
@@ -96,9 +101,10 @@ class Schedules:
     @property
     def publisher(self) -> Publisher:
         """The publisher run-now uses (created on first use)."""
-        if self._publisher is None:
-            self._publisher = Publisher(self.settings, registry=self.store.registry)
-        return self._publisher
+        with self._publisher_lock:  # the HTTP API calls this from several threads
+            if self._publisher is None:
+                self._publisher = Publisher(self.settings, registry=self.store.registry)
+            return self._publisher
 
     def close(self) -> None:
         """Release connections."""

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         description="Record a STARTED state per task: one more result-backend write per task.",
     )
     worker_concurrency: int | None = Field(default=None, ge=1)
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve worker metrics on this port at /metrics; off when unset.",
+    )
 
     @field_validator("broker_url")
     @classmethod

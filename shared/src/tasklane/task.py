@@ -21,6 +21,7 @@ from tasklane.contracts import TaskContract
 from tasklane.deadletter import dead_letter_headers, send_to_dlq
 from tasklane.errors import PayloadValidationError, PermanentError, TransientError
 from tasklane.idempotency import IdempotencyStore
+from tasklane.metrics import record_dead_letter
 from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, encode_body, task_headers
 from tasklane.publish import describe_validation_error
 from tasklane.routing import queue_name
@@ -214,6 +215,9 @@ class ContractTask(Task):  # type: ignore[misc]
                 )
         except Exception:  # the failure is still recorded in the result backend
             logger.exception("could not dead-letter %s[%s]", self.contract.name, task_id)
+        else:
+            if getattr(self.app.conf, "tasklane_metrics", None) is not None:
+                record_dead_letter(self.contract.name, queue, reason)
         if self.dead_letter_hook is not None and reason != "invalid-payload":
             self._run_dead_letter_hook(exc, task_id, kwargs)
 

@@ -1,0 +1,63 @@
+"""How ``tasklane`` commands end: one red line and an exit code instead of a traceback.
+
+Exit codes: 1 when the operation ran and failed (a task failed, no result in time, the broker
+or Redis unreachable), 2 when the input or configuration is wrong.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NoReturn, ParamSpec, TypeVar
+
+import typer
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rich.console import Console
+from rich.text import Text
+
+from tasklane.errors import TaskFailedError, TasklaneError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CliError(TasklaneError):
+    """Bad command-line input; reported like every other Tasklane error."""
+
+
+def console() -> Console:
+    """A console for a command's output."""
+    # Built per command: Rich resolves the terminal (or the test runner's stream) at that moment.
+    return Console()
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print ``message`` as one error line on stderr and exit with ``code``."""
+    # soft_wrap keeps the message on one line however narrow the terminal is.
+    error = Text(f"error: {' '.join(message.split())}", style="bold red")
+    Console(stderr=True, soft_wrap=True).print(error)
+    raise typer.Exit(code)
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn expected errors into one red line and an exit code instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except TaskFailedError as exc:
+            fail(str(exc), EXIT_FAILED)
+        except TasklaneError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except TimeoutError as exc:
+            # Before OSError: TimeoutError is one, but it means "no result", not "no broker".
+            fail(str(exc), EXIT_FAILED)
+        except (OperationalError, RedisConnectionError, OSError) as exc:
+            fail(f"broker or Redis unreachable: {exc}", EXIT_FAILED)
+
+    return wrapper

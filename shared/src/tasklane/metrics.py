@@ -1,0 +1,218 @@
+"""Worker metrics for Prometheus, correct under the prefork pool.
+
+Every worker process of a service (the main process and its pool children) records into
+prometheus-client's multiprocess files under ``PROMETHEUS_MULTIPROC_DIR``; the main process
+serves ``/metrics`` on ``TASKLANE_METRICS_PORT`` and aggregates them, so counts stay exact when
+pool children are recycled (``--max-tasks-per-child``) and the gauges of dead children drop out.
+``tasklane worker`` makes that directory when metrics are on and none is given.
+
+Labels are bounded: task names and queues come from the contracts, reasons from a fixed set; no
+task ids, URLs or payload values ever become labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, signals
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
+
+from tasklane.protocol import PUBLISHED_AT
+
+logger = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+TASK_LABELS = ("task", "queue")
+#: Seconds; from sub-millisecond no-ops to hour-long transcodes.
+RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+#: Seconds a task waited in its queue, publish to start.
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+
+
+@dataclass(frozen=True)
+class TaskMetrics:
+    """The metrics every worker records, per task name and queue."""
+
+    published: Counter
+    received: Counter
+    started: Counter
+    succeeded: Counter
+    failed: Counter
+    retried: Counter
+    dead_lettered: Counter
+    rejected: Counter
+    runtime: Histogram
+    queue_wait: Histogram
+    in_flight: Gauge
+    worker_up: Gauge
+
+
+@cache
+def task_metrics() -> TaskMetrics:
+    """This process's metric objects (created on first use, after the pool forked)."""
+    return TaskMetrics(
+        published=Counter(
+            "tasklane_tasks_published", "Tasks published by this process.", TASK_LABELS
+        ),
+        received=Counter(
+            "tasklane_tasks_received", "Tasks a worker received from its queue.", TASK_LABELS
+        ),
+        started=Counter("tasklane_tasks_started", "Tasks that started running.", TASK_LABELS),
+        succeeded=Counter("tasklane_tasks_succeeded", "Tasks that returned a result.", TASK_LABELS),
+        failed=Counter("tasklane_tasks_failed", "Tasks that failed for good.", TASK_LABELS),
+        retried=Counter("tasklane_tasks_retried", "Retries scheduled.", TASK_LABELS),
+        dead_lettered=Counter(
+            "tasklane_tasks_dead_lettered",
+            "Messages sent to a dead-letter queue, by reason.",
+            (*TASK_LABELS, "reason"),
+        ),
+        rejected=Counter(
+            "tasklane_tasks_rejected",
+            "Tasks refused by the worker because their payload broke the contract.",
+            TASK_LABELS,
+        ),
+        runtime=Histogram(
+            "tasklane_task_runtime_seconds",
+            "Time a task ran.",
+            TASK_LABELS,
+            buckets=RUNTIME_BUCKETS,
+        ),
+        queue_wait=Histogram(
+            "tasklane_task_queue_wait_seconds",
+            "Time from publish (the message's own timestamp) to start.",
+            TASK_LABELS,
+            buckets=WAIT_BUCKETS,
+        ),
+        in_flight=Gauge(
+            "tasklane_tasks_in_flight",
+            "Tasks running now.",
+            TASK_LABELS,
+            multiprocess_mode="livesum",
+        ),
+        worker_up=Gauge(
+            "tasklane_worker_up",
+            "1 while the worker's main process runs.",
+            ("service",),
+            multiprocess_mode="livemax",
+        ),
+    )
+
+
+def _labels(task: Any) -> tuple[str, str]:
+    name = str(getattr(task, "name", "") or "unknown")
+    queue = str(getattr(task, "queue", "") or "unknown")
+    return name, queue
+
+
+def _request_labels(request: Any) -> tuple[str, str]:
+    name = str(getattr(request, "name", None) or getattr(request, "task_name", "") or "unknown")
+    info = getattr(request, "delivery_info", None) or {}
+    queue = str(info.get("routing_key") or "unknown")
+    return name, queue
+
+
+class _Recorder:
+    """Celery signal handlers that record :class:`TaskMetrics`."""
+
+    def __init__(self, service: str, port: int) -> None:
+        self.service = service
+        self.port = port
+        self._started: dict[str, float] = {}
+
+    def worker_init(self, **_: Any) -> None:
+        directory = os.environ.get(MULTIPROC_ENV)
+        if directory:
+            # Files of an earlier run of this worker would add its counts to this one's.
+            path = Path(directory)
+            for child in path.glob("*.db"):
+                child.unlink(missing_ok=True)
+        registry = CollectorRegistry()
+        if directory:
+            multiprocess.MultiProcessCollector(registry)
+        start_http_server(self.port, registry=registry)
+        task_metrics().worker_up.labels(self.service).set(1)
+        logger.info("metrics on :%d/metrics", self.port)
+
+    def received(self, request: Any = None, **_: Any) -> None:
+        task_metrics().received.labels(*_request_labels(request)).inc()
+
+    def prerun(self, task_id: str = "", task: Any = None, **_: Any) -> None:
+        labels = _labels(task)
+        metrics = task_metrics()
+        metrics.started.labels(*labels).inc()
+        metrics.in_flight.labels(*labels).inc()
+        now = time.time()
+        self._started[task_id] = time.monotonic()
+        published = task.request.get(PUBLISHED_AT)
+        if isinstance(published, int | float) and published > 0:
+            metrics.queue_wait.labels(*labels).observe(max(0.0, now - published))
+
+    def postrun(self, task_id: str = "", task: Any = None, **_: Any) -> None:
+        labels = _labels(task)
+        metrics = task_metrics()
+        metrics.in_flight.labels(*labels).dec()
+        started = self._started.pop(task_id, None)
+        if started is not None:
+            metrics.runtime.labels(*labels).observe(time.monotonic() - started)
+
+    def success(self, sender: Any = None, **_: Any) -> None:
+        task_metrics().succeeded.labels(*_labels(sender)).inc()
+
+    def failure(self, sender: Any = None, **_: Any) -> None:
+        task_metrics().failed.labels(*_labels(sender)).inc()
+
+    def retry(self, sender: Any = None, **_: Any) -> None:
+        task_metrics().retried.labels(*_labels(sender)).inc()
+
+    def child_exit(self, pid: int | None = None, **_: Any) -> None:
+        if os.environ.get(MULTIPROC_ENV):
+            multiprocess.mark_process_dead(pid or os.getpid())
+
+
+def record_dead_letter(task: str, queue: str, reason: str) -> None:
+    """Count one dead-lettered message (called where messages are dead-lettered)."""
+    metrics = task_metrics()
+    metrics.dead_lettered.labels(task, queue, reason).inc()
+    if reason == "invalid-payload":
+        metrics.rejected.labels(task, queue).inc()
+
+
+def install_metrics(app: Celery, service: str, port: int) -> None:
+    """Record task metrics in this app's worker and serve them on ``port``."""
+    recorder = _Recorder(service, port)
+    app.conf.tasklane_metrics = recorder  # keeps the handlers alive with the app
+    signals.worker_init.connect(recorder.worker_init, weak=False)
+    signals.task_received.connect(recorder.received, weak=False)
+    signals.task_prerun.connect(recorder.prerun, weak=False)
+    signals.task_postrun.connect(recorder.postrun, weak=False)
+    signals.task_success.connect(recorder.success, weak=False)
+    signals.task_failure.connect(recorder.failure, weak=False)
+    signals.task_retry.connect(recorder.retry, weak=False)
+    signals.worker_process_shutdown.connect(recorder.child_exit, weak=False)
+
+
+def prepare_multiproc_dir(environ: MutableMapping[str, str], base: Path | None = None) -> str:
+    """Make (or empty) the multiprocess directory a worker about to start will use."""
+    directory = environ.get(MULTIPROC_ENV)
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        return directory
+    import tempfile
+
+    made = tempfile.mkdtemp(prefix="tasklane-metrics-", dir=base)
+    environ[MULTIPROC_ENV] = made
+    return made

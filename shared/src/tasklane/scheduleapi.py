@@ -1,0 +1,272 @@
+"""The schedule HTTP API: what ``tasklane schedule`` does, for services that cannot shell out.
+
+Every route goes through :class:`~tasklane.scheduling.Schedules`, so an entry made here is
+validated against its contract exactly as one made from the CLI or Python. Every route except
+``GET /healthz`` needs ``Authorization: Bearer <token>``; the token comes from
+``TASKLANE_SCHEDULE_API_TOKEN`` so it never shows up in a process list.
+
+Every 422 answer is a list of problems, each with ``loc`` (as FastAPI reports it), ``field``
+(dotted, e.g. ``payload.to`` or ``schedule.minute``) and ``msg``, whether the body is malformed
+or the payload breaks the task's contract: a caller handles one format.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Annotated, Any, NoReturn
+
+import redis
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from kombu.exceptions import OperationalError
+from pydantic import BaseModel, field_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from tasklane.errors import PayloadValidationError, SettingsError, UnknownContractError
+from tasklane.schedules import CrontabSchedule, EntryView, ScheduleEntry, Source
+from tasklane.schedulestore import BeatStatus, ScheduleError, ScheduleNotFoundError
+from tasklane.scheduling import Schedules
+from tasklane.settings import Settings
+
+#: The environment variable holding the bearer token.
+TOKEN_ENV = "TASKLANE_SCHEDULE_API_TOKEN"
+#: Shorter tokens are refused: they can be guessed.
+MIN_TOKEN_CHARS = 16
+#: Seconds /healthz waits for Redis: a load balancer's probe must not hang.
+HEALTH_TIMEOUT = 2.0
+
+# Shared, stateless: it only parses the Authorization header (the token lives in _TokenGuard).
+_BEARER = HTTPBearer(auto_error=False, description=f"The token set in {TOKEN_ENV}.")
+
+_SCHEDULE_KINDS = frozenset({"interval", "crontab", "clocked"})
+
+ErrorHandler = Callable[[Request, Exception], Awaitable[JSONResponse]]
+
+
+class NewEntry(ScheduleEntry):
+    """A schedule entry as a client sends it: ``source`` and ``created_at`` are the server's."""
+
+    source: SkipJsonSchema[Source] = "api"
+    created_at: SkipJsonSchema[datetime | None] = None
+
+    @field_validator("source", "created_at", mode="before")
+    @classmethod
+    def _server_owned(cls, value: object) -> NoReturn:
+        # Runs only for a field the client sent: defaults are not validated.
+        raise ValueError("set by the server; do not send it")
+
+
+class TaskAccepted(BaseModel):
+    """The task a run-now published."""
+
+    task_id: str
+
+
+class _TokenGuard:
+    """A dependency refusing requests without the API token, compared in constant time."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = token.encode()
+
+    async def __call__(
+        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+    ) -> None:
+        given = credentials.credentials.encode() if credentials is not None else b""
+        if not hmac.compare_digest(given, self._expected):
+            raise HTTPException(
+                status_code=401,
+                detail="missing or invalid bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+
+def create_api(schedules: Schedules, token: str) -> FastAPI:
+    """The API over ``schedules`` (the caller owns and closes it), guarded by ``token``.
+
+    Raises:
+        SettingsError: the token is shorter than :data:`MIN_TOKEN_CHARS`.
+    """
+    _check_token(token)
+    probe = redis.Redis.from_url(
+        schedules.settings.require_state(),
+        socket_connect_timeout=HEALTH_TIMEOUT,
+        socket_timeout=HEALTH_TIMEOUT,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Made before any request: Schedules creates it lazily, and two concurrent first
+        # run-now calls in the threadpool would each make one, leaking a connection.
+        _ = schedules.publisher
+        yield
+        probe.close()
+
+    # No open docs: every route but /healthz needs the token, the schema included.
+    app = FastAPI(
+        title="Tasklane schedules",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    _install_error_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> JSONResponse:
+        """Open to probes: 503 when the schedule store (Redis) does not answer."""
+        try:
+            probe.ping()
+        except redis.RedisError:
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    router = APIRouter(dependencies=[Depends(_TokenGuard(token))])
+    _add_schedule_routes(router, schedules)
+
+    @router.get("/openapi.json", include_in_schema=False)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    app.include_router(router)
+    return app
+
+
+def _add_schedule_routes(router: APIRouter, schedules: Schedules) -> None:
+    """The routes; sync on purpose: FastAPI runs Schedules' blocking calls in its threadpool."""
+
+    @router.get("/schedules", tags=["schedules"])
+    def list_schedules() -> list[EntryView]:
+        return schedules.list()
+
+    @router.post("/schedules", status_code=201, tags=["schedules"])
+    def add_schedule(
+        entry: NewEntry,
+        response: Response,
+        replace: Annotated[bool, Query(description="Replace an entry of that name.")] = False,
+    ) -> EntryView:
+        view = schedules.add(entry, replace=replace)
+        response.headers["Location"] = f"/schedules/{view.entry.name}"
+        return view
+
+    @router.get("/schedules/{name}", tags=["schedules"])
+    def show_schedule(name: str) -> EntryView:
+        return schedules.show(name)
+
+    @router.post("/schedules/{name}/enable", tags=["schedules"])
+    def enable_schedule(name: str) -> EntryView:
+        return schedules.enable(name)
+
+    @router.post("/schedules/{name}/disable", tags=["schedules"])
+    def disable_schedule(name: str) -> EntryView:
+        return schedules.disable(name)
+
+    @router.delete("/schedules/{name}", status_code=204, tags=["schedules"])
+    def remove_schedule(name: str) -> None:
+        schedules.remove(name)
+
+    @router.post("/schedules/{name}/run", status_code=202, tags=["schedules"])
+    def run_schedule(name: str) -> TaskAccepted:
+        return TaskAccepted(task_id=schedules.run_now(name))
+
+    @router.get("/beat", tags=["beat"])
+    def beat_statuses() -> list[BeatStatus]:
+        return schedules.beats()
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Map Tasklane's errors to status codes; unexpected ones become a bare JSON 500."""
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(UnknownContractError, _invalid_entry)
+    app.add_exception_handler(PayloadValidationError, _invalid_entry)
+    app.add_exception_handler(ScheduleNotFoundError, _message(404))
+    app.add_exception_handler(ScheduleError, _message(409))
+    app.add_exception_handler(redis.ConnectionError, _message(503, "schedule store unreachable"))
+    app.add_exception_handler(redis.TimeoutError, _message(503, "schedule store unreachable"))
+    app.add_exception_handler(OperationalError, _message(503, "broker unreachable"))
+    app.add_exception_handler(Exception, _message(500, "internal server error"))
+
+
+def _message(status: int, detail: str | None = None) -> ErrorHandler:
+    """A handler answering ``status`` with ``detail`` (or the error's own message)."""
+
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": detail or str(exc)}, status_code=status)
+
+    return handle
+
+
+async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # registered for it alone
+    problems = [
+        _problem(err["loc"], err["msg"], err["type"]) for err in jsonable_encoder(exc.errors())
+    ]
+    return JSONResponse({"detail": problems}, status_code=422)
+
+
+async def _invalid_entry(_: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, PayloadValidationError):
+        problems = [_payload_problem(line) for line in exc.errors]
+    else:
+        problems = [_problem(["body", "task"], str(exc), "unknown_task")]
+    return JSONResponse({"detail": problems}, status_code=422)
+
+
+def _payload_problem(line: str) -> dict[str, Any]:
+    # PayloadValidationError lines read "to.0: <message>" ("payload: ..." for the whole model).
+    field, separator, message = line.partition(": ")
+    if not separator:
+        field, message = "payload", line
+    path = [] if field == "payload" else [int(p) if p.isdigit() else p for p in field.split(".")]
+    return _problem(["body", "payload", *path], message, "payload_invalid")
+
+
+def _problem(loc: Sequence[str | int], message: str, kind: str) -> dict[str, Any]:
+    return {"type": kind, "loc": list(loc), "field": _field(loc, message), "msg": message}
+
+
+def _field(loc: Sequence[str | int], message: str) -> str:
+    """The field as a client names it: ``schedule.minute``, not ``body.schedule.crontab``."""
+    parts = [str(part) for part in loc]
+    if parts[:1] == ["body"]:
+        parts = parts[1:]
+    if len(parts) < 2 or parts[0] != "schedule" or parts[1] not in _SCHEDULE_KINDS:
+        return ".".join(parts)
+    parts = ["schedule", *parts[2:]]  # drop pydantic's union tag
+    # The crontab parser reports a bad field on the whole schedule, as "minute: ...".
+    named = message.removeprefix("Value error, ").partition(":")[0]
+    if len(parts) == 1 and named in CrontabSchedule.model_fields:
+        parts.append(named)
+    return ".".join(parts)
+
+
+def _check_token(token: str) -> None:
+    if not token:
+        raise SettingsError(
+            f"no schedule API token: set {TOKEN_ENV} (at least {MIN_TOKEN_CHARS} characters)"
+        )
+    if len(token) < MIN_TOKEN_CHARS:
+        raise SettingsError(
+            f"{TOKEN_ENV} is too short: use at least {MIN_TOKEN_CHARS} characters "
+            "(e.g. the output of `openssl rand -hex 32`)"
+        )
+
+
+def serve(settings: Settings | None = None, host: str = "0.0.0.0", port: int = 8080) -> None:
+    """Run the API under uvicorn until interrupted.
+
+    Raises:
+        SettingsError: ``TASKLANE_SCHEDULE_API_TOKEN`` is unset or too short, or no Redis is
+            configured for the schedule store.
+    """
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    _check_token(token)  # before connecting anything: a misconfiguration fails fast
+    with Schedules(settings) as schedules:
+        uvicorn.run(create_api(schedules, token), host=host, port=port)

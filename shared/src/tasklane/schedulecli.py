@@ -1,0 +1,318 @@
+"""``tasklane schedule``: add, list, show, enable, disable, remove and run schedule entries.
+
+Everything goes through :class:`~tasklane.scheduling.Schedules`, as the HTTP API does, so an
+entry is checked against its task's contract when it is added, not when Beat fires it.
+
+This module does not import :mod:`tasklane.cli` (which registers ``schedule_app``): the import
+would be circular, so its error handling mirrors the one there instead of reusing it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+from rich.table import Table
+from rich.text import Text
+
+from tasklane.cliexit import console as _console
+from tasklane.cliexit import handle_errors as _handle_errors
+from tasklane.errors import TasklaneError
+from tasklane.schedules import (
+    ClockedSchedule,
+    CrontabSchedule,
+    EntryView,
+    IntervalSchedule,
+    Schedule,
+    ScheduleEntry,
+)
+from tasklane.scheduling import Schedules
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+#: The command-line spelling of each model field, so errors name what the user typed.
+_OPTIONS = {
+    "name": "NAME",
+    "task": "--task",
+    "payload": "--json",
+    "every": "--every",
+    "at": "--at",
+    "timezone": "--tz",
+    "start_at": "--start",
+    "expires_at": "--expires",
+    "description": "--description",
+}
+_CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+
+schedule_app = typer.Typer(
+    help="Manage periodic tasks: add, list, show, enable, disable, remove, run now.",
+    no_args_is_help=True,
+)
+
+
+class ScheduleInputError(TasklaneError):
+    """A bad option of a ``tasklane schedule`` command (the message names it)."""
+
+
+# --------------------------------------------------------------------------- building entries
+
+
+def _model(cls: type[ModelT], option: str, **fields: Any) -> ModelT:
+    """``cls(**fields)``, its validation errors reworded to name the command-line options."""
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(_problem(error, option) for error in exc.errors())
+        raise ScheduleInputError(problems) from None
+
+
+def _problem(error: ErrorDetails, option: str) -> str:
+    path = ".".join(str(part) for part in error["loc"])
+    where = _OPTIONS.get(path) or (f"{option} {path}" if path else option)
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+
+
+def _instant(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ScheduleInputError(
+            f"{option}: {text!r} is not an ISO 8601 date-time, e.g. 2026-12-01T09:00:00+01:00"
+        ) from None
+
+
+def _payload(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ScheduleInputError(f"--json: invalid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ScheduleInputError(f"--json: the payload must be a JSON object, not {value!r}")
+    return value
+
+
+def _crontab(line: str, zone: str | None) -> CrontabSchedule:
+    fields = line.split()
+    if len(fields) != len(_CRON_FIELDS):
+        raise ScheduleInputError(
+            f"--cron: expected 5 fields (minute hour day-of-month month day-of-week), "
+            f"got {len(fields)} in {line!r}"
+        )
+    values = dict(zip(_CRON_FIELDS, fields, strict=True))
+    return _model(CrontabSchedule, "--cron", **values, timezone=zone or "UTC")
+
+
+def _schedule(
+    every: float | None, cron: str | None, zone: str | None, at: str | None
+) -> IntervalSchedule | CrontabSchedule | ClockedSchedule:
+    """The one schedule the options describe."""
+    options = (("--every", every), ("--cron", cron), ("--at", at))
+    given = [option for option, value in options if value is not None]
+    if len(given) != 1:
+        raise ScheduleInputError(
+            f"give exactly one of --every, --cron and --at (got {', '.join(given) or 'none'})"
+        )
+    if zone is not None and cron is None:
+        raise ScheduleInputError("--tz applies to --cron only (give --at an offset instead)")
+    if every is not None:
+        return _model(IntervalSchedule, "--every", every=every)
+    if cron is not None:
+        return _crontab(cron, zone)
+    return _model(ClockedSchedule, "--at", at=_instant(at, "--at"))
+
+
+# --------------------------------------------------------------------------- showing entries
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment is not None else "-"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _summary(schedule: Schedule) -> str:
+    """One line a person reads: ``every 5m``, ``cron 0 3 * * * Europe/Berlin``, ``once at …``."""
+    if isinstance(schedule, IntervalSchedule):
+        return f"every {_duration(schedule.every)}"
+    if isinstance(schedule, CrontabSchedule):
+        fields = " ".join(getattr(schedule, name) for name in _CRON_FIELDS)
+        return f"cron {fields} {schedule.timezone}"
+    return f"once at {_when(schedule.at)}"
+
+
+def _next(view: EntryView) -> str:
+    return f"next run {_when(view.next_run_at)}" if view.next_run_at else "no next run"
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@schedule_app.command("add")
+@_handle_errors
+def add(
+    name: Annotated[str, typer.Argument(help="Entry name: letters, digits, _ . : -")],
+    task: Annotated[str, typer.Option("--task", help="Task name, e.g. notifier.im.send.")],
+    payload: Annotated[str, typer.Option("--json", help="The payload as one JSON object.")],
+    every: Annotated[
+        float | None, typer.Option("--every", help="Run every this many seconds.")
+    ] = None,
+    cron: Annotated[
+        str | None, typer.Option("--cron", help='Crontab fields: "minute hour dom month dow".')
+    ] = None,
+    zone: Annotated[
+        str | None, typer.Option("--tz", help="IANA time zone of --cron (default UTC).")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="Run once at this ISO 8601 time (with offset).")
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option("--start", help="No run before this ISO 8601 time.")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option("--expires", help="No run after this ISO 8601 time.")
+    ] = None,
+    disabled: Annotated[bool, typer.Option("--disabled", help="Add it disabled.")] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace an entry of that name.")
+    ] = False,
+    description: Annotated[str, typer.Option("--description", help="What it is for.")] = "",
+) -> None:
+    """Add an entry, checked against its task's contract now rather than when it fires."""
+    entry = _model(
+        ScheduleEntry,
+        "NAME",
+        name=name,
+        task=task,
+        payload=_payload(payload),
+        schedule=_schedule(every, cron, zone, at),
+        enabled=not disabled,
+        start_at=_instant(start, "--start"),
+        expires_at=_instant(expires, "--expires"),
+        description=description,
+    )
+    with Schedules() as schedules:
+        view = schedules.add(entry, replace=replace)
+    state = "added" if view.entry.enabled else "added (disabled)"
+    _console().print(
+        f"{state} {name}: {task} {_summary(view.entry.schedule)}; {_next(view)}", highlight=False
+    )
+
+
+@schedule_app.command("list")
+@_handle_errors
+def list_entries() -> None:
+    """Show every entry with its schedule, runs, next run and any problem."""
+    with Schedules() as schedules:
+        views = schedules.list()
+    if not views:
+        _console().print("no schedules")
+        return
+    table = Table(title="Schedules")
+    table.add_column("Name", style="bold", no_wrap=True)
+    table.add_column("Task", no_wrap=True)
+    table.add_column("Schedule")
+    table.add_column("Enabled")
+    table.add_column("Source")
+    table.add_column("Runs", justify="right")
+    table.add_column("Last run")
+    table.add_column("Next run")
+    table.add_column("Problem")
+    for view in views:
+        entry = view.entry
+        table.add_row(
+            entry.name,
+            entry.task,
+            _summary(entry.schedule),
+            "yes" if entry.enabled else "no",
+            entry.source,
+            str(view.state.total_run_count),
+            _when(view.state.last_run_at),
+            _when(view.next_run_at),
+            Text(view.problem or "-", style="red" if view.problem else ""),
+        )
+    _console().print(table)
+
+
+@schedule_app.command("show")
+@_handle_errors
+def show(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
+    """Print one entry, its state and next run as JSON."""
+    with Schedules() as schedules:
+        view = schedules.show(name)
+    _console().print_json(view.model_dump_json())
+
+
+@schedule_app.command("enable")
+@_handle_errors
+def enable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
+    """Let an entry fire again, from its next slot (missed slots are not made up)."""
+    with Schedules() as schedules:
+        view = schedules.enable(name)
+    _console().print(f"enabled {name}; {_next(view)}", highlight=False)
+
+
+@schedule_app.command("disable")
+@_handle_errors
+def disable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
+    """Stop an entry firing, keeping it and its history."""
+    with Schedules() as schedules:
+        schedules.disable(name)
+    _console().print(f"disabled {name}", highlight=False)
+
+
+@schedule_app.command("remove")
+@_handle_errors
+def remove(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
+    """Delete an entry added at run time (file- and code-managed ones are removed there)."""
+    with Schedules() as schedules:
+        schedules.remove(name)
+    _console().print(f"removed {name}", highlight=False)
+
+
+@schedule_app.command("run-now")
+@_handle_errors
+def run_now(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
+    """Publish the entry's task now, outside its schedule, and print the task id."""
+    with Schedules() as schedules:
+        task_id = schedules.run_now(name)
+    _console().print(f"task id: {task_id}", highlight=False)
+
+
+@schedule_app.command("beats")
+@_handle_errors
+def beats() -> None:
+    """Show the live Beat processes: when each last ticked and which one holds the lock."""
+    with Schedules() as schedules:
+        statuses = schedules.beats()
+    if not statuses:
+        _console().print("no Beat process is running")
+        return
+    now = datetime.now(UTC)
+    table = Table(title="Beat processes")
+    table.add_column("Process", style="bold", no_wrap=True)
+    table.add_column("Last tick", justify="right")
+    table.add_column("Schedules", justify="right")
+    table.add_column("Holds lock")
+    table.add_column("Problems")
+    for status in statuses:
+        age = max(0.0, (now - status.last_tick).total_seconds())
+        table.add_row(
+            status.process,
+            f"{age:.1f}s ago",
+            str(status.schedules),
+            "yes" if status.holds_lock else "no",
+            ", ".join(sorted(status.problems)) or "-",
+        )
+    _console().print(table)

@@ -1,0 +1,127 @@
+"""Worker metrics under the prefork pool: exact counts across recycled children, bounded labels."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kombu import Connection, Producer
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
+from tasklane.publish import Publisher
+from tasklane.sinks import WebhookSink, free_port
+from tests.integration.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
+
+pytestmark = pytest.mark.integration
+
+TASK = "notifier.im.send"
+ALLOWED_LABELS = {"task", "queue", "reason", "service", "le"}
+
+
+@pytest.fixture
+def metered(
+    broker: BrokerEnv, webhook_sink: WebhookSink, tmp_path: Path
+) -> Iterator[tuple[WorkerProcess, int, Path]]:
+    port = free_port()
+    files = tmp_path / "metrics"
+    env = {
+        **broker.env(),
+        "TASKLANE_METRICS_PORT": str(port),
+        "PROMETHEUS_MULTIPROC_DIR": str(files),
+        "TASKLANE_NOTIFIER_WEBHOOK_ALLOW": "127.0.0.1/32",
+    }
+    command = [
+        str(Path(sys.executable).with_name("tasklane")), "worker", "notifier",
+        "--concurrency", "2", "--loglevel", "INFO",
+        "--", "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--max-tasks-per-child", "4", "-n", f"metered-{uuid.uuid4().hex[:6]}@%h",
+    ]  # fmt: skip
+    worker = WorkerProcess.from_command(command, env, tmp_path / "worker.log")
+    worker.wait_ready()
+    yield worker, port, files
+    worker.stop()
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Samples:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def total(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return sum(
+        value
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and labels.items() <= dict(sample_labels).items()
+    )
+
+
+def test_counts_are_exact_across_recycled_pool_children_and_labels_stay_bounded(
+    broker: BrokerEnv, metered: tuple[WorkerProcess, int, Path], webhook_sink: WebhookSink
+) -> None:
+    worker, port, files = metered
+    payload = {"channel": "webhook", "url": f"{webhook_sink.url}/hook", "text": "count me"}
+    with Publisher(broker.settings) as publisher:
+        queue = publisher.contract(TASK).queue
+        published = {"task": TASK, "queue": f"{broker.namespace}{queue}"}
+        before = REGISTRY.get_sample_value("tasklane_tasks_published_total", published) or 0
+        handles = [publisher.publish(TASK, payload) for _ in range(30)]
+        after = REGISTRY.get_sample_value("tasklane_tasks_published_total", published)
+        assert after == before + 30  # the publishing process counts what it sent
+        # Three messages whose payload breaks the contract, as a non-Python upstream might send.
+        with Connection(broker.broker_url) as conn:
+            producer = Producer(conn.default_channel)
+            for _ in range(3):
+                message = task_message(TASK, str(uuid.uuid4()), {"channel": "fax", "text": "x"})
+                producer.publish(
+                    message.body,
+                    exchange="",
+                    routing_key=f"{broker.namespace}{queue}",
+                    headers=message.headers,
+                    content_type=CONTENT_TYPE,
+                    content_encoding=CONTENT_ENCODING,
+                    **message.properties,
+                )
+        for handle in handles:
+            handle.get(timeout=60)
+    wait_for_dead_letters(broker, queue, 3)
+    deadline = time.monotonic() + 10
+    while total(scrape(port), "tasklane_tasks_started_total") < 33 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # the last postrun and failure handlers
+    samples = scrape(port)
+    labels = {"task": TASK, "queue": f"{broker.namespace}{queue}"}
+    assert total(samples, "tasklane_tasks_received_total", **labels) == 33
+    assert total(samples, "tasklane_tasks_started_total", **labels) == 33
+    assert total(samples, "tasklane_tasks_succeeded_total", **labels) == 30
+    assert total(samples, "tasklane_tasks_failed_total", **labels) == 3
+    assert total(samples, "tasklane_tasks_rejected_total", **labels) == 3
+    assert total(samples, "tasklane_tasks_dead_lettered_total", reason="invalid-payload") == 3
+    assert total(samples, "tasklane_task_runtime_seconds_count", **labels) == 33
+    assert total(samples, "tasklane_task_queue_wait_seconds_count", **labels) == 33
+    assert total(samples, "tasklane_tasks_in_flight", **labels) == 0
+    assert total(samples, "tasklane_worker_up", service="notifier") == 1
+    # 33 tasks on two children that each stop after 4: many children came and went.
+    pids = {re.sub(r"\D", "", path.stem.split("_")[-1]) for path in files.glob("counter_*.db")}
+    assert len(pids) >= 6, pids
+    for (_, sample_labels), _ in samples.items():
+        names = {name for name, _ in sample_labels}
+        assert names <= ALLOWED_LABELS, names
+        for _, value in sample_labels:
+            assert "://" not in value and not re.search(r"[0-9a-f]{8}-[0-9a-f]{4}-", value)
