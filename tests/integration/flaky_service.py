@@ -9,6 +9,7 @@ import time
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.worker.control import control_command
 
 from tasklane.app import create_app
 from tasklane.errors import TransientError
@@ -49,3 +50,10 @@ def slow(payload: FlakyPayload) -> FlakyResult:
             if not payload.ignore_soft_limit:
                 raise
     return FlakyResult(label=payload.label)
+
+
+@control_command(args=[("seconds", float)], signature="<seconds>")  # type: ignore[untyped-decorator]
+def hang(state: object, seconds: float = 5.0) -> dict[str, str]:
+    """A remote-control command that blocks the worker's main loop (health probe tests)."""
+    time.sleep(seconds)
+    return {"ok": f"hung for {seconds}s"}

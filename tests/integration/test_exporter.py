@@ -28,7 +28,7 @@ from tasklane.inspect import queue_names
 from tasklane.publish import Publisher
 from tasklane.routing import queue_name, work_queue
 from tasklane.settings import Settings
-from tests.integration.harness import BrokerEnv
+from tests.integration.harness import BrokerEnv, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -185,43 +185,21 @@ def test_scrapes_within_the_interval_come_from_the_cache(broker: BrokerEnv) -> N
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A throwaway redis-server this test may kill; the shared one is never touched."""
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-    yield process, url
-    if process.poll() is None:
-        process.kill()
-    process.wait(10)
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.kill()
 
 
-def test_broker_down_reports_up_zero_and_keeps_serving(
-    own_redis: tuple[subprocess.Popen[bytes], str],
-) -> None:
-    process, url = own_redis
+def test_broker_down_reports_up_zero_and_keeps_serving(own_redis: RedisServer) -> None:
+    url = own_redis.url
     server, thread = start(Settings(broker_url=url, namespace="down."), port=0, interval=0.0)
     try:
         port = server.server_port
         assert parsed(scrape(port))[("tasklane_exporter_up", ())] == 1
 
-        process.kill()
-        process.wait(10)
+        own_redis.kill()
         down = parsed(scrape(port))
         again = parsed(scrape(port))
     finally:

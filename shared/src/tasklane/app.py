@@ -129,5 +129,5 @@ def create_app(
     app.conf.tasklane_settings = settings
     app.steps["consumer"].add(DeclareDeadLetterQueues)
     if settings.metrics_port is not None:
-        install_metrics(app, service, settings.metrics_port)
+        install_metrics(app, service, settings.metrics_port, settings.liveness_timeout)
     return app

@@ -14,23 +14,27 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from functools import cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    generate_latest,
     multiprocess,
-    start_http_server,
 )
 
+from tasklane.health import HealthStep, WorkerHealth
 from tasklane.protocol import PUBLISHED_AT
 
 logger = logging.getLogger(__name__)
@@ -128,9 +132,10 @@ def _request_labels(request: Any) -> tuple[str, str]:
 class _Recorder:
     """Celery signal handlers that record :class:`TaskMetrics`."""
 
-    def __init__(self, service: str, port: int) -> None:
+    def __init__(self, service: str, port: int, health: WorkerHealth) -> None:
         self.service = service
         self.port = port
+        self.health = health
         self._started: dict[str, float] = {}
 
     def worker_init(self, **_: Any) -> None:
@@ -143,7 +148,7 @@ class _Recorder:
         registry = CollectorRegistry()
         if directory:
             multiprocess.MultiProcessCollector(registry)
-        start_http_server(self.port, registry=registry)
+        serve_endpoints(self.port, registry, self.health)
         task_metrics().worker_up.labels(self.service).set(1)
         logger.info("metrics on :%d/metrics", self.port)
 
@@ -191,9 +196,12 @@ def record_dead_letter(task: str, queue: str, reason: str) -> None:
         metrics.rejected.labels(task, queue).inc()
 
 
-def install_metrics(app: Celery, service: str, port: int) -> None:
-    """Record task metrics in this app's worker and serve them on ``port``."""
-    recorder = _Recorder(service, port)
+def install_metrics(app: Celery, service: str, port: int, live_timeout: float) -> None:
+    """Record task metrics in this app's worker; serve them and its probes on ``port``."""
+    health = WorkerHealth(live_timeout=live_timeout)
+    app.conf.tasklane_health = health
+    app.steps["consumer"].add(HealthStep)
+    recorder = _Recorder(service, port, health)
     app.conf.tasklane_metrics = recorder  # keeps the handlers alive with the app
     signals.worker_init.connect(recorder.worker_init, weak=False)
     signals.task_received.connect(recorder.received, weak=False)
@@ -203,6 +211,35 @@ def install_metrics(app: Celery, service: str, port: int) -> None:
     signals.task_failure.connect(recorder.failure, weak=False)
     signals.task_retry.connect(recorder.retry, weak=False)
     signals.worker_process_shutdown.connect(recorder.child_exit, weak=False)
+
+
+def serve_endpoints(port: int, registry: CollectorRegistry, health: WorkerHealth) -> None:
+    """Serve ``/metrics``, ``/livez`` and ``/readyz`` from a thread of this process."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path in ("/livez", "/readyz"):
+                ok, why = health.live() if path == "/livez" else health.ready()
+                self._answer(200 if ok else 503, f"{why}\n".encode(), "text/plain")
+            else:
+                self._answer(404, b"not found\n", "text/plain")
+
+        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # probes every few seconds would flood the worker's log
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="tasklane-metrics", daemon=True).start()
 
 
 def prepare_multiproc_dir(environ: MutableMapping[str, str], base: Path | None = None) -> str:

@@ -92,7 +92,12 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         le=65535,
-        description="Serve worker metrics on this port at /metrics; off when unset.",
+        description="Serve worker metrics and probes (/metrics, /livez, /readyz) on this port.",
+    )
+    liveness_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds the worker's main loop may stall before /livez answers 503.",
     )
 
     @field_validator("broker_url")

@@ -1,0 +1,97 @@
+"""Worker probes: readiness follows the broker connection; liveness follows the main loop."""
+
+from __future__ import annotations
+
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from tasklane.sinks import free_port
+from tests.integration.harness import RedisServer, WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def probe(port: int, path: str) -> int:
+    try:
+        return int(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3).status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start(tmp_path: Path, broker_url: str, port: int, **env: str) -> WorkerProcess:
+    command = [
+        sys.executable, "-m", "celery", "-A", "tests.integration.flaky_service", "worker",
+        "--concurrency", "1", "--loglevel", "INFO",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    worker_env = {
+        "TASKLANE_BROKER_URL": broker_url,
+        "TASKLANE_RESULT_BACKEND": broker_url,
+        "TASKLANE_METRICS_PORT": str(port),
+        **env,
+    }
+    worker = WorkerProcess.from_command(command, worker_env, tmp_path / "worker.log")
+    worker.wait_ready()
+    return worker
+
+
+def test_readiness_flips_when_the_broker_goes_and_comes_back_liveness_does_not(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path).start()
+    port = free_port()
+    worker = start(tmp_path, server.url, port)
+    try:
+        wait_until(lambda: probe(port, "/readyz") == 200, "ready", 10)
+        assert probe(port, "/livez") == 200
+        server.kill()
+        lives: list[int] = []
+
+        def not_ready() -> bool:
+            lives.append(probe(port, "/livez"))
+            return probe(port, "/readyz") == 503
+
+        wait_until(not_ready, "readiness to drop", 20)
+        server.start()  # the same port: the worker reconnects on its own
+
+        def ready_again() -> bool:
+            lives.append(probe(port, "/livez"))
+            return probe(port, "/readyz") == 200
+
+        wait_until(ready_again, "readiness to come back", 40)
+        assert set(lives) == {200}, lives
+        assert worker.process.poll() is None
+    finally:
+        worker.stop()
+        server.kill()
+
+
+def test_liveness_fails_while_the_main_loop_hangs(redis_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    worker = start(tmp_path, redis_url, port, TASKLANE_LIVENESS_TIMEOUT="2")
+    control = Celery("probe", broker=redis_url, set_as_current=False)
+    try:
+        wait_until(lambda: probe(port, "/livez") == 200, "live", 10)
+        control.control.broadcast("hang", arguments={"seconds": 6}, reply=False)
+        wait_until(lambda: probe(port, "/livez") == 503, "liveness to fail", 6)
+        assert probe(port, "/readyz") == 200  # still connected: only the loop is stuck
+        wait_until(lambda: probe(port, "/livez") == 200, "liveness to recover", 15)
+    finally:
+        control.close()
+        worker.stop()
