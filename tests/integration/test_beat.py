@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,11 +22,13 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from tasklane.broker import redis_queue_keys
 from tasklane.schedules import ClockedSchedule, IntervalSchedule, ScheduleEntry
 from tasklane.schedulestore import ScheduleError
 from tasklane.scheduling import SCHEDULE_HEADER, SLOT_HEADER, Schedules
+from tasklane.sinks import free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup
 
 pytestmark = pytest.mark.integration
@@ -150,7 +153,8 @@ def test_standby_takes_over_when_the_active_beat_is_killed(
 def test_runtime_changes_reach_the_running_beat_within_5_seconds(
     env: BrokerEnv, schedules: Schedules, start_beat: Callable[..., WorkerProcess]
 ) -> None:
-    start_beat()
+    port = free_port()
+    start_beat(TASKLANE_METRICS_PORT=str(port))
     wait_for(lambda: len(active(schedules)) == 1, "an active beat")
     added = time.monotonic()
     schedules.add(every(1, "fast"))
@@ -172,6 +176,17 @@ def test_runtime_changes_reach_the_running_beat_within_5_seconds(
     )
     assert probe.returncode == 0, probe.stderr
     assert "active, last tick" in probe.stdout
+    # Beat's own metrics: the lock, the entries, what fired, and a recent tick.
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+    assert values[("tasklane_beat_lock_held", ())] == 1
+    assert values[("tasklane_beat_schedules", ())] == 1
+    assert values[("tasklane_beat_fired_total", (("schedule", "fast"),))] == count
+    assert time.time() - values[("tasklane_beat_last_tick_timestamp_seconds", ())] < 5
 
 
 def test_one_off_fires_once_expired_never_and_a_lost_contract_is_reported(

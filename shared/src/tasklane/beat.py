@@ -24,6 +24,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import redis
 import yaml
 from celery import Celery
 from celery.beat import Scheduler
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -41,10 +43,12 @@ from tasklane.schedules import (
     ENTRY_NAME_PATTERN,
     ClockedSchedule,
     CrontabSchedule,
+    EntryState,
     IntervalSchedule,
     ScheduleEntry,
     due_slot,
     next_slot,
+    slots_between,
 )
 from tasklane.schedulestore import BeatStatus, ScheduleStore, process_name
 from tasklane.scheduling import SCHEDULE_HEADER, SLOT_HEADER
@@ -72,6 +76,48 @@ class BeatSettings(BaseSettings):
     )
 
 
+@dataclass(frozen=True)
+class BeatMetrics:
+    """What Beat exposes on ``TASKLANE_METRICS_PORT`` (one process: no multiprocess files)."""
+
+    registry: CollectorRegistry
+    last_tick: Gauge
+    schedules: Gauge
+    lock_held: Gauge
+    fired: Counter
+    missed: Counter
+
+    @classmethod
+    def create(cls) -> BeatMetrics:
+        registry = CollectorRegistry()
+        return cls(
+            registry=registry,
+            last_tick=Gauge(
+                "tasklane_beat_last_tick_timestamp_seconds",
+                "When this Beat process last ticked (Unix time).",
+                registry=registry,
+            ),
+            schedules=Gauge(
+                "tasklane_beat_schedules", "Schedule entries Beat knows.", registry=registry
+            ),
+            lock_held=Gauge(
+                "tasklane_beat_lock_held", "1 while this Beat holds the lock.", registry=registry
+            ),
+            fired=Counter(
+                "tasklane_beat_fired",
+                "Slots published, by entry.",
+                ("schedule",),
+                registry=registry,
+            ),
+            missed=Counter(
+                "tasklane_beat_missed",
+                "Slots skipped because no Beat was active at their time, by entry.",
+                ("schedule",),
+                registry=registry,
+            ),
+        )
+
+
 class TasklaneScheduler(Scheduler):  # type: ignore[misc]
     """A Celery Beat scheduler over :class:`~tasklane.schedulestore.ScheduleStore`."""
 
@@ -89,6 +135,7 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         self._file_stamp: tuple[float, int] | None = None
         self._code_synced = False
         self._source_problems: dict[str, str] = {}
+        self.metrics: BeatMetrics | None = None
         kwargs["max_interval"] = self.beat_settings.max_interval
         super().__init__(app, *args, **kwargs)
 
@@ -100,6 +147,10 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Keep or take the lock; when held, sync sources and fire what is due."""
         now = datetime.now(UTC)
+        if self.metrics is None and self.settings.metrics_port is not None:
+            # Here, not in __init__: `celery beat` also builds a scheduler just for its banner.
+            self.metrics = BeatMetrics.create()
+            start_http_server(self.settings.metrics_port, registry=self.metrics.registry)
         held = self.store.hold_lock(self.process, self.beat_settings.lock_ttl)
         if held != self.holds_lock:
             logger.warning("beat %s %s the lock", self.process, "holds" if held else "lost")
@@ -141,6 +192,7 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
             slot = due_slot(entry, state, now)
             if slot is not None and self.store.claim(entry.name, slot, now):
                 self._publish(entry, slot)
+                self._count(entry, state, slot)
                 state = self.store.state(entry.name)
             upcoming = next_slot(entry, state, now)
             if upcoming is not None:
@@ -158,6 +210,14 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         logger.info("schedule %s: published %s[%s] for %s", entry.name, entry.task, handle.id, slot)
         if isinstance(entry.schedule, ClockedSchedule):
             self.store.set_enabled(entry.name, False)  # a one-off is done
+
+    def _count(self, entry: ScheduleEntry, before: EntryState, slot: datetime) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.fired.labels(entry.name).inc()
+        skipped = slots_between(entry, before.last_slot, slot)
+        if skipped:
+            self.metrics.missed.labels(entry.name).inc(skipped)
 
     # -------------------------------------------------------------- sources
 
@@ -219,6 +279,10 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         return min(self.beat_settings.max_interval, self.beat_settings.lock_ttl / 4)
 
     def _report(self, now: datetime) -> None:
+        if self.metrics is not None:
+            self.metrics.last_tick.set(now.timestamp())
+            self.metrics.schedules.set(len(self._entries))
+            self.metrics.lock_held.set(1 if self.holds_lock else 0)
         status = BeatStatus(
             process=self.process,
             last_tick=now,

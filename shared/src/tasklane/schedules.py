@@ -157,6 +157,28 @@ def next_slot(entry: ScheduleEntry, state: EntryState, now: datetime) -> datetim
     return slot
 
 
+def slots_between(
+    entry: ScheduleEntry, last: datetime | None, slot: datetime, limit: int = 10_000
+) -> int:
+    """How many slots lie strictly between ``last`` and ``slot`` (missed), at most ``limit``."""
+    if last is None or slot <= last:
+        return 0
+    schedule = entry.schedule
+    if isinstance(schedule, IntervalSchedule):
+        return max(0, round((slot - last).total_seconds() / schedule.every) - 1)
+    if isinstance(schedule, ClockedSchedule):
+        return 0
+    from tasklane import cron
+
+    count, moment = 0, last
+    while count < limit:
+        moment = cron.next_fire(schedule, moment)
+        if moment >= slot:
+            return count
+        count += 1
+    return count
+
+
 def _lower_bound(entry: ScheduleEntry) -> datetime:
     # Slots before the entry existed (or before its start) are not owed.
     return entry.start_at or entry.created_at or datetime.min.replace(tzinfo=UTC)

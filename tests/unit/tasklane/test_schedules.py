@@ -20,6 +20,7 @@ from tasklane.schedules import (
     ScheduleEntry,
     due_slot,
     next_slot,
+    slots_between,
 )
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -133,3 +134,12 @@ def test_schedule_files_load_valid_entries_and_report_the_rest(tmp_path: Path) -
     assert entries_from_file(path)[1] == {
         "file": f"{path}: expected a mapping with a 'schedules' list"
     }
+
+
+def test_missed_slots_are_counted_between_the_last_and_the_fired_one() -> None:
+    every = entry(IntervalSchedule(every=10))
+    assert slots_between(every, None, at(30)) == 0
+    assert slots_between(every, at(10), at(20)) == 0
+    assert slots_between(every, at(10), at(50)) == 3
+    hourly = entry(CrontabSchedule(minute="0"))
+    assert slots_between(hourly, at(0), at(4 * 3600)) == 3
