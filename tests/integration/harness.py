@@ -99,6 +99,9 @@ def cleanup(env: BrokerEnv) -> None:
 class WorkerProcess:
     """A real ``celery worker`` of one service, started through ``tasklane worker``."""
 
+    #: The port of its /metrics endpoint, when the test turned metrics on.
+    metrics_port: int | None = None
+
     def __init__(self, service: str, env: dict[str, str], log: Path, concurrency: int) -> None:
         command = [
             str(Path(sys.executable).with_name("tasklane")), "worker", service,

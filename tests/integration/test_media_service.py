@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import struct
 import time
+import urllib.request
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 from kombu import Connection, Producer
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from tasklane.artifacts import ArtifactStore, open_store
 from tasklane.deadletter import DeadLetter
@@ -25,7 +27,7 @@ from tasklane.errors import TaskFailedError
 from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
 from tasklane.publish import Publisher, TaskHandle
 from tasklane.routing import queue_name
-from tasklane.sinks import Reply, SiteServer
+from tasklane.sinks import Reply, SiteServer, free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup, dead_letters
 from tests.unit.media.videos import make_video
 
@@ -39,8 +41,11 @@ MAX_VIDEO_SECONDS = 5
 class Media:
     """The module's worker, store, publisher and test files."""
 
-    def __init__(self, broker: BrokerEnv, root: Path, worker: WorkerProcess) -> None:
+    def __init__(
+        self, broker: BrokerEnv, root: Path, worker: WorkerProcess, metrics_port: int
+    ) -> None:
         self.broker = broker
+        self.metrics_port = metrics_port
         self.root = root
         self.worker = worker
         self.store: ArtifactStore = open_store((root / "artifacts").as_uri())
@@ -64,7 +69,9 @@ def media(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     root = tmp_path_factory.mktemp("media")
     (root / "work").mkdir()
     broker = BrokerEnv("redis", redis_url, redis_url, f"t{uuid.uuid4().hex[:10]}.")
+    metrics_port = free_port()
     env = {
+        "TASKLANE_METRICS_PORT": str(metrics_port),
         **broker.env(),
         "TASKLANE_ARTIFACTS_URL": (root / "artifacts").as_uri(),
         "TASKLANE_MEDIA_ALLOW": "127.0.0.1/32",
@@ -75,7 +82,7 @@ def media(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     }
     worker = WorkerProcess("media", env, root / "media.log", concurrency=2)
     worker.wait_ready()
-    served = Media(broker, root, worker)
+    served = Media(broker, root, worker, metrics_port)
     yield served
     served.publisher.close()
     worker.stop()
@@ -283,3 +290,33 @@ def test_broken_videos_dead_letter_without_retry(
         handle.get(timeout=60)
     letter = media.dead_letter(handle, "media.video")
     assert (letter.reason, letter.error_type, letter.attempts) == ("permanent-error", error, 1)
+
+
+def media_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def test_media_metrics_count_items_bytes_and_limits(media: Media) -> None:
+    task = "media.image.transform"
+    ok = ("tasklane_media_items_total", (("outcome", "ok"), ("task", task)))
+    refused = ("tasklane_media_items_total", (("outcome", "refused"), ("task", task)))
+    bomb = ("tasklane_media_limits_total", (("limit", "ImageTooLargeError"),))
+    read = ("tasklane_media_bytes_total", (("direction", "in"),))
+    written = ("tasklane_media_bytes_total", (("direction", "out"),))
+    before = media_metrics(media.metrics_port)
+    good = media.put("good.jpg", jpeg(200, 100))
+    out = media.publisher.publish(task, {"source": good, "format": "png"}).get(timeout=30)
+    bad = media.publisher.publish(task, {"source": media.put("b.png", png_claiming(9000, 9000))})
+    with pytest.raises(TaskFailedError):
+        bad.get(timeout=30)
+    after = media_metrics(media.metrics_port)
+    assert after[ok] - before.get(ok, 0) == 1
+    assert after[refused] - before.get(refused, 0) == 1
+    assert after[bomb] - before.get(bomb, 0) == 1
+    assert after[written] - before.get(written, 0) == out.bytes
+    assert after[read] - before.get(read, 0) >= len(jpeg(200, 100))

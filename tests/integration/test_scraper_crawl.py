@@ -6,15 +6,17 @@ import csv
 import io
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tasklane.artifacts import open_store
 from tasklane.contracts.scraper import CrawlStatus
 from tasklane.publish import Publisher
-from tasklane.sinks import Reply, SiteServer
+from tasklane.sinks import Reply, SiteServer, free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -88,10 +90,13 @@ def start_scrapers(
         "TASKLANE_SCRAPER_CRAWL_BATCH": "3",
         "TASKLANE_SCRAPER_CRAWL_CONCURRENCY": "3",
     }
-    workers = [
-        WorkerProcess("scraper", env, tmp_path / f"scraper-{n}.log", concurrency=2)
-        for n in range(count)
-    ]
+    workers = []
+    for n in range(count):
+        port = free_port()
+        worker_env = {**env, "TASKLANE_METRICS_PORT": str(port)}
+        worker = WorkerProcess("scraper", worker_env, tmp_path / f"scraper-{n}.log", concurrency=2)
+        worker.metrics_port = port
+        workers.append(worker)
     for worker in workers:
         worker.wait_ready()
     return workers
@@ -215,6 +220,20 @@ def report_site() -> dict[str, Reply]:
     }
 
 
+def scraper_counts(workers: list[WorkerProcess]) -> dict[tuple[str, str], float]:
+    """The scraper's own counters, summed over the workers: (sample, label value) -> value."""
+    counts: dict[tuple[str, str], float] = {}
+    for worker in workers:
+        port = worker.metrics_port
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                if sample.name.startswith("tasklane_scraper_"):
+                    key = (sample.name, "".join(sample.labels.values()))
+                    counts[key] = counts.get(key, 0) + sample.value
+    return counts
+
+
 def test_report_figures_match_the_served_site(
     broker: BrokerEnv, scrapers: list[WorkerProcess], artifacts_url: str
 ) -> None:
@@ -234,6 +253,12 @@ def test_report_figures_match_the_served_site(
         ).get(timeout=60)
         assert "/private/secret" not in site.hits()
     url = site.url
+    # The scraper's own metrics saw the same pages: by status, and the robots refusal.
+    counts = scraper_counts(scrapers)
+    assert counts[("tasklane_scraper_pages_total", "200")] == 6
+    assert counts[("tasklane_scraper_pages_total", "404")] == 1
+    assert counts[("tasklane_scraper_refusals_total", "robots-disallowed")] == 1
+    assert counts[("tasklane_scraper_page_bytes_total", "")] > 0
     assert (report.pages, report.fetched, report.failed) == (8, 7, 1)
     assert report.by_status == {"200": 6, "404": 1}
     assert report.by_content_type == {"text/html": 6, "text/plain": 1}

@@ -253,3 +253,13 @@ def prepare_multiproc_dir(environ: MutableMapping[str, str], base: Path | None =
     made = tempfile.mkdtemp(prefix="tasklane-metrics-", dir=base)
     environ[MULTIPROC_ENV] = made
     return made
+
+
+@cache
+def service_counter(name: str, documentation: str, labels: tuple[str, ...]) -> Counter:
+    """A service's own counter (one object per process, whoever asks first creates it).
+
+    Label values must come from a fixed set (statuses, outcomes, limit names), never from
+    payloads, URLs or ids.
+    """
+    return Counter(name, documentation, labels)

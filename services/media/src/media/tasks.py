@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from media import images, video
+from media import images, observe, video
 from media.app import app
 from media.settings import MediaSettings
 from media.sources import Source, fetch_source, output_key
@@ -70,9 +70,11 @@ def _http() -> httpx.Client:
 
 
 def _fetch(payload: MediaPayload, work: Path, max_bytes: int) -> Source:
-    return fetch_source(
+    source = fetch_source(
         payload.source, work / "source", store=_store(), http=_http(), max_bytes=max_bytes
     )
+    observe.bytes_moved("in", source.bytes)
+    return source
 
 
 def _options(payload: MediaPayload) -> str:
@@ -85,6 +87,7 @@ def _put_image(task: str, source: Source, options: str, output: images.ImageOutp
         task, source, options, f".{'jpg' if output.format == 'jpeg' else output.format}"
     )
     uri = _store().put(key, output.data, content_type=output.media_type)
+    observe.bytes_moved("out", len(output.data))
     return ImageResult(
         output_uri=uri,
         width=output.width,
@@ -109,7 +112,7 @@ def transform_image(payload: ImageTransformPayload) -> ImageResult:
         format=payload.format,
         quality=payload.quality,
     )
-    with workspace(media_settings.work_dir) as work:
+    with observe.measured(TRANSFORM_IMAGE.name), workspace(media_settings.work_dir) as work:
         source = _fetch(payload, work, image_limits.max_bytes)
         output = images.transform(source.path, operations, image_limits)
         return _put_image(TRANSFORM_IMAGE.name, source, _options(payload), output)
@@ -119,7 +122,7 @@ def transform_image(payload: ImageTransformPayload) -> ImageResult:
 def thumbnail_image(payload: ThumbnailPayload) -> ThumbnailResult:
     """Several thumbnails of one image, from one decode."""
     sizes = [(box.width, box.height) for box in payload.sizes]
-    with workspace(media_settings.work_dir) as work:
+    with observe.measured(THUMBNAIL_IMAGE.name), workspace(media_settings.work_dir) as work:
         source = _fetch(payload, work, image_limits.max_bytes)
         outputs = images.thumbnails(
             source.path, sizes, format=payload.format, quality=payload.quality, limits=image_limits
@@ -136,7 +139,7 @@ def thumbnail_image(payload: ThumbnailPayload) -> ThumbnailResult:
 @implement(app, PROBE_VIDEO, settings)
 def probe_video(payload: MediaPayload) -> VideoInfoResult:
     """Duration, codecs, dimensions and container of a video."""
-    with workspace(media_settings.work_dir) as work:
+    with observe.measured(PROBE_VIDEO.name), workspace(media_settings.work_dir) as work:
         source = _fetch(payload, work, video_limits.max_bytes)
         info = video.probe(source.path, video_limits)
         return VideoInfoResult(
@@ -155,7 +158,7 @@ def probe_video(payload: MediaPayload) -> VideoInfoResult:
 @implement(app, THUMBNAIL_VIDEO, settings)
 def thumbnail_video(payload: VideoThumbnailPayload) -> VideoImageResult:
     """A JPEG frame at an offset, or a contact sheet."""
-    with workspace(media_settings.work_dir) as work:
+    with observe.measured(THUMBNAIL_VIDEO.name), workspace(media_settings.work_dir) as work:
         source = _fetch(payload, work, video_limits.max_bytes)
         info = video.probe(source.path, video_limits)
         sheet = payload.contact_sheet
@@ -181,6 +184,7 @@ def thumbnail_video(payload: VideoThumbnailPayload) -> VideoImageResult:
             )
         key = output_key(THUMBNAIL_VIDEO.name, source, _options(payload), ".jpg")
         uri = _store().put(key, still.data, content_type=still.media_type)
+        observe.bytes_moved("out", len(still.data))
         return VideoImageResult(
             output_uri=uri,
             width=still.width,
@@ -193,7 +197,7 @@ def thumbnail_video(payload: VideoThumbnailPayload) -> VideoImageResult:
 @implement(app, TRANSCODE_VIDEO, settings)
 def transcode_video(payload: TranscodePayload) -> TranscodeResult:
     """H.264/AAC MP4 at a target height; stopped (temporary files removed) by the soft limit."""
-    with workspace(media_settings.work_dir) as work:
+    with observe.measured(TRANSCODE_VIDEO.name), workspace(media_settings.work_dir) as work:
         source = _fetch(payload, work, video_limits.max_bytes)
         target = work / "output.mp4"
         info = video.transcode(
@@ -206,6 +210,7 @@ def transcode_video(payload: TranscodePayload) -> TranscodeResult:
         )
         key = output_key(TRANSCODE_VIDEO.name, source, _options(payload), ".mp4")
         uri = _store().put_file(key, target, content_type="video/mp4")
+        observe.bytes_moved("out", target.stat().st_size)
         return TranscodeResult(
             output_uri=uri,
             duration=info.duration,

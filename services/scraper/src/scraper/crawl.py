@@ -58,6 +58,11 @@ class BatchOutcome:
     redirected: set[str] = field(default_factory=set)
 
 
+def refusal_type(exc: BaseException) -> str | None:
+    """The short name of a non-retryable fetch failure (``robots-disallowed``, ...), or None."""
+    return next((name for kind, name in _ERROR_TYPES if isinstance(exc, kind)), None)
+
+
 def in_scope(url: str, allowed_domains: Iterable[str]) -> bool:
     """Whether ``url`` is http(s) on one of ``allowed_domains`` or a sub-domain of one."""
     parts = urlsplit(url)
@@ -134,7 +139,7 @@ def _fetch_one(
                 delay = retry.delay(item.attempt, getattr(exc, "retry_after", None))
                 return RetryLater(item.url, item.attempt + 1, delay, f"{exc}")
             return _failed(item.url, level, attempts, "retries-exhausted", exc)
-        error_type = next((name for kind, name in _ERROR_TYPES if isinstance(exc, kind)), None)
+        error_type = refusal_type(exc)
         if error_type is None:
             logger.exception("unexpected error fetching %s", item.url)
             error_type = "unexpected"

@@ -23,8 +23,9 @@ import httpx
 import redis
 from celery import current_task
 
+from scraper import observe
 from scraper.app import app
-from scraper.crawl import normalise_domains, run_batch
+from scraper.crawl import normalise_domains, refusal_type, run_batch
 from scraper.crawlstate import (
     CrawlSpec,
     CrawlStore,
@@ -142,13 +143,21 @@ def _artifacts() -> ArtifactStore:
 @implement(app, FETCH_PAGE, settings)
 def fetch_page(payload: FetchPayload) -> FetchResult:
     """Fetch one page politely and extract its fields. Retries transient errors; no idempotency."""
-    return _fetcher().fetch(
-        str(payload.url),
-        headers=payload.headers,
-        selectors=payload.selectors,
-        max_bytes=payload.max_bytes,
-        timeout=payload.timeout,
-    )
+    try:
+        page = _fetcher().fetch(
+            str(payload.url),
+            headers=payload.headers,
+            selectors=payload.selectors,
+            max_bytes=payload.max_bytes,
+            timeout=payload.timeout,
+        )
+    except Exception as exc:
+        kind = refusal_type(exc)
+        if kind is not None:
+            observe.refusal(kind)
+        raise
+    observe.pages(page.status, page.bytes)
+    return page
 
 
 @implement(app, CRAWL_SITE, settings)
@@ -265,6 +274,7 @@ def crawl_fetch(payload: CrawlBatchPayload) -> CrawlBatchResult:
         retry=CRAWL_FETCH.retry,
         deadline=deadline,
     )
+    observe.records(outcome.records)
     index = {item.url: position for position, item in enumerate(payload.urls)}
     retries = [(retry_batch_id(payload.batch_id, index[r.url]), r) for r in outcome.retries]
     fetched, failed, _ = crawls.record(
