@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install demo up test unit integration lint format typecheck bench bench-crawl bench-media
+.PHONY: help install demo up test unit integration lint format typecheck bench bench-crawl bench-media dashboards
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -40,9 +40,10 @@ unit: install ## Run the unit tests only (no servers needed)
 integration: install ## Run the integration tests (Redis, RabbitMQ, workers, sinks)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check; generated dashboards up to date
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) deploy/grafana/generate.py --check
 
 format: install ## Apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .
@@ -56,6 +57,9 @@ bench: install ## Run the benchmarks in bench/ (prints ratios against their base
 	$(PY) bench/crawl.py
 	$(PY) bench/images.py
 	$(PY) bench/video.py
+
+dashboards: install ## Regenerate the Grafana dashboards in deploy/grafana/dashboards from code
+	$(PY) deploy/grafana/generate.py
 
 bench-crawl: install ## Only the crawl benchmark: pages/s of one scraper worker process
 	$(PY) bench/crawl.py

@@ -11,9 +11,11 @@ from tasklane.broker import transport_options
 from tasklane.consumer import DeclareDeadLetterQueues
 from tasklane.contracts import REGISTRY, ContractRegistry, TaskContract
 from tasklane.errors import SettingsError
+from tasklane.logs import install_logging
 from tasklane.metrics import install_metrics
 from tasklane.routing import dead_letter_queues, queues_for_service, task_routes
 from tasklane.settings import Settings, load_settings
+from tasklane.tracing import install_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +117,9 @@ def create_app(
 ) -> Celery:
     """Build the Celery app of one worker service with production defaults.
 
+    Metrics are installed when ``TASKLANE_METRICS_PORT`` is set, traces when the ``OTEL_*``
+    variables turn them on (:mod:`tasklane.tracing`).
+
     Args:
         service: the service name, the first segment of its contracts' names (``notifier``).
         settings: platform settings; read from the environment when omitted.
@@ -130,4 +135,6 @@ def create_app(
     app.steps["consumer"].add(DeclareDeadLetterQueues)
     if settings.metrics_port is not None:
         install_metrics(app, service, settings.metrics_port, settings.liveness_timeout)
+    install_tracing(app, service)
+    install_logging(settings.log_format)
     return app

@@ -33,7 +33,7 @@ import redis
 import yaml
 from celery import Celery
 from celery.beat import Scheduler
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, start_http_server
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -88,8 +88,8 @@ class BeatMetrics:
     missed: Counter
 
     @classmethod
-    def create(cls) -> BeatMetrics:
-        registry = CollectorRegistry()
+    def create(cls, registry: CollectorRegistry) -> BeatMetrics:
+        """Register Beat's metrics in ``registry``."""
         return cls(
             registry=registry,
             last_tick=Gauge(
@@ -149,8 +149,9 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         now = datetime.now(UTC)
         if self.metrics is None and self.settings.metrics_port is not None:
             # Here, not in __init__: `celery beat` also builds a scheduler just for its banner.
-            self.metrics = BeatMetrics.create()
-            start_http_server(self.settings.metrics_port, registry=self.metrics.registry)
+            # The default registry also holds what the publisher counts (tasks published).
+            self.metrics = BeatMetrics.create(REGISTRY)
+            start_http_server(self.settings.metrics_port, registry=REGISTRY)
         held = self.store.hold_lock(self.process, self.beat_settings.lock_ttl)
         if held != self.holds_lock:
             logger.warning("beat %s %s the lock", self.process, "holds" if held else "lost")
@@ -233,6 +234,10 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         self.problems = {**self._source_problems, **problems}
         self._entries = entries
         self._version = version
+        if self.metrics is not None:
+            for entry in entries:  # series from 0, so the first fire or miss shows in rate()
+                self.metrics.fired.labels(entry.name)
+                self.metrics.missed.labels(entry.name)
 
     def _sync_sources(self) -> None:
         if not self._code_synced:

@@ -556,6 +556,33 @@ def exporter(
     serve(load_settings(), port=port, interval=interval)
 
 
+@app.command()
+@_handle_errors
+def flower(
+    extra: Annotated[
+        list[str] | None, typer.Argument(help="Extra Flower options (--name=value), after --.")
+    ] = None,
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the command (passwords masked) instead.")
+    ] = False,
+) -> None:
+    """Run Flower on the fleet's broker, behind basic auth (TASKLANE_FLOWER_* settings)."""
+    from tasklane.flower import FlowerSettings, flower_command
+    from tasklane.settings import load
+
+    settings, flower_settings = load_settings(), load(FlowerSettings)
+    if print_only:
+        argv = flower_command(settings, flower_settings, redact=True) + list(extra or [])
+        typer.echo(shlex.join(argv))
+        return
+    if not _module_exists("flower"):
+        raise CliError("Flower is not installed: install the tasklane[flower] extra")
+    argv = flower_command(settings, flower_settings) + list(extra or [])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(argv[0], argv)
+
+
 def main() -> None:
     """Entry point of the ``tasklane`` console script."""
     app()

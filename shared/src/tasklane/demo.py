@@ -176,6 +176,7 @@ def run(keep_running: bool = False) -> int:
         env = {
             "TASKLANE_BROKER_URL": url,
             "TASKLANE_NAMESPACE": settings.namespace,
+            "TASKLANE_LOG_FORMAT": "text",  # worker logs for people to read
             "TASKLANE_NOTIFIER_SMTP_PORT": str(smtp.port),
             "TASKLANE_NOTIFIER_WEBHOOK_ALLOW": "127.0.0.1/32",  # the local webhook sink
             "TASKLANE_NOTIFIER_DEFAULT_SENDER": "demo@example.org",

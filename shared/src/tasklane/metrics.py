@@ -34,13 +34,27 @@ from prometheus_client import (
     multiprocess,
 )
 
+from tasklane.contracts import REGISTRY
 from tasklane.health import HealthStep, WorkerHealth
 from tasklane.protocol import PUBLISHED_AT
+from tasklane.routing import queue_name
 
 logger = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 TASK_LABELS = ("task", "queue")
+#: Why messages are dead-lettered (tasklane.task and tasklane.consumer give these reasons).
+DEAD_LETTER_REASONS = (
+    "invalid-payload",
+    "retries-exhausted",
+    "time-limit",
+    "permanent-error",
+    "unexpected-error",
+    "undecodable",
+    "unknown-task",
+    "unknown-message",
+    "invalid-message",
+)
 #: Seconds; from sub-millisecond no-ops to hour-long transcodes.
 RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 #: Seconds a task waited in its queue, publish to start.
@@ -132,10 +146,13 @@ def _request_labels(request: Any) -> tuple[str, str]:
 class _Recorder:
     """Celery signal handlers that record :class:`TaskMetrics`."""
 
-    def __init__(self, service: str, port: int, health: WorkerHealth) -> None:
+    def __init__(
+        self, service: str, port: int, health: WorkerHealth, labels: list[tuple[str, str]]
+    ) -> None:
         self.service = service
         self.port = port
         self.health = health
+        self.labels = labels
         self._started: dict[str, float] = {}
 
     def worker_init(self, **_: Any) -> None:
@@ -149,8 +166,26 @@ class _Recorder:
         if directory:
             multiprocess.MultiProcessCollector(registry)
         serve_endpoints(self.port, registry, self.health)
+        self._zero_series()
         task_metrics().worker_up.labels(self.service).set(1)
         logger.info("metrics on :%d/metrics", self.port)
+
+    def _zero_series(self) -> None:
+        # A counter that first appears at 1 hides that first event from rate() and increase():
+        # every series of this service's contracts exists from the start, at 0.
+        metrics = task_metrics()
+        for task, queue in self.labels:
+            for counter in (
+                metrics.received,
+                metrics.started,
+                metrics.succeeded,
+                metrics.failed,
+                metrics.retried,
+                metrics.rejected,
+            ):
+                counter.labels(task, queue)
+            for reason in DEAD_LETTER_REASONS:
+                metrics.dead_lettered.labels(task, queue, reason)
 
     def received(self, request: Any = None, **_: Any) -> None:
         task_metrics().received.labels(*_request_labels(request)).inc()
@@ -201,7 +236,10 @@ def install_metrics(app: Celery, service: str, port: int, live_timeout: float) -
     health = WorkerHealth(live_timeout=live_timeout)
     app.conf.tasklane_health = health
     app.steps["consumer"].add(HealthStep)
-    recorder = _Recorder(service, port, health)
+    namespace = getattr(app.conf, "tasklane_settings", None)
+    prefix = namespace.namespace if namespace is not None else ""
+    labels = [(c.name, queue_name(c, prefix)) for c in REGISTRY.for_service(service)]
+    recorder = _Recorder(service, port, health, labels)
     app.conf.tasklane_metrics = recorder  # keeps the handlers alive with the app
     signals.worker_init.connect(recorder.worker_init, weak=False)
     signals.task_received.connect(recorder.received, weak=False)

@@ -16,6 +16,10 @@ from celery import Celery
 from celery.result import AsyncResult
 from kombu.connection import Connection
 from kombu.messaging import Producer
+from opentelemetry import trace
+from opentelemetry.propagate import inject
+from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 from pydantic import BaseModel, ValidationError
 
 from tasklane.broker import connect
@@ -127,6 +131,8 @@ class Publisher:
             backend=self.settings.result_backend,
         )
         self._results.conf.update(accept_content=["json"], result_accept_content=["json"])
+        # The API's proxy: no-op spans until this process starts tracing (tasklane.tracing).
+        self._tracer = trace.get_tracer(__name__)
 
     def __enter__(self) -> Publisher:
         return self
@@ -192,7 +198,8 @@ class Publisher:
         """Validate, route and send one task; ``countdown`` seconds later if given.
 
         ``headers`` are added to the message's headers (names starting ``x-``; they may not
-        replace a protocol header).
+        replace a protocol header). The send is a PRODUCER span whose W3C context goes in the
+        ``traceparent``/``tracestate`` headers, so the task's run joins the caller's trace.
 
         Raises:
             UnknownContractError: no contract of that name.
@@ -204,9 +211,11 @@ class Publisher:
             if not name.startswith("x-") or name in message.headers:
                 raise ValueError(f"header {name!r}: extra headers are x-… names of their own")
             message.headers[name] = value
-        with self._lock:
-            producer = self._producer_for(contract)
-            self._send(producer, contract, message, retry=True)
+        with self._producer_span(contract, task_id=message.task_id) as trace_headers:
+            message.headers.update(trace_headers)
+            with self._lock:
+                producer = self._producer_for(contract)
+                self._send(producer, contract, message, retry=True)
         return TaskHandle(message.task_id, contract, self._results)
 
     def handle(self, task: str | TaskContract[Any, ResultT], task_id: str) -> TaskHandle[ResultT]:
@@ -224,6 +233,8 @@ class Publisher:
         """Validate every payload first, then send them all in pipelined batches.
 
         Nothing is sent when any payload is invalid: the error names its index and field.
+        The call is one PRODUCER span, the parent of every task it sends: a span per message
+        would cost about as much as sending the message.
         """
         contract = self.contract(task)
         messages = []
@@ -232,16 +243,55 @@ class Publisher:
                 messages.append(self._encode(contract, payload, None, None))
             except PayloadValidationError as exc:
                 raise type(exc)(contract.name, [f"[{index}] {e}" for e in exc.errors]) from None
-        with self._lock:
+        with self._producer_span(contract, batch=len(messages)) as trace_headers, self._lock:
             producer = self._producer_for(contract)
             for start in range(0, len(messages), batch_size):
                 chunk = messages[start : start + batch_size]
                 with producer.batch(max_size=batch_size):
                     for message in chunk:
+                        message.headers.update(trace_headers)
                         self._send(producer, contract, message, retry=False)
                 if progress is not None:
                     progress(len(chunk))
         return [TaskHandle(m.task_id, contract, self._results) for m in messages]
+
+    @contextlib.contextmanager
+    def _producer_span(
+        self,
+        contract: TaskContract[Any, Any],
+        *,
+        task_id: str | None = None,
+        batch: int | None = None,
+    ) -> Iterator[dict[str, str]]:
+        """A ``<task> publish`` PRODUCER span; yields the trace headers the messages must carry.
+
+        With tracing off it is the API's no-op span and no headers, unless the caller's context
+        came from elsewhere: that context is still passed on.
+        """
+        name = f"{contract.name} publish"
+        with self._tracer.start_as_current_span(name, kind=SpanKind.PRODUCER) as span:
+            if span.is_recording():
+                span.set_attributes(self._messaging_attributes(contract, task_id, batch))
+            headers: dict[str, str] = {}
+            if span.get_span_context().is_valid:
+                inject(headers)
+            yield headers
+
+    def _messaging_attributes(
+        self, contract: TaskContract[Any, Any], task_id: str | None, batch: int | None
+    ) -> dict[str, AttributeValue]:
+        # OpenTelemetry messaging conventions; the destination is the namespaced queue.
+        attributes: dict[str, AttributeValue] = {
+            "messaging.system": "redis" if self.settings.broker_is_redis else "rabbitmq",
+            "messaging.destination.name": queue_name(contract, self.settings.namespace),
+            "messaging.operation": "publish",
+            "messaging.operation.type": "send",
+        }
+        if task_id is not None:
+            attributes["messaging.message.id"] = task_id
+        if batch is not None:
+            attributes["messaging.batch.message_count"] = batch
+        return attributes
 
     def _encode(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -93,6 +93,10 @@ class Settings(BaseSettings):
         ge=1,
         le=65535,
         description="Serve worker metrics and probes (/metrics, /livez, /readyz) on this port.",
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto",
+        description="Worker and Beat logs: JSON lines, text, or JSON unless on a terminal.",
     )
     liveness_timeout: float = Field(
         default=30.0,

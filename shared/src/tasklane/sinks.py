@@ -167,8 +167,12 @@ class Reply:
     delay: float = 0.0
 
 
-class _HttpRecorder(_Recorder):
-    """A threaded HTTP server on 127.0.0.1 that records the requests it receives."""
+class HttpRecorder(_Recorder):
+    """A threaded HTTP server on 127.0.0.1 that records the requests it receives.
+
+    The base of the webhook sink, the site server and test receivers: a subclass builds its
+    request handler and calls :meth:`_serve` with it.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -210,7 +214,7 @@ class _HttpRecorder(_Recorder):
         self._thread.join()
 
 
-class WebhookSink(_HttpRecorder):
+class WebhookSink(HttpRecorder):
     """A threaded HTTP server on 127.0.0.1 that records requests and answers from a script.
 
     Replies queued with :meth:`script` are used in order; after that every request gets 200.
@@ -253,7 +257,7 @@ class WebhookSink(_HttpRecorder):
             return self._replies.pop(0) if self._replies else Reply()
 
 
-class SiteServer(_HttpRecorder):
+class SiteServer(HttpRecorder):
     """A small website on 127.0.0.1: ``GET`` of a path answers its :class:`Reply`, else 404.
 
     A path given a list of replies answers them in turn, repeating the last one. Records every

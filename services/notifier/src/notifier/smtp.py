@@ -11,6 +11,9 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Literal
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+
 from tasklane.contracts.notifier import EmailPayload
 from tasklane.errors import PermanentError, TasklaneError, TransientError
 
@@ -118,7 +121,32 @@ def recipients(payload: EmailPayload) -> list[str]:
 
 
 def send(config: SmtpConfig, message: EmailMessage, recipients: list[str]) -> SmtpOutcome:
-    """Deliver ``message`` to ``recipients``; raises TransientError or PermanentError."""
+    """Deliver ``message`` to ``recipients``; raises TransientError or PermanentError.
+
+    Traced as an ``smtp send`` CLIENT span carrying the server and the number of recipients:
+    addresses are personal data, so neither they nor error texts (which may name them) go on it.
+    """
+    tracer = trace.get_tracer(__name__)
+    with tracer.start_as_current_span(
+        "smtp send", kind=SpanKind.CLIENT, record_exception=False, set_status_on_exception=False
+    ) as span:
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "server.address": config.host,
+                    "server.port": config.port,
+                    "smtp.recipients.count": len(recipients),
+                }
+            )
+        try:
+            return _deliver(config, message, recipients)
+        except Exception as exc:
+            span.set_status(StatusCode.ERROR)
+            span.set_attribute("error.type", type(exc).__name__)
+            raise
+
+
+def _deliver(config: SmtpConfig, message: EmailMessage, recipients: list[str]) -> SmtpOutcome:
     client: smtplib.SMTP | None = None
     try:
         # The constructors connect and read the greeting; on failure they close the socket

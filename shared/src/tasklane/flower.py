@@ -1,0 +1,129 @@
+"""Flower, the seed's Celery monitor, run against the fleet by ``tasklane flower``.
+
+Flower shows workers (through remote-control ``inspect``, online status from heartbeats), tasks
+with their arguments, results and timings (from task events, on by default through
+``TASKLANE_TASK_EVENTS``) and the queues on the broker. It also revokes tasks and shuts workers
+down, so it is never served without basic auth.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from celery import Celery
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasklane.broker import transport_options
+from tasklane.contracts import REGISTRY
+from tasklane.routing import dead_letter_queues, task_routes, work_queues
+from tasklane.settings import Settings, load_settings
+
+MIN_PASSWORD_LENGTH = 12
+_URL_PREFIX = re.compile(r"^[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$")
+
+
+def _check_credentials(value: SecretStr) -> SecretStr:
+    """``user:password[,user2:password2]``; errors never quote the value (it holds passwords)."""
+    text = value.get_secret_value().strip()
+    if not text:
+        raise ValueError(
+            "required: Flower is never served without authentication; "
+            "set user:password[,user2:password2]"
+        )
+    for number, credential in enumerate(text.split(","), start=1):
+        user, colon, password = credential.partition(":")
+        if not user or not colon:
+            raise ValueError(f"credential #{number} is not user:password")
+        if len(password) < MIN_PASSWORD_LENGTH:
+            raise ValueError(
+                f"the password of {user!r} is shorter than {MIN_PASSWORD_LENGTH} characters"
+            )
+    return SecretStr(text)
+
+
+class FlowerSettings(BaseSettings):
+    """Read from ``TASKLANE_FLOWER_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="TASKLANE_FLOWER_", extra="ignore", frozen=True)
+
+    basic_auth: SecretStr = Field(
+        default=SecretStr(""),
+        validate_default=True,  # so a missing variable fails with the message below
+        description="user:password[,user2:password2]: passwords of 12 characters or more, "
+        "without commas (they separate the users).",
+    )
+    port: int = Field(default=5555, ge=1, le=65535)
+    address: str = Field(default="0.0.0.0", description="Address to listen on.")
+    url_prefix: str | None = Field(
+        default=None, description="Path Flower is served under, e.g. behind an Ingress: 'flower'."
+    )
+
+    @field_validator("basic_auth")
+    @classmethod
+    def _check_basic_auth(cls, value: SecretStr) -> SecretStr:
+        return _check_credentials(value)
+
+    @field_validator("url_prefix")
+    @classmethod
+    def _check_url_prefix(cls, value: str | None) -> str | None:
+        if value is None or not value.strip("/"):
+            return None
+        prefix = value.strip("/")
+        if not _URL_PREFIX.match(prefix):
+            raise ValueError("must be a URL path such as 'flower' or 'ops/flower'")
+        return prefix
+
+
+def flower_command(
+    settings: Settings, flower_settings: FlowerSettings, *, redact: bool = False
+) -> list[str]:
+    """The ``celery flower`` argv for the fleet.
+
+    Options are ``--name=value``: Flower hands them to Tornado, which drops a separate value.
+    ``redact`` masks the passwords, for printing.
+
+    Raises:
+        SettingsError: no broker configured.
+    """
+    settings.require_broker()  # fail here, not in the child's import of tasklane.flowerapp
+    credentials = flower_settings.basic_auth.get_secret_value()
+    if redact:
+        credentials = ",".join(f"{c.partition(':')[0]}:***" for c in credentials.split(","))
+    argv = [sys.executable, "-m", "celery", "-A", "tasklane.flowerapp", "flower"]
+    argv += [f"--port={flower_settings.port}", f"--address={flower_settings.address}"]
+    argv.append(f"--basic-auth={credentials}")
+    if flower_settings.url_prefix:
+        argv.append(f"--url_prefix={flower_settings.url_prefix}")
+    return argv
+
+
+def create_flower_app(settings: Settings | None = None) -> Celery:
+    """The Celery app Flower monitors with: the fleet's broker and queues, and no tasks.
+
+    ``task_queues`` name every work queue and DLQ so the broker tab lists them while no worker
+    reports its queues; the transport options let it count Redis's priority sub-lists.
+    """
+    settings = settings or load_settings()
+    queues = work_queues(REGISTRY, settings.namespace)
+    app = Celery("tasklane-flower", set_as_current=False)
+    app.conf.update(
+        broker_url=settings.require_broker(),
+        broker_transport_options=transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        result_backend=settings.result_backend,
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        task_queues=queues + dead_letter_queues(REGISTRY, settings.namespace),
+        task_default_queue=queues[0].name,
+        # Tasks sent from Flower's UI reach their contract's queue (and are validated there).
+        task_routes=task_routes(REGISTRY, settings.namespace),
+        timezone=settings.timezone,
+        enable_utc=True,
+    )
+    app.conf.tasklane_settings = settings
+    return app

@@ -1,0 +1,220 @@
+"""OpenTelemetry traces, configured by the standard ``OTEL_*`` variables and nothing else.
+
+Tracing is on when an OTLP endpoint is set (``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``), ``OTEL_SDK_DISABLED`` is not ``true`` and
+``OTEL_TRACES_EXPORTER`` is not ``none``. Otherwise nothing is imported beyond the API, no
+provider or instrumentation is installed, and every span is the API's no-op.
+
+Spans go out over OTLP/HTTP with protobuf, batched (``OTEL_BSP_*``); the SDK itself reads the
+exporter, sampler (``OTEL_TRACES_SAMPLER``) and resource (``OTEL_RESOURCE_ATTRIBUTES``) variables.
+
+Global state: OTel's global tracer provider (``opentelemetry.trace.set_tracer_provider``) is the
+one thing this module sets, since the API's tracers, the instrumentations and the propagator all
+look it up there; OTel allows setting it once per process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, signals
+from opentelemetry import trace
+
+from tasklane.errors import SettingsError
+
+if TYPE_CHECKING:
+    from opentelemetry.instrumentation.httpx import RequestInfo
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+logger = logging.getLogger(__name__)
+
+#: Either turns tracing on; the traces-specific one wins in the exporter, as the spec says.
+ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+_PROTOCOL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+_SUPPORTED_PROTOCOL = "http/protobuf"
+_SERVICE_NAME = "service.name"
+#: What a traced process imports; a prefork parent imports it once for all its children.
+_SDK_MODULES = (
+    "opentelemetry.sdk.trace",
+    "opentelemetry.sdk.trace.export",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.instrumentation.celery",
+    "opentelemetry.instrumentation.httpx",
+)
+
+
+def tracing_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the ``OTEL_*`` variables (of ``environ``, else this process) turn tracing on."""
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return False
+    return any(env.get(name, "").strip() for name in ENDPOINT_VARIABLES)
+
+
+def check_tracing_settings(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse ``OTEL_*`` values this build cannot honour, so a worker stops instead of going dark.
+
+    Raises:
+        SettingsError: an exporter other than ``otlp``/``none``, or a protocol other than
+            ``http/protobuf`` (the gRPC exporter is not installed).
+    """
+    env = os.environ if environ is None else environ
+    exporter = env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+    if exporter not in ("otlp", "none"):
+        raise SettingsError(
+            f"OTEL_TRACES_EXPORTER={exporter!r}: only 'otlp' (OTLP/HTTP) or 'none' are supported"
+        )
+    protocols = [(name, env.get(name, "").strip().lower()) for name in _PROTOCOL_VARIABLES]
+    name, protocol = next(((n, p) for n, p in protocols if p), ("", _SUPPORTED_PROTOCOL))
+    if protocol != _SUPPORTED_PROTOCOL:
+        raise SettingsError(f"{name}={protocol!r}: only {_SUPPORTED_PROTOCOL!r} is supported")
+
+
+def service_resource(service: str) -> Resource:
+    """This process's resource, from ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME``.
+
+    Named ``tasklane-<service>`` when those leave ``service.name`` unset, so that every service
+    is told apart without configuration.
+    """
+    from opentelemetry.sdk.resources import Resource
+
+    detected = Resource.create()
+    if str(detected.attributes.get(_SERVICE_NAME, "")).startswith("unknown_service"):
+        return detected.merge(Resource({_SERVICE_NAME: f"tasklane-{service}"}))
+    return detected
+
+
+def start_tracing(service: str) -> TracerProvider | None:
+    """Export this process's spans as ``OTEL_*`` says; ``None``, and nothing installed, when off.
+
+    For any process that publishes or runs tasks: upstream services call it once at start-up;
+    workers get it from :func:`install_tracing`. Call it after forking, never before: the
+    exporter's thread and connections belong to the process that made them.
+
+    Raises:
+        SettingsError: see :func:`check_tracing_settings`.
+    """
+    if not tracing_enabled():
+        return None
+    check_tracing_settings()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        logger.warning("tracing already started in this process; keeping the first provider")
+        return None
+    provider = TracerProvider(resource=service_resource(service))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def stop_tracing(provider: TracerProvider | None) -> None:
+    """Export the spans still queued and close the exporter.
+
+    Pool children leave through ``os._exit``, which skips the SDK's own ``atexit`` flush.
+    """
+    if provider is not None:
+        provider.shutdown()
+
+
+def _url_origin(span: trace.Span, request: RequestInfo) -> None:
+    """httpx request hook: keep only scheme, host and port of the URL on the span.
+
+    Webhook URLs carry their credentials (DingTalk's ``access_token`` query, Slack's path), and
+    traces are read by more people than the secrets are.
+    """
+    import httpx
+
+    if not span.is_recording():
+        return
+    url = request.url if isinstance(request.url, httpx.URL) else httpx.URL(str(request.url))
+    origin = f"{url.scheme}://{url.netloc.decode('ascii')}"
+    recorded = getattr(span, "attributes", None) or {}
+    for key in ("http.url", "url.full"):  # old and stable HTTP conventions
+        if key in recorded:
+            span.set_attribute(key, origin)
+
+
+def _instrument_worker() -> None:
+    """Trace task runs and publishes (Celery) and outgoing HTTP (httpx) in this process."""
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    # The Celery instrumentation's constructor is unannotated (the package ships no py.typed).
+    CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
+    HTTPXClientInstrumentor().instrument(request_hook=_url_origin)
+
+
+def _pool_forks_children(worker: Any) -> bool:
+    from celery.concurrency import get_implementation
+    from celery.concurrency.prefork import TaskPool
+
+    pool = get_implementation(getattr(worker, "pool_cls", None) or "prefork")
+    return isinstance(pool, type) and issubclass(pool, TaskPool)
+
+
+class _WorkerTracing:
+    """Celery signal handlers: start tracing in each process that runs tasks, flush it at exit.
+
+    Under prefork the main process runs no task and stays untraced: a provider made there would be
+    inherited by every child forked later, and a child could not replace it (the global provider
+    is set once per process). Each child starts its own after the fork (``worker_process_init``);
+    the parent only imports the SDK, so that children share the modules instead of each spending
+    half a second importing them. Other pools (solo, threads, gevent) run tasks in the main
+    process, which starts tracing at ``worker_init``.
+    """
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.provider: TracerProvider | None = None
+        self.pid: int | None = None  # the process that started tracing
+
+    def worker_init(self, sender: Any = None, **_: Any) -> None:
+        if _pool_forks_children(sender):
+            for module in _SDK_MODULES:
+                importlib.import_module(module)
+        else:
+            self.start()
+
+    def start(self, **_: Any) -> None:
+        if self.pid == os.getpid():
+            return  # the solo pool sends worker_process_init in the main process too
+        self.pid = os.getpid()
+        self.provider = start_tracing(self.service)
+        _instrument_worker()
+        logger.info("tracing on in process %d", self.pid)
+
+    def stop(self, **_: Any) -> None:
+        if self.pid == os.getpid():
+            stop_tracing(self.provider)
+            self.provider = None
+
+
+def install_tracing(app: Celery, service: str) -> bool:
+    """Trace this app's worker when ``OTEL_*`` turns tracing on; whether it did.
+
+    Only signal handlers are connected here; providers start in the worker's processes.
+
+    Raises:
+        SettingsError: see :func:`check_tracing_settings`; checked now so the worker fails to
+            start rather than run untraced.
+    """
+    if not tracing_enabled():
+        return False
+    check_tracing_settings()
+    hooks = _WorkerTracing(service)
+    app.conf.tasklane_tracing = hooks  # keeps the handlers alive with the app
+    signals.worker_init.connect(hooks.worker_init, weak=False)
+    signals.worker_process_init.connect(hooks.start, weak=False)
+    signals.worker_process_shutdown.connect(hooks.stop, weak=False)
+    signals.worker_shutdown.connect(hooks.stop, weak=False)
+    return True
