@@ -382,6 +382,9 @@ def test_pool_processes_flush_their_spans_when_the_worker_stops(
         with Publisher(broker.settings) as publisher:
             handle = publisher.publish(SEND_IM, _im(webhook_sink))
             assert handle.get(timeout=20).status_code == 200
+        # Celery stores the result before task_postrun, where the task's span ends; the stop
+        # signal goes to every process of the worker, so give that handler time to run.
+        time.sleep(1.0)
         assert receiver.spans == []
         worker.stop()
         spans = receiver.wait_for(lambda got: {RUN_IM, "POST"} <= {s.name for s in got}, 5.0)
