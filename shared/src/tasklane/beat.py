@@ -126,7 +126,7 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         self.beat_settings = load(BeatSettings)
         client = redis.Redis.from_url(self.settings.require_state())
         self.store = ScheduleStore(client, namespace=self.settings.namespace)
-        self.publisher = Publisher(self.settings)
+        self._publisher: Publisher | None = None
         self.process = process_name()
         self.holds_lock = False
         self.problems: dict[str, str] = {}
@@ -173,13 +173,21 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
             if self.holds_lock:
                 self.store.release_lock(self.process)
         finally:
-            self.publisher.close()
+            if self._publisher is not None:
+                self._publisher.close()
 
     @property
     def info(self) -> str:
         """Shown in ``celery beat``'s banner."""
         file = self.beat_settings.schedule_file or "none"
         return f"    . lock TTL -> {self.beat_settings.lock_ttl:g}s\n    . schedule file -> {file}"
+
+    @property
+    def publisher(self) -> Publisher:
+        """Made on first use: `celery beat` also builds a scheduler only to print its banner."""
+        if self._publisher is None:
+            self._publisher = Publisher(self.settings)
+        return self._publisher
 
     # -------------------------------------------------------------- firing
 

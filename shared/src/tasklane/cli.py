@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shlex
 import socket
@@ -19,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tasklane.broker import connect
-from tasklane.cliexit import CliError
+from tasklane.cliexit import CliError, parse_json_object
 from tasklane.cliexit import console as _console
 from tasklane.cliexit import handle_errors as _handle_errors
 from tasklane.contracts import REGISTRY, TaskContract
@@ -109,16 +108,6 @@ def contracts_export(
 # --------------------------------------------------------------------------- submit
 
 
-def _parse_object(text: str, where: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise CliError(f"{where}: invalid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise CliError(f"{where}: the payload must be a JSON object, got {type(value).__name__}")
-    return value
-
-
 def _read_payloads(contract: TaskContract[Any, Any], file: Path) -> list[Any]:
     """Every payload of a JSON Lines file, validated, so errors name the file's line numbers."""
     models: list[Any] = []
@@ -126,7 +115,7 @@ def _read_payloads(contract: TaskContract[Any, Any], file: Path) -> list[Any]:
     for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        data = _parse_object(line, f"{file}:{number}")
+        data = parse_json_object(line, f"{file}:{number}")
         try:
             models.append(validate_payload(contract, data))
         except PayloadValidationError as exc:
@@ -162,7 +151,7 @@ def _submit_many(settings: Settings, contract: TaskContract[Any, Any], file: Pat
 def _submit_one(
     settings: Settings, contract: TaskContract[Any, Any], payload: str, wait: bool, timeout: float
 ) -> None:
-    data = _parse_object(payload, "--json")
+    data = parse_json_object(payload, "--json")
     if wait and settings.result_backend is None:
         raise CliError("--wait needs a result backend: set TASKLANE_RESULT_BACKEND")
     console = _console()

@@ -7,8 +7,9 @@ or Redis unreachable), 2 when the input or configuration is wrong.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
-from typing import NoReturn, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from kombu.exceptions import OperationalError
@@ -27,6 +28,18 @@ EXIT_USAGE = 2
 
 class CliError(TasklaneError):
     """Bad command-line input; reported like every other Tasklane error."""
+
+
+def parse_json_object(text: str, where: str) -> dict[str, Any]:
+    """A payload given on the command line: a JSON object, or a :class:`CliError` naming
+    ``where`` it came from (``--json``, ``file.jsonl:3``)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"{where}: invalid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CliError(f"{where}: the payload must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 def console() -> Console:

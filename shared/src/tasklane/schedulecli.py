@@ -9,7 +9,6 @@ would be circular, so its error handling mirrors the one there instead of reusin
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -21,6 +20,7 @@ from rich.text import Text
 
 from tasklane.cliexit import console as _console
 from tasklane.cliexit import handle_errors as _handle_errors
+from tasklane.cliexit import parse_json_object
 from tasklane.errors import TasklaneError
 from tasklane.schedules import (
     ClockedSchedule,
@@ -86,16 +86,6 @@ def _instant(text: str | None, option: str) -> datetime | None:
         raise ScheduleInputError(
             f"{option}: {text!r} is not an ISO 8601 date-time, e.g. 2026-12-01T09:00:00+01:00"
         ) from None
-
-
-def _payload(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise ScheduleInputError(f"--json: invalid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ScheduleInputError(f"--json: the payload must be a JSON object, not {value!r}")
-    return value
 
 
 def _crontab(line: str, zone: str | None) -> CrontabSchedule:
@@ -195,7 +185,7 @@ def add(
         "NAME",
         name=name,
         task=task,
-        payload=_payload(payload),
+        payload=parse_json_object(payload, "--json"),
         schedule=_schedule(every, cron, zone, at),
         enabled=not disabled,
         start_at=_instant(start, "--start"),
