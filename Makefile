@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install demo up test unit integration lint format typecheck bench bench-crawl bench-media dashboards
+.PHONY: help install demo up test unit integration lint format typecheck bench bench-crawl bench-media bench-observability dashboards
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,7 @@ typecheck: install ## mypy --strict on every package
 
 bench: install ## Run the benchmarks in bench/ (prints ratios against their baselines)
 	$(PY) bench/run.py
+	$(PY) bench/observability.py
 	$(PY) bench/crawl.py
 	$(PY) bench/images.py
 	$(PY) bench/video.py
@@ -63,6 +64,9 @@ dashboards: install ## Regenerate the Grafana dashboards in deploy/grafana/dashb
 
 bench-crawl: install ## Only the crawl benchmark: pages/s of one scraper worker process
 	$(PY) bench/crawl.py
+
+bench-observability: install ## Metrics and tracing overhead vs bare Celery; /metrics scrape and RSS over 100k tasks
+	$(PY) bench/observability.py
 
 bench-media: install ## Only the media benchmarks: image thumbnails vs plain Pillow, video thumbnails
 	$(PY) bench/images.py

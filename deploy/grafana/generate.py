@@ -60,6 +60,7 @@ OPS = "ops"  # operations per second
 SECONDS = "s"
 COUNT = "short"
 RATIO = "percentunit"
+BYTES_RATE = "Bps"
 
 Steps = Sequence[tuple[float | None, str]]
 Panel = timeseries.Panel | stat.Panel | bargauge.Panel
@@ -474,15 +475,23 @@ def latency(scope: Scope) -> list[Panel]:
         graph(
             "Queue wait",
             "Time from publish (the message's own timestamp) to start, over the selected "
-            "tasks and queues.",
+            "tasks and queues. With tracing on, exemplars link to the publishing trace.",
             SECONDS,
-            [query(quantile(q, wait, scope), f"p{round(q * 100)}") for q in (0.5, 0.95, 0.99)],
+            [
+                query(quantile(q, wait, scope), f"p{round(q * 100)}").exemplar(True)
+                for q in (0.5, 0.95, 0.99)
+            ],
         ),
         graph(
             "Runtime p95 by task",
-            "95th percentile of the time a task ran, per task.",
+            "95th percentile of the time a task ran, per task. With tracing on, exemplars link "
+            "to the trace of a task in each bucket.",
             SECONDS,
-            [query(quantile(0.95, "tasklane_task_runtime_seconds", scope, "task, le"), "{{task}}")],
+            [
+                query(
+                    quantile(0.95, "tasklane_task_runtime_seconds", scope, "task, le"), "{{task}}"
+                ).exemplar(True)
+            ],
         ),
     ]
 
@@ -502,6 +511,84 @@ def workers(scope: Scope) -> list[Panel]:
             [query(f"sum by (task) (tasklane_tasks_in_flight{{{scope.tasks()}}})", "{{task}}")],
         ),
     ]
+
+
+def notifier_panels() -> list[Panel]:
+    return [
+        graph(
+            "Deliveries by channel and outcome",
+            "Delivery attempts per second: delivered, transient (retried), refused (permanent), "
+            "failed; by channel (email, dingtalk, slack, webhook).",
+            OPS,
+            [
+                query(
+                    f"sum by (channel, outcome) (rate(tasklane_notifier_deliveries_total[{RATE}]))",
+                    "{{channel}} {{outcome}}",
+                )
+            ],
+        ),
+    ]
+
+
+def scraper_panels() -> list[Panel]:
+    return [
+        graph(
+            "Pages by HTTP status",
+            "Pages fetched per second (single fetches and crawl batches), by HTTP status.",
+            OPS,
+            [query(f"sum by (status) (rate(tasklane_scraper_pages_total[{RATE}]))", "{{status}}")],
+        ),
+        graph(
+            "Bytes read",
+            "Page body bytes read from the network per second.",
+            BYTES_RATE,
+            [query(f"sum(rate(tasklane_scraper_page_bytes_total[{RATE}]))", "bytes")],
+        ),
+        graph(
+            "Refusals by kind",
+            "URLs refused or given up per second: robots.txt, the SSRF guard (unsafe-url), size, "
+            "content type, redirects, retries exhausted.",
+            OPS,
+            [query(f"sum by (kind) (rate(tasklane_scraper_refusals_total[{RATE}]))", "{{kind}}")],
+        ),
+    ]
+
+
+def media_panels() -> list[Panel]:
+    return [
+        graph(
+            "Items by outcome",
+            "Media tasks finished per second, by task and outcome (ok, refused, failed).",
+            OPS,
+            [
+                query(
+                    f"sum by (task, outcome) (rate(tasklane_media_items_total[{RATE}]))",
+                    "{{task}} {{outcome}}",
+                )
+            ],
+        ),
+        graph(
+            "Bytes in and out",
+            "Bytes read from sources (in) and written to the store (out) per second.",
+            BYTES_RATE,
+            [
+                query(
+                    f"sum by (direction) (rate(tasklane_media_bytes_total[{RATE}]))",
+                    "{{direction}}",
+                )
+            ],
+        ),
+        graph(
+            "Limits hit",
+            "Inputs refused per second, by the limit that refused them.",
+            OPS,
+            [query(f"sum by (limit) (rate(tasklane_media_limits_total[{RATE}]))", "{{limit}}")],
+        ),
+    ]
+
+
+#: Each service's own metrics (docs/observability.md, "Service metrics"), on its dashboard.
+SERVICE_PANELS = {"notifier": notifier_panels, "scraper": scraper_panels, "media": media_panels}
 
 
 def task_dashboard(scope: Scope) -> dashboard.Dashboard:
@@ -527,6 +614,9 @@ def task_dashboard(scope: Scope) -> dashboard.Dashboard:
     )
     for title, section in sections:
         board.row(title).add(*section(scope))
+    own = SERVICE_PANELS.get(scope.service or "")
+    if own is not None:
+        board.row(f"{(scope.service or '').capitalize()} service").add(*own())
     return board.builder
 
 

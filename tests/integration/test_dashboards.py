@@ -472,7 +472,7 @@ def _im(sink: WebhookSink, text: str) -> dict[str, Any]:
 
 
 def _scraper_and_media(publisher: Publisher, broker: BrokerEnv, site: SiteServer) -> list[Any]:
-    """Successes and a retry (503 once), then a contract violation, in each service."""
+    """Successes and a retry (503 once), a refusal and a contract violation, in each service."""
     handles: list[TaskHandle[Any]] = [
         publisher.publish("scraper.page.fetch", {"url": f"{site.url}/{page}"})
         for page in ("ok", "flaky")
@@ -484,6 +484,11 @@ def _scraper_and_media(publisher: Publisher, broker: BrokerEnv, site: SiteServer
         )
         for name in ("ok.png", "flaky.png")
     ]
+    # Refused by the SSRF guard, and a page that is no image: the services' refusal counters.
+    publisher.publish("scraper.page.fetch", {"url": "http://10.255.255.1/"})
+    publisher.publish(
+        "media.image.thumbnail", {"source": f"{site.url}/ok", "sizes": [{"width": 8, "height": 8}]}
+    )
     _send_invalid(broker, "scraper.page.fetch", {"url": 42})
     _send_invalid(broker, "media.image.thumbnail", {"sizes": []})
     return handles
@@ -525,8 +530,8 @@ def _workload(services: Services, broker: BrokerEnv, hooks: WebhookSink, site: S
         frozen = time.monotonic()
         for handle in pending:
             handle.get(timeout=30)
-        wait_for_dead_letters(broker, "scraper.fetch", 1)
-        wait_for_dead_letters(broker, "media.image", 1)
+        wait_for_dead_letters(broker, "scraper.fetch", 2)
+        wait_for_dead_letters(broker, "media.image", 2)
         time.sleep(max(0.0, frozen + 3.5 - time.monotonic()))
         os.killpg(beat.process.pid, signal.SIGCONT)
         # Two deliveries hang on the webhook (concurrency 2): what follows waits in the queue.

@@ -23,7 +23,8 @@ from tests.integration.harness import BrokerEnv, WorkerProcess, wait_for_dead_le
 pytestmark = pytest.mark.integration
 
 TASK = "notifier.im.send"
-ALLOWED_LABELS = {"task", "queue", "reason", "service", "le"}
+#: Every label a notifier worker's series may carry; each has a fixed, small set of values.
+ALLOWED_LABELS = {"task", "queue", "reason", "service", "le", "channel", "outcome"}
 
 
 @pytest.fixture
@@ -116,6 +117,10 @@ def test_counts_are_exact_across_recycled_pool_children_and_labels_stay_bounded(
     assert total(samples, "tasklane_task_runtime_seconds_count", **labels) == 33
     assert total(samples, "tasklane_task_queue_wait_seconds_count", **labels) == 33
     assert total(samples, "tasklane_tasks_in_flight", **labels) == 0
+    # The notifier's own metric: the 30 valid deliveries; the 3 refused never reached a channel.
+    deliveries = "tasklane_notifier_deliveries_total"
+    assert total(samples, deliveries, channel="webhook", outcome="delivered") == 30
+    assert total(samples, deliveries) == 30
     assert total(samples, "tasklane_worker_up", service="notifier") == 1
     # 33 tasks on two children that each stop after 4: many children came and went.
     pids = {re.sub(r"\D", "", path.stem.split("_")[-1]) for path in files.glob("counter_*.db")}

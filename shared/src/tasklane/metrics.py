@@ -24,20 +24,22 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
+from opentelemetry import trace
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
     multiprocess,
 )
+from prometheus_client.exposition import choose_encoder
 
 from tasklane.contracts import REGISTRY
+from tasklane.exemplars import ExemplarCollector, ExemplarRecorder, clear
 from tasklane.health import HealthStep, WorkerHealth
 from tasklane.protocol import PUBLISHED_AT
 from tasklane.routing import queue_name
+from tasklane.tracing import tracing_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ DEAD_LETTER_REASONS = (
     "unknown-message",
     "invalid-message",
 )
+RUNTIME = "tasklane_task_runtime_seconds"
+QUEUE_WAIT = "tasklane_task_queue_wait_seconds"
 #: Seconds; from sub-millisecond no-ops to hour-long transcodes.
 RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 #: Seconds a task waited in its queue, publish to start.
@@ -104,13 +108,13 @@ def task_metrics() -> TaskMetrics:
             TASK_LABELS,
         ),
         runtime=Histogram(
-            "tasklane_task_runtime_seconds",
+            RUNTIME,
             "Time a task ran.",
             TASK_LABELS,
             buckets=RUNTIME_BUCKETS,
         ),
         queue_wait=Histogram(
-            "tasklane_task_queue_wait_seconds",
+            QUEUE_WAIT,
             "Time from publish (the message's own timestamp) to start.",
             TASK_LABELS,
             buckets=WAIT_BUCKETS,
@@ -147,24 +151,31 @@ class _Recorder:
     """Celery signal handlers that record :class:`TaskMetrics`."""
 
     def __init__(
-        self, service: str, port: int, health: WorkerHealth, labels: list[tuple[str, str]]
+        self,
+        service: str,
+        port: int,
+        health: WorkerHealth,
+        labels: list[tuple[str, str]],
+        exemplars: bool,
     ) -> None:
         self.service = service
         self.port = port
         self.health = health
         self.labels = labels
+        self.exemplars = exemplars
         self._started: dict[str, float] = {}
+        self._recorder: ExemplarRecorder | None = None
 
     def worker_init(self, **_: Any) -> None:
         directory = os.environ.get(MULTIPROC_ENV)
+        registry = CollectorRegistry()
         if directory:
             # Files of an earlier run of this worker would add its counts to this one's.
             path = Path(directory)
             for child in path.glob("*.db"):
                 child.unlink(missing_ok=True)
-        registry = CollectorRegistry()
-        if directory:
-            multiprocess.MultiProcessCollector(registry)
+            clear(path)
+            registry.register(ExemplarCollector(multiprocess.MultiProcessCollector(None), path))
         serve_endpoints(self.port, registry, self.health)
         self._zero_series()
         task_metrics().worker_up.labels(self.service).set(1)
@@ -190,6 +201,30 @@ class _Recorder:
     def received(self, request: Any = None, **_: Any) -> None:
         task_metrics().received.labels(*_request_labels(request)).inc()
 
+    def _exemplar_recorder(self) -> ExemplarRecorder | None:
+        """This process's exemplar file, when tracing is on (made after the pool forked)."""
+        directory = os.environ.get(MULTIPROC_ENV)
+        if not self.exemplars or not directory:
+            return None
+        if self._recorder is None or self._recorder.path.name != f"exemplars_{os.getpid()}.json":
+            self._recorder = ExemplarRecorder(Path(directory))
+        return self._recorder
+
+    def _observe(
+        self,
+        name: str,
+        histogram: Histogram,
+        buckets: tuple[float, ...],
+        labels: tuple[str, str],
+        value: float,
+        trace_ids: tuple[str, str] | None,
+    ) -> None:
+        histogram.labels(*labels).observe(value)
+        recorder = self._exemplar_recorder() if trace_ids else None
+        if recorder is not None and trace_ids is not None:
+            named = dict(zip(TASK_LABELS, labels, strict=True))
+            recorder.observe(name, named, buckets, value, *trace_ids)
+
     def prerun(self, task_id: str = "", task: Any = None, **_: Any) -> None:
         labels = _labels(task)
         metrics = task_metrics()
@@ -199,7 +234,10 @@ class _Recorder:
         self._started[task_id] = time.monotonic()
         published = task.request.get(PUBLISHED_AT)
         if isinstance(published, int | float) and published > 0:
-            metrics.queue_wait.labels(*labels).observe(max(0.0, now - published))
+            # The task's own span starts after this handler; its trace is the publisher's.
+            parent = _sampled_parent(task.request.get("traceparent"))
+            wait = max(0.0, now - published)
+            self._observe(QUEUE_WAIT, metrics.queue_wait, WAIT_BUCKETS, labels, wait, parent)
 
     def postrun(self, task_id: str = "", task: Any = None, **_: Any) -> None:
         labels = _labels(task)
@@ -207,7 +245,10 @@ class _Recorder:
         metrics.in_flight.labels(*labels).dec()
         started = self._started.pop(task_id, None)
         if started is not None:
-            metrics.runtime.labels(*labels).observe(time.monotonic() - started)
+            # The task's span is still the current one: the tracing's postrun ends it later.
+            runtime = time.monotonic() - started
+            span = _current_span()
+            self._observe(RUNTIME, metrics.runtime, RUNTIME_BUCKETS, labels, runtime, span)
 
     def success(self, sender: Any = None, **_: Any) -> None:
         task_metrics().succeeded.labels(*_labels(sender)).inc()
@@ -219,8 +260,30 @@ class _Recorder:
         task_metrics().retried.labels(*_labels(sender)).inc()
 
     def child_exit(self, pid: int | None = None, **_: Any) -> None:
+        if self._recorder is not None:
+            self._recorder.write()
         if os.environ.get(MULTIPROC_ENV):
             multiprocess.mark_process_dead(pid or os.getpid())
+
+
+def _sampled_parent(traceparent: Any) -> tuple[str, str] | None:
+    """Trace and span id of a W3C ``traceparent`` header, if its trace is sampled."""
+    parts = traceparent.split("-") if isinstance(traceparent, str) else []
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    try:
+        sampled = int(parts[3], 16) & 0x01
+    except ValueError:
+        return None
+    return (parts[1], parts[2]) if sampled else None
+
+
+def _current_span() -> tuple[str, str] | None:
+    """Trace and span id of this process's current span, if it is sampled."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid or not context.trace_flags.sampled:
+        return None
+    return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id)
 
 
 def record_dead_letter(task: str, queue: str, reason: str) -> None:
@@ -239,7 +302,7 @@ def install_metrics(app: Celery, service: str, port: int, live_timeout: float) -
     namespace = getattr(app.conf, "tasklane_settings", None)
     prefix = namespace.namespace if namespace is not None else ""
     labels = [(c.name, queue_name(c, prefix)) for c in REGISTRY.for_service(service)]
-    recorder = _Recorder(service, port, health, labels)
+    recorder = _Recorder(service, port, health, labels, exemplars=tracing_enabled())
     app.conf.tasklane_metrics = recorder  # keeps the handlers alive with the app
     signals.worker_init.connect(recorder.worker_init, weak=False)
     signals.task_received.connect(recorder.received, weak=False)
@@ -258,7 +321,9 @@ def serve_endpoints(port: int, registry: CollectorRegistry, health: WorkerHealth
         def do_GET(self) -> None:  # noqa: N802
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                # OpenMetrics when the scraper asks for it (Prometheus does): it carries exemplars.
+                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                self._answer(200, encoder(registry), content_type)
             elif path in ("/livez", "/readyz"):
                 ok, why = health.live() if path == "/livez" else health.ready()
                 self._answer(200 if ok else 503, f"{why}\n".encode(), "text/plain")

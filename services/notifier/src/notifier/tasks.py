@@ -13,7 +13,7 @@ from functools import cache
 
 import httpx
 
-from notifier import smtp, webhooks
+from notifier import observe, smtp, webhooks
 from notifier.app import app
 from notifier.settings import NotifierSettings
 from notifier.templates import TemplateRenderer
@@ -60,18 +60,19 @@ def send_email(payload: EmailPayload) -> EmailResult:
     sender = payload.sender or config.default_sender
     domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
     message = smtp.build_message(payload, sender=sender, text=text, html=html, domain=domain)
-    outcome = smtp.send(
-        smtp.SmtpConfig(
-            host=config.smtp_host,
-            port=config.smtp_port,
-            security=config.smtp_security,
-            username=config.smtp_username,
-            password=config.smtp_password.get_secret_value() if config.smtp_password else None,
-            timeout=config.smtp_timeout,
-        ),
-        message,
-        smtp.recipients(payload),
-    )
+    with observe.delivery("email"):
+        outcome = smtp.send(
+            smtp.SmtpConfig(
+                host=config.smtp_host,
+                port=config.smtp_port,
+                security=config.smtp_security,
+                username=config.smtp_username,
+                password=config.smtp_password.get_secret_value() if config.smtp_password else None,
+                timeout=config.smtp_timeout,
+            ),
+            message,
+            smtp.recipients(payload),
+        )
     return EmailResult(
         message_id=outcome.message_id, accepted=outcome.accepted, refused=outcome.refused
     )
@@ -81,7 +82,8 @@ def send_email(payload: EmailPayload) -> EmailResult:
 def send_im(payload: IMPayload) -> IMResult:
     """Post one IM webhook. Retries 5xx, 429 and timeouts; at most once per idempotency key."""
     request = webhooks.build_request(payload, _secret(payload.secret_ref), now=time.time())
-    outcome = webhooks.post(_http(), request)
+    with observe.delivery(payload.channel):
+        outcome = webhooks.post(_http(), request)
     return IMResult(
         channel=payload.channel, status_code=outcome.status_code, response=outcome.response
     )
