@@ -15,6 +15,7 @@ from tasklane.logs import install_logging
 from tasklane.metrics import install_metrics
 from tasklane.routing import dead_letter_queues, queues_for_service, task_routes
 from tasklane.settings import Settings, load_settings
+from tasklane.shutdown import ShutdownDeadline
 from tasklane.tracing import install_tracing
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,18 @@ def visibility_timeout(settings: Settings, contracts: tuple[TaskContract[Any, An
     return settings.visibility_timeout
 
 
+def soft_shutdown_timeout(
+    settings: Settings, contracts: tuple[TaskContract[Any, Any], ...]
+) -> float:
+    """Seconds a stopping worker lets its running tasks finish before it hands them back.
+
+    Derived: the longest hard time limit, since by then every task has ended anyway.
+    """
+    if settings.soft_shutdown_timeout is not None:
+        return settings.soft_shutdown_timeout
+    return max(c.time_limit for c in contracts)
+
+
 def celery_config(
     service: str, settings: Settings, registry: ContractRegistry = REGISTRY
 ) -> dict[str, Any]:
@@ -91,6 +104,12 @@ def celery_config(
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # SIGTERM stays Celery's warm shutdown; ShutdownDeadline bounds it and then starts the
+        # cold shutdown, which must not wait again: Celery's own soft wait sleeps its full
+        # timeout even after the tasks ended.
+        "worker_soft_shutdown_timeout": 0.0,
+        "worker_enable_soft_shutdown_on_idle": False,
+        "tasklane_soft_shutdown_timeout": soft_shutdown_timeout(settings, contracts),
         "worker_concurrency": settings.worker_concurrency,
         "worker_consumer": "tasklane.consumer:DeadLetteringConsumer",
         "task_queues": queues,
@@ -133,6 +152,7 @@ def create_app(
     app.conf.update(celery_config(service, settings, registry))
     app.conf.tasklane_settings = settings
     app.steps["consumer"].add(DeclareDeadLetterQueues)
+    app.steps["worker"].add(ShutdownDeadline)
     if settings.metrics_port is not None:
         install_metrics(app, service, settings.metrics_port, settings.liveness_timeout)
     install_tracing(app, service)

@@ -103,6 +103,14 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds the worker's main loop may stall before /livez answers 503.",
     )
+    soft_shutdown_timeout: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Seconds a worker told to stop (SIGTERM) lets running tasks finish before it hands "
+            "the rest back to the broker; derived from the longest hard time limit."
+        ),
+    )
 
     @field_validator("broker_url")
     @classmethod

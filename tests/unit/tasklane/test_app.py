@@ -6,6 +6,7 @@ from tasklane.app import create_app, visibility_timeout
 from tasklane.contracts import REGISTRY
 from tasklane.errors import SettingsError
 from tasklane.settings import Settings
+from tasklane.shutdown import ShutdownDeadline
 
 REDIS = "redis://127.0.0.1:6379/9"
 
@@ -62,3 +63,20 @@ def test_started_state_is_opt_in() -> None:
     assert not create_app("notifier", settings=Settings(broker_url=REDIS)).conf.task_track_started
     tracked = create_app("notifier", settings=Settings(broker_url=REDIS, track_started=True))
     assert tracked.conf.task_track_started
+
+
+def test_soft_shutdown_timeout_defaults_to_the_longest_hard_time_limit() -> None:
+    longest = max(c.time_limit for c in REGISTRY.for_service("notifier"))
+    conf = create_app("notifier", settings=Settings(broker_url=REDIS)).conf
+    assert conf.tasklane_soft_shutdown_timeout == longest
+    # The warm phase is Tasklane's; Celery's own soft wait would only delay the hand-back.
+    assert conf.worker_soft_shutdown_timeout == 0.0
+    assert not conf.worker_enable_soft_shutdown_on_idle
+
+
+@pytest.mark.parametrize("seconds", [0.0, 7.5, 600.0])
+def test_soft_shutdown_timeout_can_be_set(seconds: float) -> None:
+    settings = Settings(broker_url=REDIS, soft_shutdown_timeout=seconds)
+    app = create_app("notifier", settings=settings)
+    assert app.conf.tasklane_soft_shutdown_timeout == seconds
+    assert ShutdownDeadline in app.steps["worker"]

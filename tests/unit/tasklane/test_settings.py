@@ -58,3 +58,14 @@ def test_bad_values_get_an_error_naming_the_variable(
 def test_missing_broker_says_which_variable_to_set() -> None:
     with pytest.raises(SettingsError, match="TASKLANE_BROKER_URL"):
         Settings().require_broker()
+
+
+def test_soft_shutdown_timeout_is_derived_unless_set_and_never_negative(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().soft_shutdown_timeout is None  # the app factory derives it
+    monkeypatch.setenv("TASKLANE_SOFT_SHUTDOWN_TIMEOUT", "12.5")
+    assert load_settings().soft_shutdown_timeout == 12.5
+    monkeypatch.setenv("TASKLANE_SOFT_SHUTDOWN_TIMEOUT", "-1")
+    with pytest.raises(SettingsError, match="TASKLANE_SOFT_SHUTDOWN_TIMEOUT"):
+        load_settings()

@@ -1,0 +1,36 @@
+"""A test-only worker service whose tasks record every start and completion in Redis.
+
+Run as ``celery -A tests.integration.scalein_service worker``; settings come from the
+environment, and ``SCALEIN_WORKER`` names the worker in the records.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+
+from tasklane.app import create_app
+from tasklane.settings import load_settings
+from tasklane.task import implement
+from tests.integration.scalein_contracts import LONG, SCALEIN_REGISTRY, LongPayload, LongResult
+
+settings = load_settings()
+app = create_app("scalein", settings=settings, registry=SCALEIN_REGISTRY)
+WORKER = os.environ.get("SCALEIN_WORKER", "?")
+
+
+def record(event: str, label: str) -> None:
+    """Append ``label@worker`` to the ``started`` or ``done`` list (durable, duplicates visible)."""
+    client = redis.Redis.from_url(settings.require_state())
+    client.rpush(f"{settings.namespace}scalein:{event}", f"{label}@{WORKER}")
+
+
+@implement(app, LONG, settings)
+def run_long(payload: LongPayload) -> LongResult:
+    """Sleeps, then records its completion; no retries, no idempotency key (reruns are visible)."""
+    record("started", payload.label)
+    time.sleep(payload.seconds)
+    record("done", payload.label)
+    return LongResult(label=payload.label, worker=WORKER)
