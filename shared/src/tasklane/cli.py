@@ -391,6 +391,39 @@ def dlq_purge(
 # --------------------------------------------------------------------------- worker
 
 
+def select_queues(service: str, wanted: list[str] | None, settings: Settings) -> list[str]:
+    """The namespaced queues a worker of ``service`` consumes: all of them, or ``wanted``.
+
+    ``wanted`` holds queue names (with or without the namespace), each maybe comma-separated,
+    as ``-Q a,b -Q c`` gives them. Order follows the service's queue order (queue-name order),
+    which is the order Redis polls them in, whatever order they were given in.
+
+    Raises:
+        CliError: a name is not one of the service's queues, or none is left.
+    """
+    known = [q.name for q in queues_for_service(REGISTRY, service, settings.namespace)]
+    if not wanted:
+        return known
+    chosen: set[str] = set()
+    for item in wanted:
+        for name in (part.strip() for part in item.split(",")):
+            if not name:
+                continue
+            # The chart and people name contract queues; the namespace is a deployment setting.
+            full = name if name in known else settings.namespace + name
+            if full not in known:
+                raise CliError(
+                    f"queue {name!r} is not a queue of the {service} service; "
+                    f"its queues: {', '.join(known)}"
+                )
+            chosen.add(full)
+    if not chosen:
+        raise CliError(
+            f"--queues names no queue; the {service} service's queues: {', '.join(known)}"
+        )
+    return [name for name in known if name in chosen]
+
+
 def worker_command(
     service: str,
     settings: Settings,
@@ -398,17 +431,18 @@ def worker_command(
     concurrency: int | None = None,
     pool: str = Pool.prefork.value,
     loglevel: str = "INFO",
+    queues: list[str] | None = None,
     extra: list[str] | None = None,
 ) -> list[str]:
-    """The ``celery worker`` argv of one service, consuming exactly its own queues.
+    """The ``celery worker`` argv of one service, consuming its queues or a subset of them.
 
     Raises:
-        CliError: no contract belongs to ``service``.
+        CliError: no contract belongs to ``service``, or ``queues`` names a queue not its own.
     """
     services = REGISTRY.services()
     if service not in services:
         raise CliError(f"unknown service {service!r}; known services: {', '.join(services)}")
-    names = [q.name for q in queues_for_service(REGISTRY, service, settings.namespace)]
+    names = select_queues(service, queues, settings)
     argv = [sys.executable, "-m", "celery", "-A", f"{service}.app", "worker"]
     argv += ["-Q", ",".join(names), "--pool", pool, "--loglevel", loglevel]
     # A per-service node name: two services on one host would otherwise both be celery@host.
@@ -437,11 +471,19 @@ def worker(
     ] = None,
     pool: Annotated[Pool, typer.Option("--pool", "-P", help="Celery pool.")] = Pool.prefork,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log level.")] = "INFO",
+    queues: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--queues",
+            "-Q",
+            help="Consume only these of the service's queues (comma-separated or repeated).",
+        ),
+    ] = None,
     print_only: Annotated[
         bool, typer.Option("--print", help="Print the command instead of running it.")
     ] = False,
 ) -> None:
-    """Run a service's Celery worker on exactly the queues of its contracts."""
+    """Run a service's Celery worker on the queues of its contracts (all, or --queues)."""
     settings = load_settings()
     argv = worker_command(
         service,
@@ -449,6 +491,7 @@ def worker(
         concurrency=concurrency,
         pool=pool.value,
         loglevel=loglevel,
+        queues=queues,
         extra=extra,
     )
     if print_only:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tasklane.contracts import (
+    PING_CONTRACTS,
     REGISTRY,
     SEND_EMAIL,
     ContractRegistry,
@@ -11,7 +12,9 @@ from tasklane.contracts import (
     RetryPolicy,
     TaskContract,
 )
+from tasklane.contracts.ping import PingPayload, PingResult, is_ping, pong
 from tasklane.errors import TransientError, UnknownContractError
+from tasklane.publish import validate_payload
 
 
 class NoopPayload(Payload):
@@ -24,12 +27,16 @@ class NoopResult(Result):
 
 def test_registry_knows_every_service_contract() -> None:
     assert [c.name for c in REGISTRY.for_service("notifier")] == [
+        "notifier.email.ping",
         "notifier.email.send",
+        "notifier.im.ping",
         "notifier.im.send",
     ]
     assert REGISTRY.services() == ("media", "notifier", "scraper")
     media = {c.name: c.queue for c in REGISTRY.for_service("media")}
     assert media == {
+        "media.image.ping": "media.image",
+        "media.video.ping": "media.video",
         "media.image.transform": "media.image",
         "media.image.thumbnail": "media.image",
         "media.video.probe": "media.video",
@@ -38,6 +45,9 @@ def test_registry_knows_every_service_contract() -> None:
     }
     scraper = {c.name: c.queue for c in REGISTRY.for_service("scraper")}
     assert scraper == {
+        "scraper.crawl.ping": "scraper.crawl",
+        "scraper.fetch.ping": "scraper.fetch",
+        "scraper.reports.ping": "scraper.reports",
         "scraper.page.fetch": "scraper.fetch",
         "scraper.crawl.fetch": "scraper.fetch",
         "scraper.site.crawl": "scraper.crawl",
@@ -92,3 +102,18 @@ def test_retry_policy_backoff_grows_with_jitter_and_honours_retry_after() -> Non
     assert policy.delay(0, retry_after=999.0) == 30.0  # capped by backoff_max
     assert policy.retries(TransientError("x"))
     assert not policy.retries(ValueError("x"))
+
+
+def test_every_work_queue_has_one_ping_contract_on_that_queue() -> None:
+    work = {c.queue for c in REGISTRY if not is_ping(c)}
+    pings = [c for c in REGISTRY if is_ping(c)]
+    assert sorted(c.queue for c in pings) == sorted(work)
+    assert [c.name for c in pings] == [f"{c.queue}.ping" for c in pings]
+    assert list(PING_CONTRACTS) == pings
+    for contract in pings:
+        # The smoke test must not outlast real work nor hide behind retries.
+        assert contract.retry.max_retries == 0
+        assert contract.priority == 9
+        assert contract.time_limit <= min(c.time_limit for c in REGISTRY if not is_ping(c))
+        assert pong(contract) == PingResult(queue=contract.queue)
+        assert validate_payload(contract, {}) == PingPayload()

@@ -25,6 +25,9 @@ def test_every_contract_routes_to_its_contract_queue() -> None:
         "scraper.crawl.status": "prod.scraper.crawl",
         "scraper.crawl.advance": "prod.scraper.crawl",
         "scraper.report.build": "prod.scraper.reports",
+        "scraper.crawl.ping": "prod.scraper.crawl",
+        "scraper.fetch.ping": "prod.scraper.fetch",
+        "scraper.reports.ping": "prod.scraper.reports",
     }
     assert set(routes) == {contract.name for contract in REGISTRY}
 

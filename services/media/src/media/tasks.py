@@ -19,6 +19,7 @@ from media.settings import MediaSettings
 from media.sources import Source, fetch_source, output_key
 from media.workspace import workspace
 from tasklane.artifacts import ArtifactStore, open_store
+from tasklane.contracts import PING_CONTRACTS, TaskContract
 from tasklane.contracts.media import (
     PROBE_VIDEO,
     THUMBNAIL_IMAGE,
@@ -36,9 +37,10 @@ from tasklane.contracts.media import (
     VideoInfoResult,
     VideoThumbnailPayload,
 )
+from tasklane.contracts.ping import PingPayload, PingResult, pong
 from tasklane.netguard import NetGuardPolicy, guarded_client
 from tasklane.settings import load
-from tasklane.task import implement
+from tasklane.task import ContractTask, implement
 
 settings = app.conf.tasklane_settings
 # Read when the worker starts, so that a bad value stops it with a clear error at once.
@@ -220,3 +222,15 @@ def transcode_video(payload: TranscodePayload) -> TranscodeResult:
             audio_codec=info.audio_codec,
             bytes=target.stat().st_size,
         )
+
+
+def _ping_task(contract: TaskContract[PingPayload, PingResult]) -> ContractTask:
+    def ping(payload: PingPayload) -> PingResult:
+        """No-op for smoke tests (``helm test``): never retried, no idempotency key."""
+        return pong(contract)
+
+    return implement(app, contract, settings)(ping)
+
+
+#: A ``<queue>.ping`` per media queue, answered by whichever pool consumes that queue.
+PING_TASKS = [_ping_task(contract) for contract in PING_CONTRACTS if contract.service == "media"]

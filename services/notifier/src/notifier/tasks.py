@@ -17,11 +17,21 @@ from notifier import observe, smtp, webhooks
 from notifier.app import app
 from notifier.settings import NotifierSettings
 from notifier.templates import TemplateRenderer
-from tasklane.contracts import SEND_EMAIL, SEND_IM, EmailPayload, EmailResult, IMPayload, IMResult
+from tasklane.contracts import (
+    PING_CONTRACTS,
+    SEND_EMAIL,
+    SEND_IM,
+    EmailPayload,
+    EmailResult,
+    IMPayload,
+    IMResult,
+    TaskContract,
+)
+from tasklane.contracts.ping import PingPayload, PingResult, pong
 from tasklane.errors import PermanentError
 from tasklane.netguard import NetGuardPolicy, guarded_client
 from tasklane.settings import load
-from tasklane.task import implement
+from tasklane.task import ContractTask, implement
 
 settings = app.conf.tasklane_settings
 # Read when the worker starts, so that a bad value stops it with a clear error at once.
@@ -87,3 +97,15 @@ def send_im(payload: IMPayload) -> IMResult:
     return IMResult(
         channel=payload.channel, status_code=outcome.status_code, response=outcome.response
     )
+
+
+def _ping_task(contract: TaskContract[PingPayload, PingResult]) -> ContractTask:
+    def ping(payload: PingPayload) -> PingResult:
+        """No-op for smoke tests (``helm test``): never retried, no idempotency key."""
+        return pong(contract)
+
+    return implement(app, contract, settings)(ping)
+
+
+#: A ``<queue>.ping`` per notifier queue, answered by whichever pool consumes that queue.
+PING_TASKS = [_ping_task(contract) for contract in PING_CONTRACTS if contract.service == "notifier"]

@@ -41,6 +41,8 @@ from scraper.report import build_report
 from scraper.robots import RobotsCache
 from scraper.settings import ScraperSettings
 from tasklane.artifacts import ArtifactNotFoundError, ArtifactStore, open_store
+from tasklane.contracts import PING_CONTRACTS, TaskContract
+from tasklane.contracts.ping import PingPayload, PingResult, pong
 from tasklane.contracts.scraper import (
     BUILD_REPORT,
     CRAWL_ADVANCE,
@@ -65,7 +67,7 @@ from tasklane.errors import TransientError
 from tasklane.netguard import NetGuardPolicy
 from tasklane.publish import Publisher
 from tasklane.settings import load
-from tasklane.task import implement
+from tasklane.task import ContractTask, implement
 
 logger = logging.getLogger(__name__)
 
@@ -353,3 +355,15 @@ def build_crawl_report(payload: ReportPayload) -> ReportResult:
         response_ms=analysis.response_ms,
         most_linked=analysis.most_linked,
     )
+
+
+def _ping_task(contract: TaskContract[PingPayload, PingResult]) -> ContractTask:
+    def ping(payload: PingPayload) -> PingResult:
+        """No-op for smoke tests (``helm test``): never retried, no idempotency key."""
+        return pong(contract)
+
+    return implement(app, contract, settings)(ping)
+
+
+#: A ``<queue>.ping`` per scraper queue, answered by whichever pool consumes that queue.
+PING_TASKS = [_ping_task(contract) for contract in PING_CONTRACTS if contract.service == "scraper"]

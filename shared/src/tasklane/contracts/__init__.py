@@ -24,6 +24,7 @@ from tasklane.contracts.notifier import (
     IMPayload,
     IMResult,
 )
+from tasklane.contracts.ping import PingPayload, PingResult, ping_contracts
 from tasklane.contracts.scraper import (
     BUILD_REPORT,
     CRAWL_ADVANCE,
@@ -40,24 +41,28 @@ from tasklane.contracts.scraper import (
     ReportResult,
 )
 
-#: Every contract of the platform. Services and publishers read this registry.
-REGISTRY = ContractRegistry(
-    (
-        SEND_EMAIL,
-        SEND_IM,
-        FETCH_PAGE,
-        CRAWL_SITE,
-        CRAWL_STATUS,
-        CRAWL_ADVANCE,
-        CRAWL_FETCH,
-        BUILD_REPORT,
-        TRANSFORM_IMAGE,
-        THUMBNAIL_IMAGE,
-        PROBE_VIDEO,
-        THUMBNAIL_VIDEO,
-        TRANSCODE_VIDEO,
-    )
+#: The contracts that do real work.
+_WORK_CONTRACTS = (
+    SEND_EMAIL,
+    SEND_IM,
+    FETCH_PAGE,
+    CRAWL_SITE,
+    CRAWL_STATUS,
+    CRAWL_ADVANCE,
+    CRAWL_FETCH,
+    BUILD_REPORT,
+    TRANSFORM_IMAGE,
+    THUMBNAIL_IMAGE,
+    PROBE_VIDEO,
+    THUMBNAIL_VIDEO,
+    TRANSCODE_VIDEO,
 )
+
+#: A no-op ``<queue>.ping`` per work queue (smoke tests, ``helm test``), on that same queue.
+PING_CONTRACTS = ping_contracts(_WORK_CONTRACTS)
+
+#: Every contract of the platform. Services and publishers read this registry.
+REGISTRY = ContractRegistry((*_WORK_CONTRACTS, *PING_CONTRACTS))
 
 __all__ = [
     "PROBE_VIDEO",
@@ -83,7 +88,10 @@ __all__ = [
     "FieldSelector",
     "IMPayload",
     "IMResult",
+    "PING_CONTRACTS",
     "Payload",
+    "PingPayload",
+    "PingResult",
     "REGISTRY",
     "Result",
     "RetryPolicy",
