@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install demo up test unit integration lint format typecheck bench bench-crawl bench-media bench-observability dashboards
+.PHONY: help install demo up test unit integration lint format typecheck bench bench-crawl bench-media bench-observability dashboards manifests
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -40,10 +40,11 @@ unit: install ## Run the unit tests only (no servers needed)
 integration: install ## Run the integration tests (Redis, RabbitMQ, workers, sinks)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-lint: install ## ruff lint and format check; generated dashboards up to date
+lint: install ## ruff lint and format check; generated dashboards, chart files and manifests up to date
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) deploy/grafana/generate.py --check
+	$(PY) deploy/helm/generate.py --check
 
 format: install ## Apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .
@@ -71,3 +72,6 @@ bench-observability: install ## Metrics and tracing overhead vs bare Celery; /me
 bench-media: install ## Only the media benchmarks: image thumbnails vs plain Pillow, video thumbnails
 	$(PY) bench/images.py
 	$(PY) bench/video.py
+
+manifests: install ## Regenerate the chart's generated files and deploy/k8s (the chart with default values)
+	$(PY) deploy/helm/generate.py

@@ -1,0 +1,566 @@
+"""The Helm chart rendered with the Helm v4 SDK: lint, schemas and what its objects promise."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped,unused-ignore]
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from tasklane.broker import redis_queue_keys
+from tasklane.contracts import REGISTRY
+from tests.deploy.conftest import CHART, NAMESPACE, RELEASE, VALUES_NAMES, Rendered, values_of
+
+CRDS = Path(__file__).parent / "crds"
+KUBERNETES_VERSIONS = ["1.29", kubernetes_validate.utils.latest_version().rsplit(".", 1)[0]]
+CUSTOM_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
+SCRAPER_REFUSED = [
+    "169.254.169.254/32",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "127.0.0.1/32",
+]
+
+
+def _containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = obj["spec"]["template"]["spec"] if obj["kind"] == "Deployment" else obj["spec"]
+    return list(spec["containers"]) + list(spec.get("initContainers", []))
+
+
+def _pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = (
+        obj["spec"]["template"]["spec"] if "template" in obj["spec"] else obj["spec"]
+    )
+    return spec
+
+
+def _queues_of(deployment: dict[str, Any]) -> list[str]:
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    queues: list[str] = command[command.index("--queues") + 1].split(",")
+    return queues
+
+
+def _longest_limit(queues: list[str]) -> float:
+    return max(c.time_limit for c in REGISTRY if c.queue in queues)
+
+
+# ----------------------------------------------------------------------------- lint and schemas
+
+
+@pytest.mark.parametrize("name", VALUES_NAMES)
+def test_helm_lint_strict_is_clean(name: str) -> None:
+    import helm_python
+
+    report = helm_python.lint(CHART, values_of(name), strict=True, namespace=NAMESPACE)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 1] == []
+
+
+@pytest.mark.parametrize("name", VALUES_NAMES)
+def test_values_meet_the_chart_schema(chart: Any, name: str) -> None:
+    chart.validate_schema(values_of(name))
+
+
+def test_schema_refuses_unknown_keys_anywhere(chart: Any) -> None:
+    import helm_python
+
+    for values in (
+        {"bogus": 1},
+        {"workers": {"defaults": {"concurency": 3}}},
+        {"workers": {"pools": {"notifier": {"service": "notifier", "qeues": []}}}},
+        {"beat": {"schedules": [{"name": "a", "task": "t", "schedule": {}, "cron": "x"}]}},
+    ):
+        with pytest.raises(helm_python.HelmValuesError, match="additional properties"):
+            chart.validate_schema(values)
+
+
+@cache
+def _kubernetes_validator(version: str, api_version: str, kind: str) -> Any:
+    # kubernetes_validate.validate() reloads the 5 MB definitions file on every call; this builds
+    # the same strict Draft 2020-12 validator from its schema files once per kind and version.
+    from referencing import Registry, Resource
+
+    utils = kubernetes_validate.utils
+    directory = f"kubernetes-json-schema/v{version}.0-local-strict"
+    group = api_version.split("/")[0].split(".")[0] + "-" if "/" in api_version else ""
+    short = f"{group}{api_version.rsplit('/', 1)[-1]}"
+    schema = utils.schema_contents(f"{directory}/{kind.lower()}-{short}.json", version)
+    definitions = utils.schema_contents(f"{directory}/_definitions.json", version)
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def test_every_object_is_valid_kubernetes(rendered: Rendered) -> None:
+    for obj in rendered.objects:
+        if obj["apiVersion"].startswith(CUSTOM_GROUPS):
+            continue
+        for version in KUBERNETES_VERSIONS:
+            _kubernetes_validator(version, obj["apiVersion"], obj["kind"]).validate(obj)
+
+
+def test_the_cached_validator_is_kubernetes_validate() -> None:
+    # The shortcut above must judge like the library: same verdicts on a good and a bad object.
+    good = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "a"},
+            "spec": {"maxUnavailable": 1}}  # fmt: skip
+    bad = {**good, "spec": {"maxUnavailable": 1, "bogus": True}}
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(good, version, strict=True)
+        _kubernetes_validator(version, "policy/v1", "PodDisruptionBudget").validate(good)
+        with pytest.raises(jsonschema.ValidationError):
+            kubernetes_validate.validate(bad, version, strict=True)
+        with pytest.raises(jsonschema.ValidationError):
+            _kubernetes_validator(version, "policy/v1", "PodDisruptionBudget").validate(bad)
+
+
+@cache
+def _crd_schema(api_version: str, kind: str) -> dict[str, Any]:
+    group, version = api_version.split("/")
+    for path in CRDS.glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == kind:
+            for served in crd["spec"]["versions"]:
+                if served["name"] == version:
+                    schema: dict[str, Any] = served["schema"]["openAPIV3Schema"]
+                    return schema
+    raise AssertionError(f"no vendored CRD for {api_version} {kind}")
+
+
+def test_custom_resources_are_valid_against_their_crds(rendered: Rendered) -> None:
+    custom = [o for o in rendered.objects if o["apiVersion"].startswith(CUSTOM_GROUPS)]
+    if (
+        rendered.merged["autoscaling"]["enabled"]
+        and rendered.merged["autoscaling"]["keda"]["enabled"]
+    ):
+        assert {o["kind"] for o in custom} >= {"ScaledObject", "TriggerAuthentication"}
+    for obj in custom:
+        # No metaschema check: CRDs carry Go regexes (`^(?i)…`) Python's re cannot compile; the
+        # patterns our objects actually meet are compiled during validation all the same.
+        validator = jsonschema.Draft202012Validator(_crd_schema(obj["apiVersion"], obj["kind"]))
+        validator.validate(obj)
+
+
+def test_monitoring_objects_render_in_production(chart: Any) -> None:
+    from tests.deploy.conftest import render
+
+    for name in ("production-redis-values", "production-rabbitmq-values"):
+        kinds = {o["kind"] for objs in render(chart, values_of(name)).values() for o in objs}
+        assert {"PodMonitor", "PrometheusRule", "ScaledObject"} <= kinds
+
+
+# ----------------------------------------------------------------------------- pools and queues
+
+
+def test_every_contract_queue_is_consumed_by_exactly_one_pool(rendered: Rendered) -> None:
+    consumers: dict[str, list[str]] = {}
+    for pool, deployment in rendered.pools().items():
+        for queue in _queues_of(deployment):
+            consumers.setdefault(queue, []).append(pool)
+    assert consumers == {c.queue: consumers.get(c.queue, [])[:1] for c in REGISTRY}
+    assert all(len(pools) == 1 for pools in consumers.values())
+
+
+def test_default_pools_split_services_for_separate_sizing(rendered: Rendered) -> None:
+    pools = rendered.pools()
+    assert set(pools) >= {
+        "notifier",
+        "scraper-fetch",
+        "scraper-reports",
+        "media-image",
+        "media-video",
+    }
+    assert sorted(_queues_of(pools["scraper-fetch"])) == ["scraper.crawl", "scraper.fetch"]
+    assert _queues_of(pools["media-video"]) == ["media.video"]
+
+
+def test_worker_command_is_explicit_and_carries_the_pool_settings(rendered: Rendered) -> None:
+    for pool, deployment in rendered.pools().items():
+        merged = {
+            **rendered.merged["workers"]["defaults"],
+            **rendered.merged["workers"]["pools"][pool],
+        }
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        command = container["command"]
+        assert command[:3] == ["tasklane", "worker", merged["service"]]
+        assert command[command.index("--concurrency") + 1] == str(merged["concurrency"])
+        assert command[command.index("--pool") + 1] == merged["pool"]
+        if merged["maxTasksPerChild"]:
+            assert f"--max-tasks-per-child={merged['maxTasksPerChild']}" in command
+        if merged["maxMemoryPerChild"]:
+            assert f"--max-memory-per-child={merged['maxMemoryPerChild']}" in command
+        env = {e["name"]: e for e in container["env"]}
+        assert env["TASKLANE_PREFETCH_MULTIPLIER"]["value"] == str(merged["prefetchMultiplier"])
+        assert env["TASKLANE_METRICS_PORT"]["value"] == str(
+            rendered.merged["tasklane"]["metricsPort"]
+        )
+
+
+def test_grace_period_covers_the_longest_hard_time_limit(rendered: Rendered) -> None:
+    for deployment in rendered.pools().values():
+        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace >= _longest_limit(_queues_of(deployment))
+    video = rendered.pools()["media-video"]["spec"]["template"]["spec"]
+    assert video["terminationGracePeriodSeconds"] >= 3660
+
+
+def test_grace_period_leaves_the_hand_back_after_the_shutdown_timeout(rendered: Rendered) -> None:
+    # SIGTERM: tasks finish for up to TASKLANE_SOFT_SHUTDOWN_TIMEOUT, then the rest are handed
+    # back (docs/shutdown.md); Kubernetes' SIGKILL must come after both.
+    for name, deployment in rendered.pools().items():
+        spec = deployment["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        timeout = float(env["TASKLANE_SOFT_SHUTDOWN_TIMEOUT"])
+        assert timeout >= _longest_limit(_queues_of(deployment)), name
+        assert spec["terminationGracePeriodSeconds"] >= timeout + 15, name
+
+
+def test_probes_use_livez_and_readyz_on_the_metrics_port(rendered: Rendered) -> None:
+    for deployment in rendered.pools().values():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert {"name": "metrics", "containerPort": rendered.merged["tasklane"]["metricsPort"],
+                "protocol": "TCP"} in container["ports"]  # fmt: skip
+        assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+
+
+def test_a_pool_is_a_values_entry(chart: Any) -> None:
+    from tests.deploy.conftest import render
+
+    values = {
+        "workers": {
+            "pools": {
+                "notifier": {"service": "notifier", "queues": ["notifier.email"]},
+                "notifier-im": {"service": "notifier", "queues": ["notifier.im"], "pool": "threads",
+                                "concurrency": 16, "maxMemoryPerChild": 1000000},
+            }
+        }
+    }  # fmt: skip
+    objects = [o for objs in render(chart, values).values() for o in objs]
+    names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    for kind in ("Deployment", "ScaledObject", "PodDisruptionBudget", "NetworkPolicy"):
+        assert (kind, "tasklane-notifier-im") in names
+    (deployment,) = [o for o in objects if o["metadata"]["name"] == "tasklane-notifier-im"
+                     and o["kind"] == "Deployment"]  # fmt: skip
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--queues") + 1] == "notifier.im"
+    assert command[command.index("--pool") + 1] == "threads"
+    # A large number stays an integer on the command line (values pass through JSON as floats).
+    assert "--max-memory-per-child=1000000" in command
+
+
+# ----------------------------------------------------------------------------- KEDA
+
+
+def test_scaled_objects_read_every_list_of_exactly_the_pools_queues(rendered: Rendered) -> None:
+    if not (
+        rendered.merged["autoscaling"]["enabled"]
+        and rendered.merged["autoscaling"]["keda"]["enabled"]
+    ):
+        assert rendered.kind("ScaledObject") == []
+        assert {h["metadata"]["name"] for h in rendered.kind("HorizontalPodAutoscaler")} == {
+            d["metadata"]["name"] for d in rendered.pools().values()
+        }
+        return
+    namespace = rendered.merged["tasklane"]["namespace"]
+    redis = rendered.merged["broker"]["kind"] == "redis"
+    scaled = {s["spec"]["scaleTargetRef"]["name"]: s for s in rendered.kind("ScaledObject")}
+    assert rendered.kind("HorizontalPodAutoscaler") == []
+    for deployment in rendered.pools().values():
+        spec = scaled[deployment["metadata"]["name"]]["spec"]
+        queues = [namespace + q for q in _queues_of(deployment)]
+        if redis:
+            expected = [key for q in queues for key in redis_queue_keys(q)]
+            assert [t["type"] for t in spec["triggers"]] == ["redis"] * len(expected)
+            assert [t["metadata"]["listName"] for t in spec["triggers"]] == expected
+        else:
+            assert [t["metadata"]["queueName"] for t in spec["triggers"]] == queues
+            for trigger in spec["triggers"]:
+                assert trigger["type"] == "rabbitmq"
+                assert trigger["metadata"]["mode"] == "QueueLength"
+                # The management API's count of ready + unacknowledged messages.
+                assert trigger["metadata"]["protocol"] == "http"
+                assert trigger["metadata"]["excludeUnacknowledged"] == "false"
+        modifiers = spec["advanced"]["scalingModifiers"]
+        # A sum of every trigger: the HPA alone would take the maximum.
+        assert modifiers["formula"].split(" + ") == [t["name"] for t in spec["triggers"]]
+        assert modifiers["metricType"] == "AverageValue"
+        down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+        assert down["stabilizationWindowSeconds"] >= 300
+        assert all(t["authenticationRef"]["name"] == "tasklane-keda" for t in spec["triggers"])
+
+
+def test_trigger_authentication_reads_a_secret(rendered: Rendered) -> None:
+    for auth in rendered.kind("TriggerAuthentication"):
+        refs = auth["spec"]["secretTargetRef"]
+        assert refs and all(ref["name"] for ref in refs)
+        wanted = {"address"} if rendered.merged["broker"]["kind"] == "redis" else {"host"}
+        assert wanted <= {ref["parameter"] for ref in refs}
+
+
+def test_scale_to_zero_and_activation(chart: Any) -> None:
+    rendered = Rendered("p", {}, {}, _render("production-redis-values", chart))
+    spec = rendered.named("ScaledObject", "tasklane-media-video")["spec"]
+    assert spec["minReplicaCount"] == 0
+    assert spec["advanced"]["scalingModifiers"]["activationTarget"] == "0"
+    assert spec["advanced"]["scalingModifiers"]["target"] == "1"
+    assert spec["triggers"][0]["metadata"]["listName"] == "prod.media.video"
+
+
+def _render(name: str, chart: Any) -> dict[str, list[dict[str, Any]]]:
+    from tests.deploy.conftest import render
+
+    return render(chart, values_of(name))
+
+
+# ----------------------------------------------------------------------------- Beat and friends
+
+
+def test_beat_is_one_replica_recreated_with_its_lock_and_schedule_file(rendered: Rendered) -> None:
+    beat = rendered.named("Deployment", f"{RELEASE}-beat")
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = beat["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:2] == ["tasklane", "beat"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert int(env["TASKLANE_BEAT_LOCK_TTL"]) >= 1
+    assert env["TASKLANE_BEAT_SCHEDULE_FILE"] == "/etc/tasklane/beat/schedules.yaml"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "schedules")
+    assert "subPath" not in mount  # a subPath mount would never see ConfigMap updates
+    schedules = yaml.safe_load(
+        rendered.named("ConfigMap", f"{RELEASE}-beat")["data"]["schedules.yaml"]
+    )
+    assert schedules == {"schedules": rendered.merged["beat"]["schedules"]}
+
+
+def test_shared_image_components_and_schedule_api_token(rendered: Rendered) -> None:
+    for name, command in (("schedule-api", "schedule-api"), ("exporter", "exporter")):
+        deployment = rendered.named("Deployment", f"{RELEASE}-{name}")
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["command"][:2] == ["tasklane", command]
+        assert "tasklane:" in container["image"] or "tasklane@" in container["image"]
+    api = rendered.named("Deployment", f"{RELEASE}-schedule-api")["spec"]["template"]["spec"]
+    token = next(
+        e for e in api["containers"][0]["env"] if e["name"] == "TASKLANE_SCHEDULE_API_TOKEN"
+    )
+    assert "secretKeyRef" in token["valueFrom"]
+    assert rendered.named("Service", f"{RELEASE}-schedule-api")["spec"]["ports"][0]["port"] == 8080
+
+
+def test_helm_test_pings_every_queue_of_every_pool(rendered: Rendered) -> None:
+    (pod,) = [
+        o for o in rendered.kind("Pod") if o["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    ]
+    pinged = sorted(c["command"][2] for c in pod["spec"]["containers"])
+    assert pinged == sorted(f"{q}.ping" for q in {c.queue for c in REGISTRY})
+    for container in pod["spec"]["containers"]:
+        assert container["command"][:2] == ["tasklane", "submit"]
+        assert container["command"][2] in REGISTRY
+        assert "--wait" in container["command"]
+
+
+# ----------------------------------------------------------------------------- safety
+
+
+def test_pods_are_locked_down(rendered: Rendered) -> None:
+    pods = [o for o in rendered.objects if o["kind"] in ("Deployment", "Pod")]
+    assert pods
+    for obj in pods:
+        spec = _pod_spec(obj)
+        where = f"{obj['kind']} {obj['metadata']['name']}"
+        assert spec["automountServiceAccountToken"] is False, where
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["runAsUser"] == 10001, where
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}} in spec["volumes"], where
+        for container in _containers(obj):
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["capabilities"] == {"drop": ["ALL"]}, where
+            assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"], where
+            assert set(container["resources"]) == {"requests", "limits"}, where
+            assert {"cpu", "memory"} <= set(container["resources"]["limits"]), where
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]), where
+    for account in rendered.kind("ServiceAccount"):
+        assert account["automountServiceAccountToken"] is False
+
+
+def test_a_pod_disruption_budget_per_pool(rendered: Rendered) -> None:
+    budgets = {b["metadata"]["name"]: b for b in rendered.kind("PodDisruptionBudget")}
+    for deployment in rendered.pools().values():
+        budget = budgets[deployment["metadata"]["name"]]
+        assert (
+            budget["spec"]["selector"]["matchLabels"]
+            == deployment["spec"]["selector"]["matchLabels"]
+        )
+
+
+def test_scraper_egress_refuses_cluster_and_metadata_ranges(rendered: Rendered) -> None:
+    policies = {p["metadata"]["name"]: p for p in rendered.kind("NetworkPolicy")}
+    for pool, deployment in rendered.pools().items():
+        policy = policies[deployment["metadata"]["name"]]
+        assert (
+            policy["spec"]["podSelector"]["matchLabels"]
+            == deployment["spec"]["selector"]["matchLabels"]
+        )
+        if not pool.startswith("scraper-fetch"):
+            continue
+        internet = [
+            r for r in policy["spec"]["egress"] if any("ipBlock" in p for p in r.get("to", []))
+        ]
+        assert internet, "the scraper needs an internet rule"
+        for rule in internet:
+            for peer in rule["to"]:
+                block = peer["ipBlock"]
+                if ":" in block["cidr"]:
+                    continue
+                excepted = [ipaddress.ip_network(e) for e in block["except"]]
+                for refused in map(ipaddress.ip_network, SCRAPER_REFUSED):
+                    assert any(refused.subnet_of(e) for e in excepted), refused  # type: ignore[arg-type]
+            assert {p["port"] for p in rule["ports"]} <= {80, 443}
+
+
+def test_secrets_only_by_reference(rendered: Rendered) -> None:
+    for config in rendered.kind("ConfigMap"):
+        text = yaml.safe_dump(config["data"])
+        for marker in ("redis://", "amqp://", "password", "TOKEN"):
+            assert marker not in text, (config["metadata"]["name"], marker)
+    for obj in rendered.objects:
+        if obj["kind"] not in ("Deployment", "Pod"):
+            continue
+        for container in _containers(obj):
+            for env in container.get("env", []):
+                if env["name"] in ("TASKLANE_BROKER_URL", "TASKLANE_RESULT_BACKEND",
+                                   "TASKLANE_SCHEDULE_API_TOKEN", "TASKLANE_FLOWER_BASIC_AUTH",
+                                   "CE_BROKER_URL"):  # fmt: skip
+                    assert set(env) == {"name", "valueFrom"}
+                    assert "secretKeyRef" in env["valueFrom"]
+    created = [s for s in rendered.kind("Secret")]
+    assert bool(created) == (rendered.name == "minimal-values")
+
+
+# ----------------------------------------------------------------------------- observability
+
+
+def test_alerts_and_dashboards_come_from_the_repository(chart: Any) -> None:
+    objects = [o for objs in _render("production-redis-values", chart).values() for o in objs]
+    (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
+    source = Path(CHART).parents[1] / "prometheus" / "tasklane-alerts.yaml"
+    assert rule["spec"]["groups"] == yaml.safe_load(source.read_text("utf-8"))["groups"]
+    boards = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and "grafana_dashboard" in o["metadata"]["labels"]
+    ]
+    sources = sorted((Path(CHART).parents[1] / "grafana" / "dashboards").glob("*.json"))
+    assert len(boards) == len(sources)
+    for board in boards:
+        assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+        ((file, text),) = board["data"].items()
+        assert text == (Path(CHART).parents[1] / "grafana" / "dashboards" / file).read_text(
+            "utf-8"
+        ).rstrip("\n")
+    (monitor,) = [o for o in objects if o["kind"] == "PodMonitor"]
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_otel_settings_reach_every_tasklane_container(chart: Any) -> None:
+    objects = [o for objs in _render("production-redis-values", chart).values() for o in objs]
+    for obj in objects:
+        if obj["kind"] != "Deployment" or "celery-exporter" in obj["metadata"]["name"]:
+            continue
+        env = {e["name"]: e.get("value") for e in _containers(obj)[0]["env"]}
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+        assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+        assert env["OTEL_SERVICE_NAME"].startswith("tasklane-")
+
+
+# ----------------------------------------------------------------------------- bad values
+
+
+def _pools(**pools: dict[str, Any]) -> dict[str, Any]:
+    return {"workers": {"pools": pools}}
+
+
+BAD_VALUES = {
+    "beat-replicas": ({"beat": {"replicas": 2}}, "beat.replicas is 2: run exactly one Beat"),
+    "pool-without-queues": (
+        _pools(notifier={"service": "notifier", "queues": []}),
+        "workers.pools.notifier consumes no queues",
+    ),
+    "unknown-queue": (
+        _pools(notifier={"service": "notifier", "queues": ["notifier.email", "notifier.fax"]}),
+        'unknown queue "notifier.fax" for the notifier service; its queues: notifier.email, '
+        "notifier.im",
+    ),
+    "queue-of-another-service": (
+        _pools(
+            notifier={
+                "service": "notifier",
+                "queues": ["notifier.email", "notifier.im", "media.image"],
+            }
+        ),
+        'unknown queue "media.image" for the notifier service',
+    ),  # fmt: skip
+    "short-grace-period": (
+        _pools(**{"media-video": {"service": "media", "terminationGracePeriodSeconds": 600}}),
+        "workers.pools.media-video.terminationGracePeriodSeconds is 600, shorter than 3660 s",
+    ),
+    "grace-period-without-hand-back": (
+        _pools(
+            notifier={
+                "service": "notifier",
+                "shutdownTimeout": 60,
+                "terminationGracePeriodSeconds": 70,
+            }
+        ),
+        "workers.pools.notifier.terminationGracePeriodSeconds is 70, shorter than shutdownTimeout "
+        "60 s + 15 s",
+    ),  # fmt: skip
+    "queue-consumed-by-two-pools": (
+        _pools(**{"im-only": {"service": "notifier", "queues": ["notifier.im"]}}),
+        'queue "notifier.im" is consumed by two pools, im-only and notifier',
+    ),
+    "queue-consumed-by-no-pool": (
+        _pools(notifier={"service": "notifier", "queues": ["notifier.email"]}),
+        'queue "notifier.im" (notifier.im.send) is consumed by no pool',
+    ),
+    "unknown-service": (
+        _pools(billing={"service": "billing"}),
+        'workers.pools.billing.service "billing" is not a service with contracts',
+    ),
+    "keda-without-authentication": (
+        {"broker": {"existingSecret": ""}},
+        "autoscaling.keda.enabled needs broker authentication for KEDA",
+    ),
+    "keda-redis-without-address": (
+        {"autoscaling": {"keda": {"authentication": {"redisAddressKey": ""}}}},
+        "autoscaling.keda.enabled on Redis needs autoscaling.keda.authentication.redisAddressKey",
+    ),
+    "rabbitmq-without-result-backend": (
+        {"broker": {"kind": "rabbitmq", "resultBackendKey": ""}},
+        "broker.kind rabbitmq needs broker.resultBackendKey",
+    ),
+    "flower-without-auth": (
+        {"flower": {"enabled": True}},
+        "flower.enabled needs flower.basicAuth.existingSecret",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_bad_values_are_refused_with_a_clear_message(chart: Any, case: str) -> None:
+    import helm_python
+
+    values, message = BAD_VALUES[case]
+    chart.validate_schema(values)  # the schema lets them through: the message must come from fail
+    with pytest.raises(helm_python.HelmRenderError) as caught:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    assert message in str(caught.value)
