@@ -179,6 +179,9 @@ def test_flower_refuses_missing_and_wrong_credentials(
     # Flower serves probes and Prometheus metrics without auth (documented in observability.md).
     assert flower.get("/healthcheck", auth=None).status_code == 200
     assert flower.get("/metrics", auth=None).status_code == 200
+    # The password is in Flower's environment, not on its command line, which anyone can read.
+    cmdline = Path(f"/proc/{flower.process.process.pid}/cmdline").read_bytes()
+    assert b"celery" in cmdline and PASSWORD.encode() not in cmdline
 
 
 def test_flower_app_knows_every_queue_and_registers_no_task(broker: BrokerEnv) -> None:
@@ -226,8 +229,10 @@ def test_print_shows_the_command_with_passwords_masked(
     result = CliRunner().invoke(cli, ["flower", "--print", "--", "--purge_offline_workers=60"])
     assert result.exit_code == 0, result.output
     assert PASSWORD not in result.output
+    # The credentials go in Flower's own variable, never on the command line (ps shows argv).
     assert shlex.split(result.output) == [
+        "FLOWER_BASIC_AUTH=ops:***,ann:***",
         sys.executable, "-m", "celery", "-A", "tasklane.flowerapp", "flower",
-        "--port=5555", "--address=0.0.0.0", "--basic-auth=ops:***,ann:***",
+        "--port=5555", "--address=0.0.0.0",
         "--url_prefix=ops/flower", "--purge_offline_workers=60",
     ]  # fmt: skip

@@ -599,17 +599,18 @@ def flower(
     ] = False,
 ) -> None:
     """Run Flower on the fleet's broker, behind basic auth (TASKLANE_FLOWER_* settings)."""
-    from tasklane.flower import FlowerSettings, flower_command
+    from tasklane.flower import FlowerSettings, flower_command, flower_environment
     from tasklane.settings import load
 
     settings, flower_settings = load_settings(), load(FlowerSettings)
+    argv = flower_command(settings, flower_settings) + list(extra or [])
     if print_only:
-        argv = flower_command(settings, flower_settings, redact=True) + list(extra or [])
-        typer.echo(shlex.join(argv))
+        masked = flower_environment(flower_settings, redact=True)
+        typer.echo(shlex.join([f"{name}={value}" for name, value in masked.items()] + argv))
         return
     if not _module_exists("flower"):
         raise CliError("Flower is not installed: install the tasklane[flower] extra")
-    argv = flower_command(settings, flower_settings) + list(extra or [])
+    os.environ.update(flower_environment(flower_settings))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvp(argv[0], argv)

@@ -76,24 +76,29 @@ class FlowerSettings(BaseSettings):
         return prefix
 
 
-def flower_command(
-    settings: Settings, flower_settings: FlowerSettings, *, redact: bool = False
-) -> list[str]:
-    """The ``celery flower`` argv for the fleet.
+def flower_environment(flower_settings: FlowerSettings, *, redact: bool = False) -> dict[str, str]:
+    """Variables Flower reads itself (``FLOWER_*``): the credentials.
+
+    Passed in the environment, not as ``--basic-auth``: any local user can read a process's
+    command line (``ps``). ``redact`` masks the passwords, for printing.
+    """
+    credentials = flower_settings.basic_auth.get_secret_value()
+    if redact:
+        credentials = ",".join(f"{c.partition(':')[0]}:***" for c in credentials.split(","))
+    return {"FLOWER_BASIC_AUTH": credentials}
+
+
+def flower_command(settings: Settings, flower_settings: FlowerSettings) -> list[str]:
+    """The ``celery flower`` argv for the fleet (run with :func:`flower_environment`).
 
     Options are ``--name=value``: Flower hands them to Tornado, which drops a separate value.
-    ``redact`` masks the passwords, for printing.
 
     Raises:
         SettingsError: no broker configured.
     """
     settings.require_broker()  # fail here, not in the child's import of tasklane.flowerapp
-    credentials = flower_settings.basic_auth.get_secret_value()
-    if redact:
-        credentials = ",".join(f"{c.partition(':')[0]}:***" for c in credentials.split(","))
     argv = [sys.executable, "-m", "celery", "-A", "tasklane.flowerapp", "flower"]
     argv += [f"--port={flower_settings.port}", f"--address={flower_settings.address}"]
-    argv.append(f"--basic-auth={credentials}")
     if flower_settings.url_prefix:
         argv.append(f"--url_prefix={flower_settings.url_prefix}")
     return argv
