@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +30,8 @@ from opentelemetry.util._once import Once
 from tasklane.contracts import SEND_EMAIL, SEND_IM
 from tasklane.errors import SettingsError
 from tasklane.publish import Publisher
+from tasklane.schedules import IntervalSchedule, ScheduleEntry
+from tasklane.scheduling import Schedules
 from tasklane.sinks import Reply, SmtpSink, WebhookSink
 from tasklane.tracing import (
     check_tracing_settings,
@@ -368,6 +372,40 @@ def test_publish_many_is_one_producer_span_over_every_task(
     runs = _all(spans, "CONSUMER", RUN_IM)
     assert {r.parent_span_id for r in runs} == {publish.span_id}
     assert {r.attributes["messaging.message.id"] for r in runs} == {h.id for h in handles}
+
+
+def test_a_beat_firing_is_the_producer_span_the_worker_run_continues(
+    traced: TracedWorker, receiver: OtlpReceiver, webhook_sink: WebhookSink, tmp_path: Path
+) -> None:
+    broker, name = traced.broker, f"traced-{uuid.uuid4().hex[:6]}"
+    entry = ScheduleEntry(
+        name=name, task=SEND_IM.name, payload=_im(webhook_sink, "from beat"),
+        schedule=IntervalSchedule(every=1),
+    )  # fmt: skip
+    env = {**broker.env(), **_traced_env(receiver), "TASKLANE_BEAT_LOCK_TTL": "2"}
+    command = [str(Path(sys.executable).with_name("tasklane")), "beat"]
+    with Schedules(broker.settings) as schedules:
+        schedules.add(entry)
+        beat = WorkerProcess.from_command(command, env, tmp_path / "beat.log")
+        try:
+
+            def fired(spans: list[ReceivedSpan]) -> bool:
+                return any(s.service == "tasklane-beat" and s.kind == "PRODUCER" for s in spans)
+
+            producer = next(
+                s
+                for s in receiver.wait_for(fired)
+                if s.service == "tasklane-beat" and s.kind == "PRODUCER"
+            )
+            spans = _wait_trace(receiver, producer.trace_id, ("CONSUMER", RUN_IM, 1))
+        finally:
+            schedules.remove(name)
+            beat.stop()
+    assert producer.name == f"{SEND_IM.name} publish"
+    assert producer.parent_span_id is None  # a firing starts its trace
+    run = _all(spans, "CONSUMER", RUN_IM)[0]
+    assert (run.parent_span_id, run.service) == (producer.span_id, "tasklane-notifier")
+    assert _one(spans, "CLIENT", "POST").parent_span_id == run.span_id
 
 
 # Flushing and switching tracing off do not depend on the broker: Redis alone keeps the module fast.

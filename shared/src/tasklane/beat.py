@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import yaml
@@ -53,6 +53,10 @@ from tasklane.schedules import (
 from tasklane.schedulestore import BeatStatus, ScheduleStore, process_name
 from tasklane.scheduling import SCHEDULE_HEADER, SLOT_HEADER
 from tasklane.settings import Settings, load, load_settings
+from tasklane.tracing import start_tracing, stop_tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +131,7 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         client = redis.Redis.from_url(self.settings.require_state())
         self.store = ScheduleStore(client, namespace=self.settings.namespace)
         self._publisher: Publisher | None = None
+        self._tracing: TracerProvider | None = None
         self.process = process_name()
         self.holds_lock = False
         self.problems: dict[str, str] = {}
@@ -175,6 +180,7 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         finally:
             if self._publisher is not None:
                 self._publisher.close()
+            stop_tracing(self._tracing)  # the last firings' spans
 
     @property
     def info(self) -> str:
@@ -184,8 +190,13 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
 
     @property
     def publisher(self) -> Publisher:
-        """Made on first use: `celery beat` also builds a scheduler only to print its banner."""
+        """Made on first use: `celery beat` also builds a scheduler only to print its banner.
+
+        With ``OTEL_*`` set, tracing starts with it: each firing is a PRODUCER span that the
+        worker's run continues (service ``tasklane-beat``).
+        """
         if self._publisher is None:
+            self._tracing = start_tracing("beat")
             self._publisher = Publisher(self.settings)
         return self._publisher
 
