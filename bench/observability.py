@@ -181,16 +181,11 @@ def bench_throughput(
 def group_rss(worker: Worker) -> int:
     """Resident bytes of every process in the worker's process group."""
     total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in worker.group_stats():
         try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            if int(fields[2]) != worker.process.pid:
-                continue
-            total += int((entry / "statm").read_text().split()[1]) * PAGE_SIZE
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
         except (OSError, IndexError, ValueError):
-            continue
+            continue  # exited since
     return total
 
 

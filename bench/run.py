@@ -224,9 +224,9 @@ class Worker:
             start_new_session=True,  # own process group: pool children die with it
         )
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU of every live process in the worker's group (pool children too)."""
-        total = 0
+    def group_stats(self) -> dict[int, list[str]]:
+        """``/proc/<pid>/stat`` fields after the command, of every live process in the group."""
+        found = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -236,8 +236,13 @@ class Worker:
             except OSError:
                 continue
             if int(fields[2]) == self.process.pid:
-                total += int(fields[11]) + int(fields[12])
-        return total / CLOCK_TICKS
+                found[int(entry.name)] = fields
+        return found
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of every live process in the worker's group (pool children too)."""
+        ticks = sum(int(f[11]) + int(f[12]) for f in self.group_stats().values())
+        return ticks / CLOCK_TICKS
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:

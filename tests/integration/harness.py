@@ -112,6 +112,20 @@ class WorkerProcess:
         self._start(command, env, log)
 
     @classmethod
+    def recycling(
+        cls, service: str, env: dict[str, str], log: Path, *, max_tasks_per_child: int
+    ) -> WorkerProcess:
+        """A ``-c 2`` worker whose pool children are replaced after ``max_tasks_per_child``."""
+        command = [
+            str(Path(sys.executable).with_name("tasklane")), "worker", service,
+            "--concurrency", "2", "--loglevel", "INFO",
+            "--", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--max-tasks-per-child", str(max_tasks_per_child),
+            "-n", f"{service}-{uuid.uuid4().hex[:6]}@%h",
+        ]  # fmt: skip
+        return cls.from_command(command, env, log)
+
+    @classmethod
     def from_command(cls, command: list[str], env: dict[str, str], log: Path) -> WorkerProcess:
         """A worker started with an explicit command (test-only services)."""
         worker = cls.__new__(cls)

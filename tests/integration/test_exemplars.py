@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,13 +71,8 @@ def exemplar_worker(broker: BrokerEnv, tmp_path: Path) -> Iterator[tuple[int, Pa
             "PROMETHEUS_MULTIPROC_DIR": str(files),
             "TASKLANE_NOTIFIER_WEBHOOK_ALLOW": "127.0.0.1/32",
         }
-        command = [
-            str(Path(sys.executable).with_name("tasklane")), "worker", "notifier",
-            "--concurrency", "2", "--loglevel", "INFO",
-            "--", "--without-gossip", "--without-mingle", "--without-heartbeat",
-            "--max-tasks-per-child", "2", "-n", f"exemplars-{uuid.uuid4().hex[:6]}@%h",
-        ]  # fmt: skip
-        worker = WorkerProcess.from_command(command, env, tmp_path / "worker.log")
+        log = tmp_path / "worker.log"
+        worker = WorkerProcess.recycling("notifier", env, log, max_tasks_per_child=2)
         try:
             worker.wait_ready()
             yield port, files

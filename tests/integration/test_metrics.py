@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 import time
 import urllib.request
 import uuid
@@ -39,13 +38,9 @@ def metered(
         "PROMETHEUS_MULTIPROC_DIR": str(files),
         "TASKLANE_NOTIFIER_WEBHOOK_ALLOW": "127.0.0.1/32",
     }
-    command = [
-        str(Path(sys.executable).with_name("tasklane")), "worker", "notifier",
-        "--concurrency", "2", "--loglevel", "INFO",
-        "--", "--without-gossip", "--without-mingle", "--without-heartbeat",
-        "--max-tasks-per-child", "4", "-n", f"metered-{uuid.uuid4().hex[:6]}@%h",
-    ]  # fmt: skip
-    worker = WorkerProcess.from_command(command, env, tmp_path / "worker.log")
+    worker = WorkerProcess.recycling(
+        "notifier", env, tmp_path / "worker.log", max_tasks_per_child=4
+    )
     worker.wait_ready()
     yield worker, port, files
     worker.stop()
