@@ -26,6 +26,7 @@ import redis  # type: ignore[import-untyped,unused-ignore]
 
 from tasklane.broker import connect
 from tasklane.contracts import SEND_EMAIL, SEND_IM, TaskContract
+from tasklane.exporter import read_queues
 from tasklane.publish import Publisher
 from tasklane.routing import work_queue
 from tasklane.settings import Settings
@@ -162,6 +163,13 @@ def test_redis_backlog_is_the_sum_of_every_priority_sub_list(chart: Any, redis_u
             # which no list length shows (docs/deploy.md: the grace period covers in-flight work).
             assert value == published - 3 == 32
             assert desired_replicas(spec, value) == math.ceil(32 / TARGET) == 4
+            # tasklane exporter reads the same broker: its waiting messages of the pool's queues
+            # are KEDA's backlog, and it also shows the 3 in flight that KEDA cannot see.
+            pool = {f"{namespace}{SEND_EMAIL.queue}", f"{namespace}{SEND_IM.queue}"}
+            stats = [q for q in read_queues(settings) if q.name in pool]
+            assert {q.kind for q in stats} == {"work"} and len(stats) == 2
+            assert sum(q.messages for q in stats) == value
+            assert sum(q.unacked or 0 for q in stats) == 3
         assert evaluate(
             spec["advanced"]["scalingModifiers"]["formula"],
             {t["name"]: float(client.llen(t["metadata"]["listName"])) for t in spec["triggers"]},
@@ -253,6 +261,9 @@ def test_rabbitmq_backlog_counts_unacknowledged_messages(chart: Any) -> None:
             channel = connection.channel()
             ready = sum(channel.queue_declare(q, passive=True).message_count for q in queues)
             assert ready == published - 3
+            # tasklane exporter reads ready messages and consumers (AMQP has no unacked count).
+            stats = [q for q in read_queues(settings) if q.name in queues]
+            assert len(stats) == 2 and sum(q.messages for q in stats) == ready
     finally:
         with connect(settings) as connection:
             channel = connection.channel()
