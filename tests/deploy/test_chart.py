@@ -230,6 +230,21 @@ def test_probes_use_livez_and_readyz_on_the_metrics_port(rendered: Rendered) -> 
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
 
+def test_task_events_are_on_only_when_asked_for_or_celery_exporter_runs(
+    rendered: Rendered,
+) -> None:
+    # Off by default (Flower enables them at run time); celery-exporter counts task events.
+    wanted = (
+        rendered.merged["tasklane"]["taskEvents"] or rendered.merged["celeryExporter"]["enabled"]
+    )
+    for deployment in rendered.pools().values():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["TASKLANE_TASK_EVENTS"] == str(wanted).lower()
+    if rendered.name == "default":
+        assert wanted is False
+
+
 def test_a_pool_is_a_values_entry(chart: Any) -> None:
     from tests.deploy.conftest import render
 

@@ -124,7 +124,7 @@ def test_flower_shows_the_online_worker_and_its_finished_task(
     heartbeat_worker: tuple[str, WorkerProcess],
     start_flower: Callable[[dict[str, str]], Flower],
 ) -> None:
-    name, _ = heartbeat_worker
+    name, worker_process = heartbeat_worker
     flower = start_flower(broker.env())
 
     def listed() -> dict[str, Any] | None:
@@ -144,6 +144,13 @@ def test_flower_shows_the_online_worker_and_its_finished_task(
         return row if row and row["status"] and len(row["heartbeats"]) >= 2 else None
 
     poll(online, f"{name} online from its heartbeats")
+
+    # The worker starts without task events (TASKLANE_TASK_EVENTS defaults to false): Flower turns
+    # them on by remote control, every few seconds, for the workers it sees.
+    def events_enabled() -> bool | None:
+        return "enabled by remote" in worker_process.output() or None
+
+    poll(events_enabled, f"{name}: task events enabled by Flower")
 
     with Publisher(broker.settings) as publisher:
         handle = publisher.publish(

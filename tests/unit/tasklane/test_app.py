@@ -20,7 +20,10 @@ def test_factory_sets_the_production_defaults() -> None:
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 2
     assert conf.broker_connection_retry_on_startup
-    assert conf.worker_send_task_events and conf.task_send_sent_event
+    # Task events are off unless asked for (Flower enables them at run time by remote control).
+    assert not conf.worker_send_task_events and not conf.task_send_sent_event
+    events = create_app("notifier", settings=Settings(broker_url=REDIS, task_events=True)).conf
+    assert events.worker_send_task_events and events.task_send_sent_event
     assert conf.result_expires == 86_400
     assert conf.timezone == "UTC" and conf.enable_utc
     assert [q.name for q in conf.task_queues] == ["notifier.email", "notifier.im"]

@@ -208,6 +208,8 @@ Args: root, otelService (OTEL_SERVICE_NAME), metrics (bool).
   value: {{ $root.Values.tasklane.logFormat | quote }}
 - name: TASKLANE_TIMEZONE
   value: {{ $root.Values.tasklane.timezone | quote }}
+- name: TASKLANE_TASK_EVENTS
+  value: {{ or $root.Values.tasklane.taskEvents $root.Values.celeryExporter.enabled | quote }}
 {{- if .metrics }}
 - name: TASKLANE_METRICS_PORT
   value: {{ $root.Values.tasklane.metricsPort | quote }}
