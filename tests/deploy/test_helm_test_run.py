@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import render
+from tests.deploy.conftest import Rendered, render
 from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup
 
 pytestmark = pytest.mark.integration
@@ -55,24 +55,14 @@ def broker(redis_url: str) -> Iterator[BrokerEnv]:
 def test_every_pool_answers_the_helm_test_pings(
     chart: Any, broker: BrokerEnv, tmp_path: Path
 ) -> None:
-    defaults = render(chart, {})
-    pools = [
-        obj["metadata"]["labels"]["tasklane.io/pool"]
-        for objects in defaults.values()
-        for obj in objects
-        if obj["kind"] == "Deployment" and "tasklane.io/pool" in obj["metadata"]["labels"]
-    ]
+    pools = list(Rendered("default", {}, {}, render(chart, {})).pools())
     values = {
         "tasklane": {"namespace": broker.namespace},
         "workers": {"pools": {name: {"concurrency": 1} for name in pools}},
     }
-    objects = [obj for objs in render(chart, values).values() for obj in objs]
-    deployments = [
-        obj
-        for obj in objects
-        if obj["kind"] == "Deployment" and "tasklane.io/pool" in obj["metadata"]["labels"]
-    ]
-    (test_pod,) = [obj for obj in objects if obj["kind"] == "Pod"]
+    rendered = Rendered("local", values, {}, render(chart, values))
+    deployments = list(rendered.pools().values())
+    (test_pod,) = rendered.kind("Pod")
     assert len(deployments) == len(pools) == 5
 
     workers: list[WorkerProcess] = []

@@ -10,16 +10,28 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.util._once import Once
 
 from tasklane.sinks import HttpRecorder
 
 PROTOBUF = "application/x-protobuf"
+
+
+def forget_global_provider() -> None:
+    """Undo a test's ``start_tracing``, so later tests get the no-op API again.
+
+    OTel sets the global provider once per process and offers no public reset; this is what
+    opentelemetry-test-utils' ``reset_trace_globals`` does.
+    """
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, format_trace_id
-from opentelemetry.util._once import Once
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -31,7 +30,7 @@ from tasklane.publish import Publisher
 from tasklane.sinks import Reply, WebhookSink, free_port
 from tasklane.tracing import start_tracing, stop_tracing
 from tests.integration.harness import BrokerEnv, WorkerProcess
-from tests.integration.otlp import OtlpReceiver
+from tests.integration.otlp import OtlpReceiver, forget_global_provider
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("broker", ["redis"], indirect=True)]
 
@@ -39,12 +38,6 @@ PROMETHEUS = Path("/usr/bin/prometheus")
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
 RUNTIME = "tasklane_task_runtime_seconds"
 WAIT = "tasklane_task_queue_wait_seconds"
-
-
-def _forget_global_provider() -> None:
-    # OTel sets the global provider once per process; this is opentelemetry-test-utils' reset.
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
 
 
 @pytest.fixture
@@ -56,7 +49,7 @@ def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[TracerProvider]:
         assert provider is not None
         yield provider
         stop_tracing(provider)
-        _forget_global_provider()
+        forget_global_provider()
 
 
 @pytest.fixture

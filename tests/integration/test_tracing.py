@@ -25,7 +25,6 @@ from kombu.messaging import Producer
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, format_trace_id
-from opentelemetry.util._once import Once
 
 from tasklane.contracts import SEND_EMAIL, SEND_IM
 from tasklane.errors import SettingsError
@@ -47,7 +46,7 @@ from tests.integration.harness import (
     cleanup,
     rabbitmq_reachable,
 )
-from tests.integration.otlp import OtlpReceiver, ReceivedSpan
+from tests.integration.otlp import OtlpReceiver, ReceivedSpan, forget_global_provider
 
 pytestmark = pytest.mark.integration
 
@@ -127,13 +126,6 @@ def traced(
             cleanup(broker)
 
 
-def _forget_global_provider() -> None:
-    # OTel sets the global provider once per process and offers no public reset; this is what
-    # opentelemetry-test-utils' reset_trace_globals does, so later tests get the no-op API again.
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
-
-
 @pytest.fixture
 def upstream(receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch) -> Iterator[TracerProvider]:
     """This process traced as the upstream service ``tasklane-upstream``, undone afterwards."""
@@ -143,7 +135,7 @@ def upstream(receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch) -> Iterato
     assert provider is not None
     yield provider
     stop_tracing(provider)
-    _forget_global_provider()
+    forget_global_provider()
 
 
 def _im(sink: WebhookSink, text: str = "traced") -> dict[str, Any]:

@@ -59,7 +59,8 @@ class ExemplarRecorder:
     """This process's latest exemplar per bucket, written to its file in ``directory``."""
 
     def __init__(self, directory: Path, pid: int | None = None) -> None:
-        self.path = directory / f"{FILE_PREFIX}{pid or os.getpid()}.json"
+        self.pid = pid or os.getpid()
+        self.path = directory / f"{FILE_PREFIX}{self.pid}.json"
         self._latest: dict[Key, TraceExemplar] = {}
         self._written_at = 0.0
         self._dirty = False

@@ -36,7 +36,7 @@ from prometheus_client.samples import Sample
 
 from tasklane.broker import redis_queue_keys, transport_options
 from tasklane.contracts import REGISTRY, ContractRegistry
-from tasklane.inspect import NOT_FOUND, QueueKind, queue_names
+from tasklane.inspect import QueueKind, passive_declares, queue_names
 from tasklane.protocol import PUBLISHED_AT
 from tasklane.settings import Settings, load_settings
 
@@ -157,22 +157,11 @@ def _amqp_stats(
     connection: Connection, queues: Sequence[tuple[str, QueueKind]]
 ) -> list[QueueStats]:
     """Depth and consumers of each queue by passive declares, which never create a queue."""
-    stats: list[QueueStats] = []
-    channel: Any = connection.channel()
-    try:
-        for name, kind in queues:
-            try:
-                _, messages, consumers = channel.queue_declare(queue=name, passive=True)
-            except connection.channel_errors as exc:
-                if getattr(exc, "reply_code", getattr(exc, "code", None)) != NOT_FOUND:
-                    raise
-                # The broker closes a channel on any channel error; the next queue needs a new one.
-                channel = connection.channel()
-                messages = consumers = 0
-            stats.append(QueueStats(name, kind, int(messages), consumers=int(consumers)))
-    finally:
-        channel.close()
-    return stats
+    found = passive_declares(connection, [name for name, _ in queues])
+    return [
+        QueueStats(name, kind, messages, consumers=consumers)
+        for (name, kind), (messages, consumers) in zip(queues, found, strict=True)
+    ]
 
 
 def read_queues(settings: Settings, contracts: ContractRegistry = REGISTRY) -> list[QueueStats]:

@@ -53,31 +53,34 @@ def _is_not_found(exc: BaseException) -> bool:
     return getattr(exc, "reply_code", getattr(exc, "code", None)) == NOT_FOUND
 
 
-def _amqp_depths(connection: Connection, names: list[str]) -> list[int]:
-    depths: list[int] = []
+def passive_declares(connection: Connection, names: list[str]) -> list[tuple[int, int]]:
+    """Messages waiting and consumers of each named AMQP queue; a missing queue counts as (0, 0).
+
+    Passive declares: inspecting must never create a queue (with the wrong arguments).
+    """
+    found: list[tuple[int, int]] = []
     channel: Any = connection.channel()
     try:
         for name in names:
             try:
-                # Passive: inspecting must never create a queue (with the wrong arguments).
-                _, count, _ = channel.queue_declare(queue=name, passive=True)
+                _, count, consumers = channel.queue_declare(queue=name, passive=True)
             except connection.channel_errors as exc:
                 if not _is_not_found(exc):
                     raise
                 # The broker closes a channel on any channel error; the next queue needs a new one.
                 channel = connection.channel()
-                count = 0
-            depths.append(int(count))
+                count = consumers = 0
+            found.append((int(count), int(consumers)))
     finally:
         channel.close()
-    return depths
+    return found
 
 
 def depths(connection: Connection, names: list[str]) -> list[int]:
     """Messages waiting in each named queue; a queue that does not exist counts as empty."""
     if connection.transport.driver_type == "redis":
         return _redis_depths(connection, names)
-    return _amqp_depths(connection, names)
+    return [messages for messages, _ in passive_declares(connection, names)]
 
 
 def queue_depths(settings: Settings, registry: ContractRegistry) -> list[QueueDepth]:

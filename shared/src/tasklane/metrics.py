@@ -206,7 +206,7 @@ class _Recorder:
         directory = os.environ.get(MULTIPROC_ENV)
         if not self.exemplars or not directory:
             return None
-        if self._recorder is None or self._recorder.path.name != f"exemplars_{os.getpid()}.json":
+        if self._recorder is None or self._recorder.pid != os.getpid():
             self._recorder = ExemplarRecorder(Path(directory))
         return self._recorder
 
