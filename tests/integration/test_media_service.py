@@ -247,7 +247,9 @@ def test_video_over_the_duration_limit_is_refused(media: Media, tmp_path: Path) 
 def test_transcode_stopped_by_its_soft_time_limit_leaves_no_files(
     media: Media, tmp_path: Path
 ) -> None:
-    path = make_video(tmp_path / "slow.mp4", seconds=4, width=1280, height=720)
+    # 225 frames of 720p: a few seconds of encoding, far beyond the 0.2 s limit even on a fast
+    # machine, so the limit, not the end of the file, stops the encoder.
+    path = make_video(tmp_path / "slow.mp4", seconds=4.5, width=1280, height=720, fps=50)
     source = media.put("slow.mp4", path.read_bytes(), "video/mp4")
     task_id = str(uuid.uuid4())
     message = task_message("media.video.transcode", task_id, {"source": source, "height": 720})
