@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 import urllib.request
 import uuid
@@ -16,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
 from tasklane.publish import Publisher
-from tasklane.sinks import WebhookSink, free_port
+from tasklane.sinks import Reply, WebhookSink, free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
 
 pytestmark = pytest.mark.integration
@@ -125,3 +127,51 @@ def test_counts_are_exact_across_recycled_pool_children_and_labels_stay_bounded(
         assert names <= ALLOWED_LABELS, names
         for _, value in sample_labels:
             assert "://" not in value and not re.search(r"[0-9a-f]{8}-[0-9a-f]{4}-", value)
+
+
+def wait_for_total(
+    port: int, name: str, expected: float, timeout: float = 30, **labels: str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while total(scrape(port), name, **labels) != expected:
+        assert time.monotonic() < deadline, f"{name}{labels} never reached {expected}"
+        time.sleep(0.2)
+
+
+def test_a_pool_child_killed_mid_task_leaves_no_task_in_flight(
+    broker: BrokerEnv, metered: tuple[WorkerProcess, int, Path], webhook_sink: WebhookSink
+) -> None:
+    worker, port, _ = metered
+    webhook_sink.script(Reply(delay=20))  # holds the first delivery while its child is killed
+    payload = {"channel": "webhook", "url": f"{webhook_sink.url}/hook", "text": "in flight"}
+    with Publisher(broker.settings) as publisher:
+        handle = publisher.publish(TASK, payload)
+        webhook_sink.wait_for(1)
+        wait_for_total(port, "tasklane_tasks_in_flight", 1, task=TASK)
+        # As the kernel's OOM killer would: no exit handler runs in the child.
+        for pid in worker.children():
+            os.kill(pid, signal.SIGKILL)
+        handle.get(timeout=60)  # redelivered (acks_late, reject on worker lost) and delivered
+    wait_for_total(port, "tasklane_tasks_succeeded_total", 1, task=TASK)
+    samples = scrape(port)
+    assert total(samples, "tasklane_tasks_in_flight") == 0
+    # The killed child's counters are kept: both attempts started.
+    assert total(samples, "tasklane_tasks_started_total", task=TASK) == 2
+    assert worker.process.poll() is None
+
+
+def test_a_retry_is_counted_once_and_the_task_once_as_succeeded(
+    broker: BrokerEnv, metered: tuple[WorkerProcess, int, Path], webhook_sink: WebhookSink
+) -> None:
+    _, port, _ = metered
+    webhook_sink.script(Reply(status=503))
+    payload = {"channel": "webhook", "url": f"{webhook_sink.url}/hook", "text": "once more"}
+    with Publisher(broker.settings) as publisher:
+        publisher.publish(TASK, payload).get(timeout=60)
+    wait_for_total(port, "tasklane_tasks_succeeded_total", 1, task=TASK)
+    samples = scrape(port)
+    assert total(samples, "tasklane_tasks_retried_total", task=TASK) == 1
+    assert total(samples, "tasklane_tasks_failed_total", task=TASK) == 0
+    assert total(samples, "tasklane_tasks_started_total", task=TASK) == 2
+    assert total(samples, "tasklane_notifier_deliveries_total", outcome="delivered") == 1
+    assert total(samples, "tasklane_tasks_in_flight") == 0

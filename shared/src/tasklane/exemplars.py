@@ -108,7 +108,8 @@ def _read(path: Path) -> dict[Key, TraceExemplar]:
     return found
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (any user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -146,7 +147,7 @@ class ExemplarCollector(Collector):
                 found = _read(path)
                 _newest(merged, found)
                 pid = path.stem.removeprefix(FILE_PREFIX)
-                if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                     _newest(self._retired, found)
                     path.unlink(missing_ok=True)
             return merged

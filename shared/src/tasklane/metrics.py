@@ -3,7 +3,8 @@
 Every worker process of a service (the main process and its pool children) records into
 prometheus-client's multiprocess files under ``PROMETHEUS_MULTIPROC_DIR``; the main process
 serves ``/metrics`` on ``TASKLANE_METRICS_PORT`` and aggregates them, so counts stay exact when
-pool children are recycled (``--max-tasks-per-child``) and the gauges of dead children drop out.
+pool children are recycled (``--max-tasks-per-child``) and the gauges of dead children drop out
+(killed ones included: see :class:`LiveGaugeSweep`).
 ``tasklane worker`` makes that directory when metrics are on and none is given.
 
 Labels are bounded: task names and queues come from the contracts, reasons from a fixed set; no
@@ -16,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,9 +34,11 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from tasklane.contracts import REGISTRY
-from tasklane.exemplars import ExemplarCollector, ExemplarRecorder, clear
+from tasklane.exemplars import ExemplarCollector, ExemplarRecorder, clear, pid_alive
 from tasklane.health import HealthStep, WorkerHealth
 from tasklane.protocol import PUBLISHED_AT
 from tasklane.routing import queue_name
@@ -175,7 +178,7 @@ class _Recorder:
             for child in path.glob("*.db"):
                 child.unlink(missing_ok=True)
             clear(path)
-            registry.register(ExemplarCollector(multiprocess.MultiProcessCollector(None), path))
+            registry.register(ExemplarCollector(LiveGaugeSweep(path), path))
         serve_endpoints(self.port, registry, self.health)
         self._zero_series()
         task_metrics().worker_up.labels(self.service).set(1)
@@ -264,6 +267,26 @@ class _Recorder:
             self._recorder.write()
         if os.environ.get(MULTIPROC_ENV):
             multiprocess.mark_process_dead(pid or os.getpid())
+
+
+class LiveGaugeSweep(Collector):
+    """The multiprocess collector, after dropping the live gauges of processes that are gone.
+
+    A pool child killed by SIGKILL (hard time limit, OOM killer) never runs its exit handler, so
+    its ``livesum``/``livemax`` files would keep its in-flight tasks counted until the worker
+    restarts. Its counter and histogram files stay: their totals are part of the worker's.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.inner = multiprocess.MultiProcessCollector(None, path=str(directory))
+
+    def collect(self) -> Iterable[Metric]:
+        for path in self.directory.glob("gauge_live*_*.db"):
+            pid = path.stem.rsplit("_", 1)[-1]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                multiprocess.mark_process_dead(int(pid), str(self.directory))
+        return self.inner.collect()
 
 
 def _sampled_parent(traceparent: Any) -> tuple[str, str] | None:
