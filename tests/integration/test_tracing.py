@@ -238,6 +238,32 @@ def test_webhook_trace_runs_upstream_publish_task_http(
     assert "tracing on in process" in traced.worker.output()
 
 
+def test_task_log_lines_carry_the_trace_and_span_of_the_run(
+    traced: TracedWorker,
+    receiver: OtlpReceiver,
+    upstream: TracerProvider,
+    webhook_sink: WebhookSink,
+) -> None:
+    with Publisher(traced.broker.settings) as publisher:
+        tracer = trace.get_tracer("tests.upstream")
+        with tracer.start_as_current_span("upstream request", kind=SpanKind.SERVER) as root:
+            handle = publisher.publish(SEND_IM, _im(webhook_sink, "logged with its trace"))
+        handle.get(timeout=20)
+    upstream.force_flush()
+    trace_id = format_trace_id(root.get_span_context().trace_id)
+    run = _one(_wait_trace(receiver, trace_id, ("CONSUMER", RUN_IM, 1)), "CONSUMER", RUN_IM)
+    # The worker writes JSON lines (its output is no terminal); the one saying the task
+    # succeeded was written inside the task's own span.
+    lines = [json.loads(line) for line in traced.worker.output().splitlines() if line[:1] == "{"]
+    (done,) = [
+        line
+        for line in lines
+        if line.get("task_id") == handle.id and "succeeded" in line["message"]
+    ]
+    assert (done["trace_id"], done["span_id"]) == (trace_id, run.span_id)
+    assert (done["task_name"], done["attempt"]) == (SEND_IM.name, 1)
+
+
 def test_email_trace_has_an_smtp_client_span_under_the_task(
     traced: TracedWorker, receiver: OtlpReceiver, upstream: TracerProvider
 ) -> None:
