@@ -240,6 +240,6 @@ def test_print_shows_the_command_with_passwords_masked(
     assert shlex.split(result.output) == [
         "FLOWER_BASIC_AUTH=ops:***,ann:***",
         sys.executable, "-m", "celery", "-A", "tasklane.flowerapp", "flower",
-        "--port=5555", "--address=0.0.0.0",
+        "--port=5555", "--address=0.0.0.0", "--enable_events=True",
         "--url_prefix=ops/flower", "--purge_offline_workers=60",
     ]  # fmt: skip

@@ -1,8 +1,9 @@
 """Flower, the seed's Celery monitor, run against the fleet by ``tasklane flower``.
 
 Flower shows workers (through remote-control ``inspect``, online status from heartbeats), tasks
-with their arguments, results and timings (from task events, on by default through
-``TASKLANE_TASK_EVENTS``) and the queues on the broker. It also revokes tasks and shuts workers
+with their arguments, results and timings (from task events: workers start without them, for
+throughput, and Flower turns them on by remote control in every worker it sees) and the queues on
+the broker. It also revokes tasks and shuts workers
 down, so it is never served without basic auth.
 """
 
@@ -99,6 +100,8 @@ def flower_command(settings: Settings, flower_settings: FlowerSettings) -> list[
     settings.require_broker()  # fail here, not in the child's import of tasklane.flowerapp
     argv = [sys.executable, "-m", "celery", "-A", "tasklane.flowerapp", "flower"]
     argv += [f"--port={flower_settings.port}", f"--address={flower_settings.address}"]
+    # Flower's default today; said here because the task list depends on it.
+    argv.append("--enable_events=True")
     if flower_settings.url_prefix:
         argv.append(f"--url_prefix={flower_settings.url_prefix}")
     return argv
