@@ -164,6 +164,7 @@ _CONSTRAINTS: dict[str, Schema] = {
     "targetCPUUtilizationPercentage": {"minimum": 1, "maximum": 100},
     "protocol": {"enum": ["http", "amqp"]},
     "lockTTL": {"minimum": 1, "maximum": 300},
+    "healthMaxAge": {"minimum": 1},
     "timeout": {"minimum": 1},
     "databaseIndex": {"minimum": 0},
     "cpu": _QUANTITY,

@@ -16,6 +16,10 @@ validation of payloads against contracts; it fires through ``send_task`` (not th
 that declares queues with their dead-letter arguments and orders Redis priorities); and its
 lock alone decides who fires, so a Beat whose lock expired during a pause can fire a slot the
 new holder fires too. Here every slot is claimed in Redis before it is published.
+
+With ``TASKLANE_METRICS_PORT`` set, Beat serves ``/metrics``, ``/livez`` and ``/readyz`` there,
+answered from memory (:class:`tasklane.health.BeatHealth`). A tick that cannot reach Redis logs
+the outage once, counts as not ready and the loop goes on ticking, so Beat resumes by itself.
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ import redis
 import yaml
 from celery import Celery
 from celery.beat import Scheduler
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasklane.errors import TasklaneError
+from tasklane.health import BeatHealth
+from tasklane.metrics import serve_endpoints
 from tasklane.publish import Publisher
 from tasklane.schedules import (
     ENTRY_NAME_PATTERN,
@@ -77,6 +83,11 @@ class BeatSettings(BaseSettings):
     )
     max_interval: float = Field(
         default=1.0, gt=0, le=60, description="Longest sleep between two ticks (seconds)."
+    )
+    liveness_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a tick may be overdue before /livez answers 503.",
     )
 
 
@@ -141,6 +152,8 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         self._code_synced = False
         self._source_problems: dict[str, str] = {}
         self.metrics: BeatMetrics | None = None
+        self.health = BeatHealth(live_timeout=self.beat_settings.liveness_timeout)
+        self._unreachable: str | None = None
         kwargs["max_interval"] = self.beat_settings.max_interval
         super().__init__(app, *args, **kwargs)
 
@@ -156,18 +169,19 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
             # Here, not in __init__: `celery beat` also builds a scheduler just for its banner.
             # The default registry also holds what the publisher counts (tasks published).
             self.metrics = BeatMetrics.create(REGISTRY)
-            start_http_server(self.settings.metrics_port, registry=REGISTRY)
-        held = self.store.hold_lock(self.process, self.beat_settings.lock_ttl)
-        if held != self.holds_lock:
-            logger.warning("beat %s %s the lock", self.process, "holds" if held else "lost")
-        self.holds_lock = held
+            serve_endpoints(self.settings.metrics_port, REGISTRY, self.health)
         sleep = self._poll_interval()
-        if held:
-            self._sync_sources()
-            self._reload()
-            sleep = min(sleep, self._fire_due(now))
-        self._report(now)
-        return max(0.05, sleep)
+        try:
+            sleep = self._tick_in_redis(now)
+        except redis.RedisError as exc:
+            # Raised out of tick, it would end `celery beat`: tick on and retry instead.
+            self._lost_redis(exc)
+        else:
+            self._reached_redis()
+        self._report_metrics(now)
+        sleep = max(0.05, sleep)
+        self.health.ticked(sleep, reached=self._unreachable is None, why=self._role())
+        return sleep
 
     def sync(self) -> None:
         """Nothing to sync: every change is written to Redis as it happens."""
@@ -177,6 +191,9 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         try:
             if self.holds_lock:
                 self.store.release_lock(self.process)
+        except redis.RedisError:
+            # Redis went away since the last tick: the lock's TTL lets a standby take over.
+            logger.warning("beat %s: could not release the lock", self.process)
         finally:
             if self._publisher is not None:
                 self._publisher.close()
@@ -199,6 +216,47 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
             self._tracing = start_tracing("beat")
             self._publisher = Publisher(self.settings)
         return self._publisher
+
+    # -------------------------------------------------------------- one tick
+
+    def _tick_in_redis(self, now: datetime) -> float:
+        """Every Redis step of a tick; seconds until the next (raises ``RedisError``)."""
+        held = self.store.hold_lock(self.process, self.beat_settings.lock_ttl)
+        self._set_holds_lock(held)
+        sleep = self._poll_interval()
+        if held:
+            self._sync_sources()
+            self._reload()
+            sleep = min(sleep, self._fire_due(now))
+        self._report(now)
+        return sleep
+
+    def _set_holds_lock(self, held: bool) -> None:
+        if held != self.holds_lock:
+            logger.warning("beat %s %s the lock", self.process, "holds" if held else "lost")
+        self.holds_lock = held
+
+    def _lost_redis(self, exc: redis.RedisError) -> None:
+        # Whether the lock is still ours is unknown: claim nothing until Redis answers again.
+        self._set_holds_lock(False)
+        problem = f"{type(exc).__name__}: {_one_line(exc)}"
+        if self._unreachable is None:
+            logger.error(
+                "beat %s: Redis unreachable, retrying each tick: %s", self.process, problem
+            )
+        self._unreachable = problem
+
+    def _reached_redis(self) -> None:
+        if self._unreachable is not None:
+            logger.warning("beat %s: Redis reachable again", self.process)
+        self._unreachable = None
+
+    def _role(self) -> str:
+        if self._unreachable is not None:
+            return f"Redis unreachable: {self._unreachable}"
+        if self.holds_lock:
+            return "active: holds the lock"
+        return "standby: connected, another Beat holds the lock"
 
     # -------------------------------------------------------------- firing
 
@@ -302,11 +360,13 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         # Renew the lock several times per TTL, so one slow tick does not lose it.
         return min(self.beat_settings.max_interval, self.beat_settings.lock_ttl / 4)
 
-    def _report(self, now: datetime) -> None:
+    def _report_metrics(self, now: datetime) -> None:
         if self.metrics is not None:
             self.metrics.last_tick.set(now.timestamp())
             self.metrics.schedules.set(len(self._entries))
             self.metrics.lock_held.set(1 if self.holds_lock else 0)
+
+    def _report(self, now: datetime) -> None:
         status = BeatStatus(
             process=self.process,
             last_tick=now,
@@ -314,10 +374,7 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
             holds_lock=self.holds_lock,
             problems={**self._source_problems, **self.problems},
         )
-        try:
-            self.store.report(status, ttl=max(30.0, 3 * self.beat_settings.lock_ttl))
-        except redis.RedisError:
-            logger.warning("beat: could not report status", exc_info=True)
+        self.store.report(status, ttl=max(30.0, 3 * self.beat_settings.lock_ttl))
 
 
 def entries_from_file(path: Path) -> tuple[list[ScheduleEntry], dict[str, str]]:

@@ -560,7 +560,7 @@ def beat_health(
         float, typer.Option("--max-age", min=1.0, help="Seconds since the last tick allowed.")
     ] = 30.0,
 ) -> None:
-    """Exit 0 if a Beat process on this host ticked within --max-age (a liveness probe)."""
+    """Exit 0 if a Beat process on this host ticked within --max-age (Kubernetes probes /livez)."""
     host = socket.gethostname()
     with Schedules() as schedules:
         mine = [s for s in schedules.beats() if s.process.split(":")[0] == host]

@@ -1,4 +1,6 @@
-"""Liveness and readiness of a worker, answered from memory (no broker round trip per probe).
+"""Liveness and readiness of workers and Beat, answered from memory (no round trip per probe).
+
+Worker (:class:`WorkerHealth`):
 
 * **Live**: the worker's main loop (the consumer's event loop, where messages are received and
   acknowledged) ran a timer recently. A hung main loop stops the timer; the probe, served from its
@@ -7,7 +9,16 @@
   consuming; when the connection is lost, Celery stops the consumer's steps until it reconnects,
   and readiness follows.
 
-Both are served beside ``/metrics`` on ``TASKLANE_METRICS_PORT``: ``/livez`` and ``/readyz``.
+Beat (:class:`BeatHealth`):
+
+* **Live**: the tick loop is on time: the next tick is not overdue by more than the timeout.
+  A tick that cannot reach Redis still ends, so Beat stays live through an outage.
+* **Ready**: the last tick reached Redis (the lock and the schedule store), so this Beat fires
+  when it holds the lock. A standby that is connected is ready too: readiness only gates
+  Services and rollouts, and a standby is as fit to take over as the active one is to fire.
+
+Both are served beside ``/metrics`` on ``TASKLANE_METRICS_PORT``: ``/livez`` and ``/readyz``
+(:func:`tasklane.metrics.serve_endpoints`, which takes any :class:`Probes`).
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from celery import bootsteps
 
@@ -23,6 +34,14 @@ from celery import bootsteps
 LOOP_BEAT = 1.0
 #: Seconds without a beat after which the worker counts as hung.
 LIVENESS_TIMEOUT = 30.0
+
+
+class Probes(Protocol):
+    """What ``/livez`` and ``/readyz`` ask: each answers whether, and a one-line why."""
+
+    def live(self) -> tuple[bool, str]: ...
+
+    def ready(self) -> tuple[bool, str]: ...
 
 
 @dataclass
@@ -94,3 +113,40 @@ class HealthStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+@dataclass
+class BeatHealth:
+    """What Beat's probes read; written by its tick loop, read by the probe thread."""
+
+    live_timeout: float = LIVENESS_TIMEOUT
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: When the next tick should start (monotonic): the end of the last tick plus its sleep.
+    _due: float = field(default_factory=time.monotonic)
+    _ready: bool = False
+    _why: str = "starting"
+
+    def ticked(self, next_in: float, *, reached: bool, why: str) -> None:
+        """A tick ended: the next is due in ``next_in`` seconds; whether it reached Redis."""
+        with self._lock:
+            self._due = time.monotonic() + next_in
+            self._ready = reached
+            self._why = why
+
+    def live(self) -> tuple[bool, str]:
+        """Whether the next tick is overdue by no more than the timeout, and why.
+
+        Measured from when the tick is due rather than from the last one, so a long sleep
+        between ticks (``TASKLANE_BEAT_MAX_INTERVAL``) never reads as a stall.
+        """
+        with self._lock:
+            late = time.monotonic() - self._due
+        if late <= 0:
+            return True, f"tick loop on time, next tick in {-late:.1f}s"
+        ok = late <= self.live_timeout
+        return ok, f"tick loop {'running' if ok else 'stalled'}, next tick {late:.1f}s overdue"
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether the last tick reached Redis, and this Beat's role."""
+        with self._lock:
+            return self._ready, self._why

@@ -39,7 +39,7 @@ from prometheus_client.registry import Collector
 
 from tasklane.contracts import REGISTRY
 from tasklane.exemplars import ExemplarCollector, ExemplarRecorder, clear, pid_alive
-from tasklane.health import HealthStep, WorkerHealth
+from tasklane.health import HealthStep, Probes, WorkerHealth
 from tasklane.protocol import PUBLISHED_AT
 from tasklane.routing import queue_name
 from tasklane.tracing import tracing_enabled
@@ -337,8 +337,11 @@ def install_metrics(app: Celery, service: str, port: int, live_timeout: float) -
     signals.worker_process_shutdown.connect(recorder.child_exit, weak=False)
 
 
-def serve_endpoints(port: int, registry: CollectorRegistry, health: WorkerHealth) -> None:
-    """Serve ``/metrics``, ``/livez`` and ``/readyz`` from a thread of this process."""
+def serve_endpoints(port: int, registry: CollectorRegistry, health: Probes) -> None:
+    """Serve ``/metrics``, ``/livez`` and ``/readyz`` from a thread of this process.
+
+    ``health`` answers the probes from memory (a worker's or Beat's), never from the broker.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -361,7 +364,7 @@ def serve_endpoints(port: int, registry: CollectorRegistry, health: WorkerHealth
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
-            pass  # probes every few seconds would flood the worker's log
+            pass  # probes every few seconds would flood the process's log
 
     server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
     server.daemon_threads = True
