@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,26 @@ import yaml
 
 from tasklane.broker import redis_queue_keys
 from tasklane.contracts import REGISTRY
-from tests.deploy.conftest import CHART, NAMESPACE, RELEASE, VALUES_NAMES, Rendered, values_of
+from tests.deploy.conftest import (
+    CHART,
+    NAMESPACE,
+    RELEASE,
+    VALUES_NAMES,
+    Rendered,
+    render,
+    values_of,
+)
+from tests.deploy.validate import (
+    KUBERNETES_VERSIONS,
+    closed,
+    crd_validator,
+    is_custom,
+    kubernetes_validator,
+    validate_object,
+)
 
-CRDS = Path(__file__).parent / "crds"
-KUBERNETES_VERSIONS = ["1.29", kubernetes_validate.utils.latest_version().rsplit(".", 1)[0]]
-CUSTOM_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
+#: The values file with the most objects: monitoring, Flower, celery-exporter, OTel.
+PROD = "production-redis-values"
 SCRAPER_REFUSED = [
     "169.254.169.254/32",
     "10.0.0.0/8",
@@ -81,28 +96,12 @@ def test_schema_refuses_unknown_keys_anywhere(chart: Any) -> None:
             chart.validate_schema(values)
 
 
-@cache
-def _kubernetes_validator(version: str, api_version: str, kind: str) -> Any:
-    # kubernetes_validate.validate() reloads the 5 MB definitions file on every call; this builds
-    # the same strict Draft 2020-12 validator from its schema files once per kind and version.
-    from referencing import Registry, Resource
-
-    utils = kubernetes_validate.utils
-    directory = f"kubernetes-json-schema/v{version}.0-local-strict"
-    group = api_version.split("/")[0].split(".")[0] + "-" if "/" in api_version else ""
-    short = f"{group}{api_version.rsplit('/', 1)[-1]}"
-    schema = utils.schema_contents(f"{directory}/{kind.lower()}-{short}.json", version)
-    definitions = utils.schema_contents(f"{directory}/_definitions.json", version)
-    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
-    return jsonschema.Draft202012Validator(schema, registry=registry)
-
-
 def test_every_object_is_valid_kubernetes(rendered: Rendered) -> None:
     for obj in rendered.objects:
-        if obj["apiVersion"].startswith(CUSTOM_GROUPS):
+        if is_custom(obj):
             continue
         for version in KUBERNETES_VERSIONS:
-            _kubernetes_validator(version, obj["apiVersion"], obj["kind"]).validate(obj)
+            kubernetes_validator(version, obj["apiVersion"], obj["kind"]).validate(obj)
 
 
 def test_the_cached_validator_is_kubernetes_validate() -> None:
@@ -112,44 +111,129 @@ def test_the_cached_validator_is_kubernetes_validate() -> None:
     bad = {**good, "spec": {"maxUnavailable": 1, "bogus": True}}
     for version in KUBERNETES_VERSIONS:
         kubernetes_validate.validate(good, version, strict=True)
-        _kubernetes_validator(version, "policy/v1", "PodDisruptionBudget").validate(good)
+        kubernetes_validator(version, "policy/v1", "PodDisruptionBudget").validate(good)
         with pytest.raises(jsonschema.ValidationError):
             kubernetes_validate.validate(bad, version, strict=True)
         with pytest.raises(jsonschema.ValidationError):
-            _kubernetes_validator(version, "policy/v1", "PodDisruptionBudget").validate(bad)
+            kubernetes_validator(version, "policy/v1", "PodDisruptionBudget").validate(bad)
 
 
-@cache
-def _crd_schema(api_version: str, kind: str) -> dict[str, Any]:
-    group, version = api_version.split("/")
-    for path in CRDS.glob("*.yaml"):
-        crd = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == kind:
-            for served in crd["spec"]["versions"]:
-                if served["name"] == version:
-                    schema: dict[str, Any] = served["schema"]["openAPIV3Schema"]
-                    return schema
-    raise AssertionError(f"no vendored CRD for {api_version} {kind}")
+#: (values, kind, path to a mapping, its key, a misspelling of that key): each misspelling is
+#: added next to the key it imitates, so an unknown field is the object's only fault.
+MISSPELT_BUILTIN = [
+    (PROD, "Deployment", "spec", "revisionHistoryLimit", "revisionHistoryLimt"),
+    (PROD, "Deployment", "spec.template.spec", "securityContext", "securityContex"),
+    (PROD, "Deployment", "spec.template.spec.containers.0", "imagePullPolicy",
+     "imagePullPolcy"),
+    (PROD, "Deployment",
+     "spec.template.spec.containers.0.securityContext", "readOnlyRootFilesystem",
+     "readOnlyRootFileSystem"),
+    (PROD, "Deployment", "metadata", "labels", "label"),
+    (PROD, "Service", "spec.ports.0", "targetPort", "targetport"),
+    (PROD, "Ingress", "spec", "ingressClassName", "ingressClass"),
+    (PROD, "NetworkPolicy", "spec", "policyTypes", "policyType"),
+    (PROD, "PodDisruptionBudget", "spec", "maxUnavailable",
+     "maxUnavailble"),
+    (PROD, "ConfigMap", "", "data", "date"),
+    (PROD, "ServiceAccount", "", "automountServiceAccountToken",
+     "automountServiceAccountTokens"),
+    (PROD, "Pod", "spec", "restartPolicy", "restartpolicy"),
+    ("minimal-values", "Secret", "", "stringData", "stringdata"),
+    ("keda-off-values", "HorizontalPodAutoscaler", "spec", "maxReplicas", "maxReplica"),
+]  # fmt: skip
+#: The same for the custom kinds, checked against their closed CRD schemas.
+MISSPELT_CUSTOM = [
+    (PROD, "ScaledObject", "spec", "advanced", "advance"),
+    (PROD, "ScaledObject", "spec", "minReplicaCount", "minReplicaCont"),
+    (PROD, "ScaledObject", "spec.advanced.scalingModifiers", "formula",
+     "formular"),
+    (PROD, "ScaledObject", "spec.triggers.0", "authenticationRef",
+     "authenticationref"),
+    (PROD, "ScaledObject", "metadata", "labels", "label"),
+    (PROD, "TriggerAuthentication", "spec.secretTargetRef.0", "parameter",
+     "parameters"),
+    (PROD, "PodMonitor", "spec.podMetricsEndpoints.0", "interval",
+     "intervall"),
+    (PROD, "PodMonitor", "spec", "selector", "selecter"),
+    (PROD, "PrometheusRule", "spec.groups.0", "rules", "rule"),
+    (PROD, "PrometheusRule", "spec.groups.0.rules.0", "expr", "expression"),
+]  # fmt: skip
+
+
+def _with_misspelt_key(obj: dict[str, Any], path: str, key: str, misspelt: str) -> dict[str, Any]:
+    """A copy of obj with ``misspelt`` added beside ``key`` (same value) in the mapping at path."""
+    changed = copy.deepcopy(obj)
+    node: Any = changed
+    for step in path.split(".") if path else []:
+        node = node[int(step)] if isinstance(node, list) else node[step]
+    assert key in node, (path, key)
+    node[misspelt] = copy.deepcopy(node[key])
+    return changed
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "path", "key", "misspelt"),
+    MISSPELT_BUILTIN + MISSPELT_CUSTOM,
+    ids=[f"{case[1]}-{case[4]}" for case in MISSPELT_BUILTIN + MISSPELT_CUSTOM],
+)
+def test_strict_validation_refuses_a_misspelt_key(
+    chart: Any, name: str, kind: str, path: str, key: str, misspelt: str
+) -> None:
+    (obj, *_) = [o for objs in _render(name, chart).values() for o in objs if o["kind"] == kind]
+    validate_object(obj)  # the object as rendered is accepted
+    with pytest.raises(jsonschema.ValidationError, match=f"'{misspelt}' was unexpected") as caught:
+        validate_object(_with_misspelt_key(obj, path, key, misspelt))
+    assert [str(step) for step in caught.value.absolute_path] == (path.split(".") if path else [])
+
+
+def test_closed_crd_schemas_leave_open_what_the_api_server_leaves_open() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "items": {"type": "array",
+                              "items": {"type": "object", "properties": {"a": {}}}},
+                    "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                             "properties": {"b": {}}},
+                    "map": {"type": "object",
+                            "additionalProperties": {"type": "object", "properties": {"c": {}}}},
+                    "opaque": {"type": "object"},
+                },
+                "anyOf": [{"properties": {"items": {}}, "required": ["items"]}, {}],
+            }
+        },
+    }  # fmt: skip
+    validator = jsonschema.Draft202012Validator(closed(schema))
+    ok = {"spec": {"items": [{"a": 1}], "free": {"b": 1, "z": 1}, "map": {"k": {"c": 1}},
+                   "opaque": {"anything": 1}}}  # fmt: skip
+    validator.validate(ok)
+    for bad in (
+        {"spec": {**ok["spec"], "extra": 1}},
+        {"spec": {**ok["spec"], "items": [{"a": 1, "z": 1}]}},
+        {"spec": {**ok["spec"], "map": {"k": {"c": 1, "z": 1}}}},
+        {"spec": ok["spec"], "status": {}},
+    ):
+        with pytest.raises(jsonschema.ValidationError, match="was unexpected"):
+            validator.validate(bad)
+    assert "additionalProperties" not in schema["properties"]  # the CRD itself is left as it is
 
 
 def test_custom_resources_are_valid_against_their_crds(rendered: Rendered) -> None:
-    custom = [o for o in rendered.objects if o["apiVersion"].startswith(CUSTOM_GROUPS)]
+    custom = [o for o in rendered.objects if is_custom(o)]
     if (
         rendered.merged["autoscaling"]["enabled"]
         and rendered.merged["autoscaling"]["keda"]["enabled"]
     ):
         assert {o["kind"] for o in custom} >= {"ScaledObject", "TriggerAuthentication"}
     for obj in custom:
-        # No metaschema check: CRDs carry Go regexes (`^(?i)…`) Python's re cannot compile; the
-        # patterns our objects actually meet are compiled during validation all the same.
-        validator = jsonschema.Draft202012Validator(_crd_schema(obj["apiVersion"], obj["kind"]))
-        validator.validate(obj)
+        # Strict, as the API server's field validation: unknown fields are errors.
+        crd_validator(obj["apiVersion"], obj["kind"]).validate(obj)
 
 
 def test_monitoring_objects_render_in_production(chart: Any) -> None:
-    from tests.deploy.conftest import render
-
-    for name in ("production-redis-values", "production-rabbitmq-values"):
+    for name in (PROD, "production-rabbitmq-values"):
         kinds = {o["kind"] for objs in render(chart, values_of(name)).values() for o in objs}
         assert {"PodMonitor", "PrometheusRule", "ScaledObject"} <= kinds
 
@@ -246,8 +330,6 @@ def test_task_events_are_on_only_when_asked_for_or_celery_exporter_runs(
 
 
 def test_a_pool_is_a_values_entry(chart: Any) -> None:
-    from tests.deploy.conftest import render
-
     values = {
         "workers": {
             "pools": {
@@ -268,6 +350,104 @@ def test_a_pool_is_a_values_entry(chart: Any) -> None:
     assert command[command.index("--pool") + 1] == "threads"
     # A large number stays an integer on the command line (values pass through JSON as floats).
     assert "--max-memory-per-child=1000000" in command
+
+
+def _objects(chart: Any, values: dict[str, Any]) -> list[dict[str, Any]]:
+    return [o for objs in render(chart, values).values() for o in objs]
+
+
+def test_a_pool_without_queues_consumes_its_services_contract_queues(chart: Any) -> None:
+    # null removes a default key (Helm's coalescing): each service left with one pool, no queues.
+    values = {
+        "workers": {
+            "pools": {
+                "notifier": {"queues": None},
+                "scraper-fetch": {"queues": None},
+                "scraper-reports": None,
+                "media-image": {"queues": None},
+                "media-video": None,
+            }
+        }
+    }
+    chart.validate_schema(values)
+    rendered = Rendered("no-queues", values, {}, render(chart, values))
+    pools = rendered.pools()
+    assert set(pools) == {"notifier", "scraper-fetch", "media-image"}
+    for pool, deployment in pools.items():
+        service = deployment["metadata"]["labels"]["tasklane.io/service"]
+        assert _queues_of(deployment) == sorted({c.queue for c in REGISTRY.for_service(service)})
+        scaled = rendered.named("ScaledObject", deployment["metadata"]["name"])
+        lists = {t["metadata"]["listName"] for t in scaled["spec"]["triggers"]}
+        assert lists == {key for q in _queues_of(deployment) for key in redis_queue_keys(q)}, pool
+        # Its grace period covers the longest hard limit among all the service's queues.
+        spec = deployment["spec"]["template"]["spec"]
+        assert spec["terminationGracePeriodSeconds"] >= _longest_limit(_queues_of(deployment))
+    assert _queues_of(pools["media-image"]) == ["media.image", "media.video"]
+    assert _queues_of(pools["scraper-fetch"]) == [
+        "scraper.crawl",
+        "scraper.fetch",
+        "scraper.reports",
+    ]
+
+
+def test_pool_scheduling_settings_reach_its_pod_spec(chart: Any) -> None:
+    gpu_toleration = {"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": "example.org/gpu-model", "operator": "In", "values": ["l4"]}
+                        ]
+                    }
+                ]
+            }
+        }
+    }
+    spread = [
+        {
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"tasklane.io/pool": "media-video"}},
+        }
+    ]
+    default_toleration = {"key": "workers", "operator": "Exists", "effect": "NoSchedule"}
+    values = {"workers": {
+        "defaults": {"nodeSelector": {"example.org/role": "workers"},
+                     "tolerations": [default_toleration]},
+        "pools": {"media-video": {"service": "media", "queues": ["media.video"],
+                                  "nodeSelector": {"example.org/gpu": "true"},
+                                  "tolerations": [gpu_toleration], "affinity": affinity,
+                                  "topologySpreadConstraints": spread}},
+    }}  # fmt: skip
+    chart.validate_schema(values)
+    rendered = Rendered("scheduling", values, {}, render(chart, values))
+    for pool, deployment in rendered.pools().items():
+        spec = deployment["spec"]["template"]["spec"]
+        if pool == "media-video":
+            # Maps merge over workers.defaults key by key (tasklane.mergeInto); lists replace.
+            assert spec["nodeSelector"] == {
+                "example.org/role": "workers",
+                "example.org/gpu": "true",
+            }
+            assert spec["tolerations"] == [gpu_toleration]
+            assert spec["affinity"] == affinity
+            assert spec["topologySpreadConstraints"] == spread
+        else:
+            assert spec["nodeSelector"] == {"example.org/role": "workers"}, pool
+            assert spec["tolerations"] == [default_toleration], pool
+            assert "affinity" not in spec, pool
+            # No constraints given: the pool's pods spread over nodes, softly.
+            (constraint,) = spec["topologySpreadConstraints"]
+            assert constraint["topologyKey"] == "kubernetes.io/hostname"
+            assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+            assert (
+                constraint["labelSelector"]["matchLabels"]
+                == deployment["spec"]["selector"]["matchLabels"]
+            )
+        validate_object(deployment)
 
 
 # ----------------------------------------------------------------------------- KEDA
@@ -320,7 +500,7 @@ def test_trigger_authentication_reads_a_secret(rendered: Rendered) -> None:
 
 
 def test_scale_to_zero_and_activation(chart: Any) -> None:
-    rendered = Rendered("p", {}, {}, _render("production-redis-values", chart))
+    rendered = Rendered("p", {}, {}, _render(PROD, chart))
     spec = rendered.named("ScaledObject", "tasklane-media-video")["spec"]
     assert spec["minReplicaCount"] == 0
     assert spec["advanced"]["scalingModifiers"]["activationTarget"] == "0"
@@ -329,8 +509,6 @@ def test_scale_to_zero_and_activation(chart: Any) -> None:
 
 
 def _render(name: str, chart: Any) -> dict[str, list[dict[str, Any]]]:
-    from tests.deploy.conftest import render
-
     return render(chart, values_of(name))
 
 
@@ -465,7 +643,7 @@ def test_secrets_only_by_reference(rendered: Rendered) -> None:
 
 
 def test_alerts_and_dashboards_come_from_the_repository(chart: Any) -> None:
-    objects = [o for objs in _render("production-redis-values", chart).values() for o in objs]
+    objects = [o for objs in _render(PROD, chart).values() for o in objs]
     (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
     source = Path(CHART).parents[1] / "prometheus" / "tasklane-alerts.yaml"
     assert rule["spec"]["groups"] == yaml.safe_load(source.read_text("utf-8"))["groups"]
@@ -487,7 +665,7 @@ def test_alerts_and_dashboards_come_from_the_repository(chart: Any) -> None:
 
 
 def test_otel_settings_reach_every_tasklane_container(chart: Any) -> None:
-    objects = [o for objs in _render("production-redis-values", chart).values() for o in objs]
+    objects = [o for objs in _render(PROD, chart).values() for o in objs]
     for obj in objects:
         if obj["kind"] != "Deployment" or "celery-exporter" in obj["metadata"]["name"]:
             continue
@@ -495,6 +673,236 @@ def test_otel_settings_reach_every_tasklane_container(chart: Any) -> None:
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
         assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
         assert env["OTEL_SERVICE_NAME"].startswith("tasklane-")
+
+
+# --------------------------------------------------------------- Flower and celery-exporter
+
+FLOWER_VALUES: dict[str, Any] = {
+    "flower": {
+        "enabled": True,
+        "port": 5566,
+        "basicAuth": {"existingSecret": "ops-flower", "key": "users"},
+        "urlPrefix": "flower",
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "60"},
+            "host": "ops.example.org",
+            "path": "/flower",
+            "tlsSecretName": "ops-example-org-tls",
+        },
+    },
+}
+
+
+def test_flower_is_off_by_default(rendered: Rendered) -> None:
+    flower = [o for o in rendered.objects if o["metadata"]["name"] == f"{RELEASE}-flower"]
+    assert bool(flower) == rendered.merged["flower"]["enabled"]
+    if rendered.name == "default":
+        assert flower == []
+
+
+def test_flower_renders_behind_basic_auth_from_a_secret_and_its_ingress(chart: Any) -> None:
+    chart.validate_schema(FLOWER_VALUES)
+    rendered = Rendered("flower", FLOWER_VALUES, {}, render(chart, FLOWER_VALUES))
+    name = f"{RELEASE}-flower"
+    deployment = rendered.named("Deployment", name)
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    # The credentials never reach the command line: Flower reads them from its environment.
+    assert container["command"] == ["tasklane", "flower"] and "args" not in container
+    assert container["image"] == "ghcr.io/example/tasklane:0.1.0"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TASKLANE_FLOWER_BASIC_AUTH"] == {
+        "name": "TASKLANE_FLOWER_BASIC_AUTH",
+        "valueFrom": {"secretKeyRef": {"name": "ops-flower", "key": "users"}},
+    }
+    assert env["TASKLANE_FLOWER_PORT"]["value"] == "5566"
+    assert env["TASKLANE_FLOWER_URL_PREFIX"]["value"] == "flower"
+    assert container["ports"] == [{"name": "http", "containerPort": 5566, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/flower/healthcheck", "port": "http"}
+    assert container["resources"] == rendered_defaults(chart)["flower"]["resources"]
+    # Referenced, not created: no Secret of the chart holds Flower's credentials.
+    assert rendered.kind("Secret") == []
+
+    service = rendered.named("Service", name)
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= (
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 5566, "targetPort": "http", "protocol": "TCP"}
+    ]
+
+    ingress = rendered.named("Ingress", name)
+    assert ingress["metadata"]["annotations"] == FLOWER_VALUES["flower"]["ingress"]["annotations"]
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [
+        {"hosts": ["ops.example.org"], "secretName": "ops-example-org-tls"}
+    ]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "ops.example.org"
+    assert rule["http"]["paths"] == [
+        {"path": "/flower", "pathType": "Prefix",
+         "backend": {"service": {"name": name, "port": {"name": "http"}}}}
+    ]  # fmt: skip
+
+    policy = rendered.named("NetworkPolicy", name)
+    assert {"ports": [{"protocol": "TCP", "port": 5566}]} in policy["spec"]["ingress"]
+    for obj in (deployment, service, ingress, policy):
+        validate_object(obj)
+
+
+def test_flower_without_ingress_prefix_or_tls(chart: Any) -> None:
+    values = {"flower": {"enabled": True, "basicAuth": {"existingSecret": "ops-flower"}}}
+    objects = _objects(chart, values)
+    assert [o for o in objects if o["kind"] == "Ingress"] == []
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"
+                     and o["metadata"]["name"] == f"{RELEASE}-flower"]  # fmt: skip
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthcheck"
+    names = {e["name"] for e in container["env"]}
+    assert "TASKLANE_FLOWER_URL_PREFIX" not in names
+    auth = next(e for e in container["env"] if e["name"] == "TASKLANE_FLOWER_BASIC_AUTH")
+    assert auth["valueFrom"]["secretKeyRef"] == {"name": "ops-flower", "key": "basic-auth"}
+
+
+def test_flower_demo_credentials_live_only_in_the_secret_the_chart_creates(chart: Any) -> None:
+    credentials = "admin:demo-password-1234"
+    values = {"flower": {"enabled": True, "basicAuth": {"create": credentials}}}
+    objects = _objects(chart, values)
+    (secret,) = [o for o in objects if o["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == f"{RELEASE}-flower"
+    assert secret["stringData"] == {"basic-auth": credentials}
+    assert [o["metadata"]["name"] for o in objects if credentials in yaml.safe_dump(o)] == [
+        f"{RELEASE}-flower"
+    ]
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"
+                     and o["metadata"]["name"] == f"{RELEASE}-flower"]  # fmt: skip
+    auth = next(
+        e
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        if e["name"] == "TASKLANE_FLOWER_BASIC_AUTH"
+    )
+    assert auth["valueFrom"]["secretKeyRef"] == {"name": f"{RELEASE}-flower", "key": "basic-auth"}
+
+
+def test_celery_exporter_renders_when_enabled(chart: Any) -> None:
+    assert [o for o in _objects(chart, {}) if "celery-exporter" in o["metadata"]["name"]] == []
+    values = {
+        "celeryExporter": {"enabled": True},
+        "images": {"celeryExporter": {"digest": "sha256:" + "ab" * 32}},
+        "monitoring": {"podMonitor": {"enabled": True}},
+    }
+    chart.validate_schema(values)
+    rendered = Rendered("celery-exporter", values, {}, render(chart, values))
+    name = f"{RELEASE}-celery-exporter"
+    deployment = rendered.named("Deployment", name)
+    assert deployment["spec"]["replicas"] == 1
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    assert container["image"] == "danihodovic/celery-exporter@sha256:" + "ab" * 32
+    assert "command" not in container  # its own entrypoint: not a Tasklane image
+    assert container["args"] == ["--port=9100"]
+    assert container["env"] == [
+        {"name": "CE_BROKER_URL",
+         "valueFrom": {"secretKeyRef": {"name": "tasklane-broker", "key": "broker-url"}}}
+    ]  # fmt: skip
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "metrics"}
+    assert container["resources"] == rendered_defaults(chart)["celeryExporter"]["resources"]
+    # The PodMonitor scrapes it (its pods carry the selector's labels and a "metrics" port).
+    (monitor,) = rendered.kind("PodMonitor")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    policy = rendered.named("NetworkPolicy", name)
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"]
+        == deployment["spec"]["selector"]["matchLabels"]
+    )
+    assert any(
+        {"protocol": "TCP", "port": 9100} in rule.get("ports", [])
+        for rule in policy["spec"]["ingress"]
+    )
+    # It counts task events: every worker sends them.
+    for pool in rendered.pools().values():
+        env = {
+            e["name"]: e.get("value")
+            for e in pool["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert env["TASKLANE_TASK_EVENTS"] == "true"
+    for obj in (deployment, policy, monitor):
+        validate_object(obj)
+
+
+def rendered_defaults(chart: Any) -> dict[str, Any]:
+    """The chart's default values, merged."""
+    merged: dict[str, Any] = chart.merge_values({})
+    return merged
+
+
+# ----------------------------------------------------------------------------- every template
+
+#: Values that, between them, make every template render.
+EVERY_TEMPLATE: dict[str, dict[str, Any]] = {
+    "production-redis": values_of("production-redis-values"),
+    "production-rabbitmq": values_of("production-rabbitmq-values"),
+    "keda-off": values_of("keda-off-values"),
+    "demo-secrets": {
+        **values_of("minimal-values"),
+        "flower": {"enabled": True, "basicAuth": {"create": "admin:demo-password-1234"}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def every_template(chart: Any) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Each of EVERY_TEMPLATE rendered, by template."""
+    return {name: render(chart, values) for name, values in EVERY_TEMPLATE.items()}
+
+
+def test_every_template_renders_in_one_of_the_values_sets(
+    chart: Any, every_template: dict[str, dict[str, list[dict[str, Any]]]]
+) -> None:
+    templates = {
+        t["name"] for t in chart.templates if t["name"].endswith(".yaml")
+    } - {"templates/check-values.yaml"}  # fmt: skip
+    assert len(templates) > 25
+    rendering = {path.split("/", 1)[1] for objs in every_template.values() for path in objs}
+    assert templates - rendering == set()
+
+
+def test_one_kind_per_template_file(
+    every_template: dict[str, dict[str, list[dict[str, Any]]]],
+) -> None:
+    for name, by_template in every_template.items():
+        for path, objects in by_template.items():
+            kinds = {o["kind"] for o in objects}
+            assert len(kinds) == 1, (name, path, kinds)
+            # templates/<component>/<component>-<kind>.yaml
+            (kind,) = kinds
+            assert Path(path).stem.replace("-", "").endswith(kind.lower()), (name, path, kind)
+
+
+def test_every_object_carries_the_standard_labels(
+    every_template: dict[str, dict[str, list[dict[str, Any]]]],
+) -> None:
+    for name, by_template in every_template.items():
+        for path, objects in by_template.items():
+            for obj in objects:
+                where = (name, path, obj["kind"], obj["metadata"]["name"])
+                labels = obj["metadata"]["labels"]
+                assert labels["app.kubernetes.io/name"] == "tasklane", where
+                assert labels["app.kubernetes.io/instance"] == RELEASE, where
+                assert labels["app.kubernetes.io/managed-by"] == "Helm", where
+                assert labels["app.kubernetes.io/component"], where
+                assert labels["app.kubernetes.io/part-of"] == "tasklane", where
+                assert labels["helm.sh/chart"] == "tasklane-0.1.0", where
 
 
 # ----------------------------------------------------------------------------- bad values
