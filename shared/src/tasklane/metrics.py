@@ -286,7 +286,7 @@ class LiveGaugeSweep(Collector):
             pid = path.stem.rsplit("_", 1)[-1]
             if pid.isdigit() and not pid_alive(int(pid)):
                 multiprocess.mark_process_dead(int(pid), str(self.directory))
-        return self.inner.collect()
+        yield from self.inner.collect()
 
 
 def _sampled_parent(traceparent: Any) -> tuple[str, str] | None:
