@@ -133,13 +133,22 @@ class BeatMetrics:
         )
 
 
+#: Seconds a Redis call of Beat may take; well under the liveness timeout.
+REDIS_TIMEOUT = 5.0
+
+
 class TasklaneScheduler(Scheduler):  # type: ignore[misc]
     """A Celery Beat scheduler over :class:`~tasklane.schedulestore.ScheduleStore`."""
 
     def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
         self.settings: Settings = getattr(app.conf, "tasklane_settings", None) or load_settings()
         self.beat_settings = load(BeatSettings)
-        client = redis.Redis.from_url(self.settings.require_state())
+        # A black-holed Redis fails the tick (not ready) instead of hanging it (not live).
+        client = redis.Redis.from_url(
+            self.settings.require_state(),
+            socket_connect_timeout=REDIS_TIMEOUT,
+            socket_timeout=REDIS_TIMEOUT,
+        )
         self.store = ScheduleStore(client, namespace=self.settings.namespace)
         self._publisher: Publisher | None = None
         self._tracing: TracerProvider | None = None
