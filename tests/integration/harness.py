@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from kombu import Connection
+from kombu.connection import Connection
 
-from tasklane.contracts import REGISTRY
+from tasklane.contracts import REGISTRY, ContractRegistry
 from tasklane.deadletter import DeadLetter, DeadLetterQueue
 from tasklane.routing import dead_letter_exchange, dlq_name, queue_name
-from tasklane.settings import Settings
+from tasklane.settings import Settings, is_redis_url
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -76,18 +76,22 @@ def rabbitmq_reachable() -> bool:
         return False
 
 
-def cleanup(env: BrokerEnv) -> None:
-    client = redis.Redis.from_url(env.result_backend)
-    keys = list(client.scan_iter(f"{env.namespace}*")) + list(
-        client.scan_iter(f"_kombu.binding*{env.namespace}*")
-    )
-    if keys:
-        client.delete(*keys)
+def cleanup(env: BrokerEnv, registry: ContractRegistry = REGISTRY) -> None:
+    """Delete the namespace's Redis keys and, on RabbitMQ, the queues of ``registry``."""
+    for url in dict.fromkeys([env.result_backend, env.broker_url]):
+        if not is_redis_url(url):
+            continue
+        client = redis.Redis.from_url(url)
+        keys = list(client.scan_iter(f"{env.namespace}*")) + list(
+            client.scan_iter(f"_kombu.binding*{env.namespace}*")
+        )
+        if keys:
+            client.delete(*keys)
     if env.kind != "rabbitmq":
         return
     with Connection(env.broker_url) as conn:
         channel = conn.channel()
-        for contract in REGISTRY:
+        for contract in registry:
             name = queue_name(contract, env.namespace)
             for queue in (name, dlq_name(name)):
                 channel.queue_delete(queue)

@@ -1,7 +1,8 @@
 """A test-only worker service whose tasks record every start and completion in Redis.
 
 Run as ``celery -A tests.integration.scalein_service worker``; settings come from the
-environment, and ``SCALEIN_WORKER`` names the worker in the records.
+environment, ``SCALEIN_WORKER`` names the worker in the records, and ``SCALEIN_RESTORE_INTERVAL``
+(Redis only) sets how often it sweeps for messages past the visibility timeout.
 """
 
 from __future__ import annotations
@@ -12,13 +13,23 @@ import time
 import redis
 
 from tasklane.app import create_app
-from tasklane.settings import load_settings
+from tasklane.settings import is_redis_url, load_settings
 from tasklane.task import implement
 from tests.integration.scalein_contracts import LONG, SCALEIN_REGISTRY, LongPayload, LongResult
 
 settings = load_settings()
 app = create_app("scalein", settings=settings, registry=SCALEIN_REGISTRY)
 WORKER = os.environ.get("SCALEIN_WORKER", "?")
+
+if os.environ.get("SCALEIN_RESTORE_INTERVAL") and is_redis_url(settings.broker_url):
+    # Kombu's sweep returns unacknowledged messages older than the visibility timeout to their
+    # queue. By default it runs every 10 s and scans on every 10th run only (about 100 s), too
+    # slow for a test: here it scans every SCALEIN_RESTORE_INTERVAL seconds.
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "unacked_restore_interval": int(os.environ["SCALEIN_RESTORE_INTERVAL"]),
+        "unacked_restore_throttle": 1,
+    }
 
 
 def record(event: str, label: str) -> None:

@@ -16,65 +16,42 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 import redis
 from kombu.connection import Connection
 
+from tasklane.app import longest_hold, visibility_timeout
+from tasklane.app import soft_shutdown_timeout as derived_soft_shutdown_timeout
 from tasklane.inspect import depths
 from tasklane.publish import Publisher
 from tasklane.routing import dlq_name, queue_name
-from tests.integration.harness import (
-    RABBITMQ_URL,
-    BrokerEnv,
-    WorkerProcess,
-    rabbitmq_reachable,
-)
+from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup
 from tests.integration.scalein_contracts import LONG, SCALEIN_REGISTRY
 
 pytestmark = pytest.mark.integration
 
-# The broker's Redis database: no other test uses it, so nothing here can disturb their messages.
+# The broker's Redis database: no other test uses it, so nothing here can disturb their messages
+# (a sweep with a short visibility timeout would hand theirs to these workers).
 REDIS_BROKER_DB = 13
 CONCURRENCY = 2
+# Seconds between the Redis sweeps of the worker that takes over, in the SIGKILL test.
+RESTORE_INTERVAL = 1
+# Added to every wait for the workers: the machine is shared, so it is generous.
+MARGIN = 10.0
 
 
-@pytest.fixture(params=["redis", "rabbitmq"])
-def broker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[BrokerEnv]:
-    namespace = f"t{uuid.uuid4().hex[:10]}."
-    if request.param == "redis":
-        broker_url = f"{redis_url.rsplit('/', 1)[0]}/{REDIS_BROKER_DB}"
-        env = BrokerEnv("redis", broker_url, redis_url, namespace)
-    else:
-        if not rabbitmq_reachable():
-            if os.environ.get("TASKLANE_REQUIRE_RABBITMQ"):
-                pytest.fail(f"RabbitMQ is required but does not answer at {RABBITMQ_URL}")
-            pytest.skip(f"RabbitMQ does not answer at {RABBITMQ_URL}")
-        env = BrokerEnv("rabbitmq", RABBITMQ_URL, redis_url, namespace)
-    yield env
-    _cleanup(env)
-
-
-def _cleanup(env: BrokerEnv) -> None:
-    for url in {env.result_backend, env.broker_url} - {RABBITMQ_URL}:
-        client = redis.Redis.from_url(url)
-        keys = list(client.scan_iter(f"{env.namespace}*")) + list(
-            client.scan_iter(f"_kombu.binding*{env.namespace}*")
-        )
-        if keys:
-            client.delete(*keys)
-    if env.kind == "rabbitmq":
-        with Connection(env.broker_url) as conn:
-            channel = conn.channel()
-            name = queue_name(LONG, env.namespace)
-            for queue in (name, dlq_name(name)):
-                channel.queue_delete(queue)
-            channel.exchange_delete(name)
-            channel.exchange_delete(f"{env.namespace}tasklane.dlx")
-            channel.close()
+@pytest.fixture
+def broker(broker: BrokerEnv) -> Iterator[BrokerEnv]:
+    """conftest's ``broker``, with the Redis broker's messages in a database of their own."""
+    if broker.kind == "redis":
+        url = f"{broker.broker_url.rsplit('/', 1)[0]}/{REDIS_BROKER_DB}"
+        broker = replace(broker, broker_url=url)
+    yield broker
+    cleanup(broker, SCALEIN_REGISTRY)
 
 
 @dataclass(frozen=True)
@@ -109,9 +86,12 @@ class Ledger:
 
 
 def start_workers(
-    broker: BrokerEnv, tmp_path: Path, soft_shutdown_timeout: float
+    broker: BrokerEnv,
+    tmp_path: Path,
+    soft_shutdown_timeout: float,
+    extra_env: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, WorkerProcess]:
-    """Workers ``a`` and ``b``, started together, both ready."""
+    """Workers ``a`` and ``b``, started together, both ready; ``extra_env`` by worker name."""
     workers: dict[str, WorkerProcess] = {}
     for name in ("a", "b"):
         command = [
@@ -124,6 +104,7 @@ def start_workers(
             **broker.env(),
             "SCALEIN_WORKER": name,
             "TASKLANE_SOFT_SHUTDOWN_TIMEOUT": str(soft_shutdown_timeout),
+            **(extra_env or {}).get(name, {}),
         }
         workers[name] = WorkerProcess.from_command(command, env, tmp_path / f"{name}.log")
     for worker in workers.values():
@@ -227,4 +208,62 @@ def test_sigterm_past_the_deadline_hands_tasks_back_before_the_sigkill(
     assert Counter(ledger.done()) == Counter(labels)  # each completed exactly once, all on b
     assert sorted(ledger.done("b")) == sorted(labels)
     # At least once: the handed-back tasks ran again from the start.
+    assert Counter(ledger.started()) == Counter(labels) + Counter(held)
+
+
+def test_sigkill_before_the_hand_back_redelivers_the_tasks_to_the_other_worker(
+    broker: BrokerEnv, tmp_path: Path
+) -> None:
+    # A grace period shorter than the derived timeout (a node drain with a short grace, a grace
+    # set by hand): the SIGKILL lands while a still runs its tasks, before it hands them back.
+    task_seconds, grace = 6.0, 2.0
+    soft_timeout = derived_soft_shutdown_timeout(broker.settings, (LONG,))
+    # A short visibility timeout the platform takes without a warning: 1 s past the longest hold.
+    short = broker.settings.model_copy(update={"visibility_timeout": longest_hold((LONG,)) + 1})
+    visibility = visibility_timeout(short, (LONG,))
+    env = {"TASKLANE_VISIBILITY_TIMEOUT": f"{visibility:g}"}
+    # Only b sweeps often: a sweep holds a Redis lock, which a SIGKILL would leave for 5 minutes.
+    extra_env = {"a": env, "b": {**env, "SCALEIN_RESTORE_INTERVAL": str(RESTORE_INTERVAL)}}
+    if broker.kind == "redis":
+        # a got them before the kill; b's sweep restores them once older than the timeout.
+        redelivery = visibility + RESTORE_INTERVAL
+    else:
+        redelivery = 0.0  # RabbitMQ requeues them as the killed worker's connection closes
+    ledger = Ledger(broker)
+    workers = start_workers(broker, tmp_path, soft_timeout, extra_env)
+    try:
+        published = time.monotonic()
+        labels = publish(broker, 4, seconds=task_seconds)
+        ledger.wait("a holds two tasks", lambda: len(ledger.started("a")) == CONCURRENCY, 15)
+        held = sorted(ledger.started("a"))
+
+        stopped = stop_like_kubernetes(workers["a"], grace)
+
+        # Killed with its tasks unfinished and nothing handed back.
+        output = workers["a"].output()
+        assert stopped.sigkilled and stopped.exit_code == -signal.SIGKILL, output
+        assert "cold shutdown" not in output and "Restoring" not in output, output
+        assert ledger.done("a") == []
+        # b runs them once they are back and its own two tasks (up to task_seconds) have ended.
+        ledger.wait(
+            "a's tasks rerun on b",
+            lambda: set(held) <= set(ledger.started("b")),
+            max(redelivery, task_seconds) + MARGIN,
+        )
+        rerun = time.monotonic()
+        ledger.wait(
+            "all tasks done", lambda: len(ledger.done()) >= len(labels), task_seconds + MARGIN
+        )
+        workers["b"].stop()
+        assert_nothing_left(broker)
+    finally:
+        for worker in workers.values():
+            worker.stop()
+    if broker.kind == "redis":
+        # Kombu's sweep brought them back, not before the visibility timeout: nothing else did.
+        assert rerun - published >= visibility
+    assert sorted(ledger.started("a")) == held  # a took no new work after SIGTERM
+    assert Counter(ledger.done()) == Counter(labels)  # each completed exactly once: 0 lost, 0 twice
+    assert sorted(ledger.done("b")) == sorted(labels)  # all on b
+    # At least once: the killed worker's tasks ran again from the start.
     assert Counter(ledger.started()) == Counter(labels) + Counter(held)
