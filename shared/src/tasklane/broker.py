@@ -27,6 +27,10 @@ def transport_options(
             "queue_order_strategy": "priority",
             "priority_steps": PRIORITY_STEPS,
             "sep": PRIORITY_SEPARATOR,
+            # Kombu scans for messages held past the visibility timeout on every 10th 10 s sweep
+            # by default (about 100 s); one indexed ZRANGE every 10 s brings a crashed worker's
+            # messages back within 10 s of the timeout instead.
+            "unacked_restore_throttle": 1,
         }
         if visibility_timeout is not None:
             options["visibility_timeout"] = visibility_timeout
