@@ -9,6 +9,10 @@ UV_VERSION := 0.13.9
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# pytest-xdist processes for make test and make integration; whole files stay on one process, so
+# module-scoped workers and brokers are started once. Most tests wait on workers, not on CPU.
+PYTEST_WORKERS ?= 2
+PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: help install demo up test unit integration lint format typecheck bench bench-crawl bench-media bench-observability dashboards manifests
 
@@ -32,13 +36,13 @@ up: install ## Start the demo stack (broker, sinks, notifier worker) and keep it
 	$(PY) -m tasklane.demo --keep-running
 
 test: lint typecheck ## Lint, type-check and run the whole test suite
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 unit: install ## Run the unit tests only (no servers needed)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 integration: install ## Run the integration tests (Redis, RabbitMQ, workers, sinks)
-	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest tests/integration $(PARALLEL) $(PYTEST_ARGS)
 
 lint: install ## ruff lint and format check; generated dashboards, chart files and manifests up to date
 	$(VENV)/bin/ruff check .
