@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import redis
 from tasklane.errors import TaskFailedError
 from tasklane.publish import Publisher
 from tests.integration.flaky_contracts import ALWAYS_FAILS, FLAKY_REGISTRY, SLOW
-from tests.integration.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
+from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup, wait_for_dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,7 @@ def dead_letter_hook_calls(broker: BrokerEnv, timeout: float = 10.0) -> list[str
 
 
 @pytest.fixture
-def flaky_worker(broker: BrokerEnv, tmp_path: Path) -> WorkerProcess:
+def flaky_worker(broker: BrokerEnv, tmp_path: Path) -> Iterator[WorkerProcess]:
     command = [
         sys.executable, "-m", "celery", "-A", "tests.integration.flaky_service", "worker",
         "--concurrency", "2", "--loglevel", "INFO",
@@ -42,6 +43,7 @@ def flaky_worker(broker: BrokerEnv, tmp_path: Path) -> WorkerProcess:
     worker.wait_ready()
     yield worker
     worker.stop()
+    cleanup(broker, FLAKY_REGISTRY)  # conftest's clean-up knows only the platform's contracts
 
 
 def test_retries_exhausted_end_in_the_dlq_with_attempts(
