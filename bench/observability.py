@@ -341,14 +341,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_observability_ratios(figures: dict[str, Figure]) -> None:
-    """Each observability variant against Tasklane without it (what it costs on its own)."""
+    """Each variant against Tasklane without observability, and round by round against bare.
+
+    This machine's speed drifts between rounds (a whole round can run slow); the ratio of two
+    variants within one round cancels that drift, so its median over rounds is printed too.
+    """
     plain = figures.get(TASKLANE.key)
+    bare = figures.get(BARE.key)
     if plain is None or not plain.values:
         return
     for key in ("obs.metrics", "obs.metrics_trace10", "obs.metrics_trace100"):
         if key in figures and figures[key].values:
             ratio = figures[key].median / plain.median
             print(f"  {figures[key].name:40s} vs Tasklane without observability: {ratio:.3f}x")
+    if bare is None or not bare.values:
+        return
+    for key in (TASKLANE.key, "obs.metrics", "obs.metrics_trace10", "obs.metrics_trace100"):
+        if key in figures and len(figures[key].values) == len(bare.values):
+            paired = [v / b for v, b in zip(figures[key].values, bare.values, strict=True) if b]
+            print(
+                f"  {figures[key].name:40s} vs bare Celery in the same round: median "
+                f"{statistics.median(paired):.3f}x (min {min(paired):.3f}x, max {max(paired):.3f}x)"
+            )
 
 
 if __name__ == "__main__":
