@@ -185,7 +185,10 @@ def test_sigterm_past_the_deadline_hands_tasks_back_before_the_sigkill(
     # Tasks outlast the grace period; the soft timeout leaves the cold shutdown 4 s before it.
     soft_timeout, grace, task_seconds = 1.0, 5.0, 6.0
     ledger = Ledger(broker)
-    workers = start_workers(broker, tmp_path, soft_timeout)
+    # b is stopped right after its last task recorded itself done, which may be before the ack
+    # of that task: b's own stop waits for it instead of handing it back.
+    finish_on_stop = {"b": {"TASKLANE_SOFT_SHUTDOWN_TIMEOUT": "10"}}
+    workers = start_workers(broker, tmp_path, soft_timeout, finish_on_stop)
     try:
         labels = publish(broker, 4, seconds=task_seconds)
         ledger.wait("a holds two tasks", lambda: len(ledger.started("a")) == CONCURRENCY, 15)
@@ -222,7 +225,7 @@ def test_sigkill_before_the_hand_back_redelivers_the_tasks_to_the_other_worker(
     short = broker.settings.model_copy(update={"visibility_timeout": longest_hold((LONG,)) + 1})
     visibility = visibility_timeout(short, (LONG,))
     env = {"TASKLANE_VISIBILITY_TIMEOUT": f"{visibility:g}"}
-    # Only b sweeps often: a sweep holds a Redis lock, which a SIGKILL would leave for 5 minutes.
+    # Only b sweeps often: a sweep holds a Redis lock, which a SIGKILL would leave for a minute.
     extra_env = {"a": env, "b": {**env, "SCALEIN_RESTORE_INTERVAL": str(RESTORE_INTERVAL)}}
     if broker.kind == "redis":
         # a got them before the kill; b's sweep restores them once older than the timeout.

@@ -31,6 +31,9 @@ def transport_options(
             # by default (about 100 s); one indexed ZRANGE every 10 s brings a crashed worker's
             # messages back within 10 s of the timeout instead.
             "unacked_restore_throttle": 1,
+            # A scan holds a Redis mutex for milliseconds; a worker killed inside one would leave
+            # it held, and every worker's sweep skipped, for Kombu's default 300 s.
+            "unacked_mutex_expire": 60,
         }
         if visibility_timeout is not None:
             options["visibility_timeout"] = visibility_timeout
