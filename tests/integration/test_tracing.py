@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind, format_trace_id
 
 from tasklane.contracts import SEND_EMAIL, SEND_IM
 from tasklane.errors import SettingsError
-from tasklane.publish import Publisher
+from tasklane.publish import Publisher, TaskHandle
 from tasklane.schedules import IntervalSchedule, ScheduleEntry
 from tasklane.scheduling import Schedules
 from tasklane.sinks import Reply, SmtpSink, WebhookSink
@@ -169,6 +169,23 @@ def _wait_trace(
     return _in_trace(receiver.wait_for(complete), trace_id)
 
 
+def _from_upstream(
+    traced: TracedWorker,
+    upstream: TracerProvider,
+    send: Callable[[Publisher], TaskHandle[Any] | list[TaskHandle[Any]]],
+    timeout: float = 20,
+) -> tuple[list[TaskHandle[Any]], list[Any], str]:
+    """Publish with ``send`` inside an upstream SERVER span: the handles, results and trace id."""
+    with Publisher(traced.broker.settings) as publisher:
+        tracer = trace.get_tracer("tests.upstream")
+        with tracer.start_as_current_span("upstream request", kind=SpanKind.SERVER) as root:
+            sent = send(publisher)
+        handles = sent if isinstance(sent, list) else [sent]
+        results = [handle.get(timeout=timeout) for handle in handles]
+    upstream.force_flush()
+    return handles, results, format_trace_id(root.get_span_context().trace_id)
+
+
 def _http_url(span: ReceivedSpan) -> Any:
     return span.attributes.get("http.url", span.attributes.get("url.full"))
 
@@ -200,13 +217,10 @@ def test_webhook_trace_runs_upstream_publish_task_http(
     webhook_sink: WebhookSink,
 ) -> None:
     broker = traced.broker
-    with Publisher(broker.settings) as publisher:
-        tracer = trace.get_tracer("tests.upstream")
-        with tracer.start_as_current_span("upstream request", kind=SpanKind.SERVER) as root:
-            handle = publisher.publish(SEND_IM, _im(webhook_sink))
-        assert handle.get(timeout=20).status_code == 200
-    upstream.force_flush()
-    trace_id = format_trace_id(root.get_span_context().trace_id)
+    (handle,), (result,), trace_id = _from_upstream(
+        traced, upstream, lambda p: p.publish(SEND_IM, _im(webhook_sink))
+    )
+    assert result.status_code == 200
 
     spans = _wait_trace(receiver, trace_id, ("CONSUMER", RUN_IM, 1), ("CLIENT", "POST", 1),
                         ("PRODUCER", f"{SEND_IM.name} publish", 1))  # fmt: skip
@@ -244,13 +258,9 @@ def test_task_log_lines_carry_the_trace_and_span_of_the_run(
     upstream: TracerProvider,
     webhook_sink: WebhookSink,
 ) -> None:
-    with Publisher(traced.broker.settings) as publisher:
-        tracer = trace.get_tracer("tests.upstream")
-        with tracer.start_as_current_span("upstream request", kind=SpanKind.SERVER) as root:
-            handle = publisher.publish(SEND_IM, _im(webhook_sink, "logged with its trace"))
-        handle.get(timeout=20)
-    upstream.force_flush()
-    trace_id = format_trace_id(root.get_span_context().trace_id)
+    (handle,), _, trace_id = _from_upstream(
+        traced, upstream, lambda p: p.publish(SEND_IM, _im(webhook_sink, "logged with its trace"))
+    )
     run = _one(_wait_trace(receiver, trace_id, ("CONSUMER", RUN_IM, 1)), "CONSUMER", RUN_IM)
     # The worker writes JSON lines (its output is no terminal); the one saying the task
     # succeeded was written inside the task's own span.
@@ -268,13 +278,10 @@ def test_email_trace_has_an_smtp_client_span_under_the_task(
     traced: TracedWorker, receiver: OtlpReceiver, upstream: TracerProvider
 ) -> None:
     email = {"to": ["ada@example.com"], "cc": ["bob@example.com"], "subject": "Hi", "text": "."}
-    with Publisher(traced.broker.settings) as publisher:
-        tracer = trace.get_tracer("tests.upstream")
-        with tracer.start_as_current_span("upstream request", kind=SpanKind.SERVER) as root:
-            handle = publisher.publish(SEND_EMAIL, email)
-        assert handle.get(timeout=20).accepted == ["ada@example.com", "bob@example.com"]
-    upstream.force_flush()
-    trace_id = format_trace_id(root.get_span_context().trace_id)
+    _, (result,), trace_id = _from_upstream(
+        traced, upstream, lambda p: p.publish(SEND_EMAIL, email)
+    )
+    assert result.accepted == ["ada@example.com", "bob@example.com"]
 
     spans = _wait_trace(receiver, trace_id, ("CONSUMER", RUN_EMAIL, 1),
                         ("CLIENT", "smtp send", 1), ("SERVER", "upstream request", 1))  # fmt: skip
@@ -332,13 +339,10 @@ def test_retried_attempt_stays_in_the_trace_of_the_failed_one(
     webhook_sink: WebhookSink,
 ) -> None:
     webhook_sink.script(Reply(status=500), Reply())
-    with Publisher(traced.broker.settings) as publisher:
-        tracer = trace.get_tracer("tests.upstream")
-        with tracer.start_as_current_span("upstream request", kind=SpanKind.SERVER) as root:
-            handle = publisher.publish(SEND_IM, _im(webhook_sink))
-        assert handle.get(timeout=30).status_code == 200  # first retry waits 1-2 s
-    upstream.force_flush()
-    trace_id = format_trace_id(root.get_span_context().trace_id)
+    (handle,), (result,), trace_id = _from_upstream(
+        traced, upstream, lambda p: p.publish(SEND_IM, _im(webhook_sink)), timeout=30
+    )
+    assert result.status_code == 200  # first retry waits 1-2 s
 
     spans = _wait_trace(receiver, trace_id, ("CONSUMER", RUN_IM, 2), ("CLIENT", "POST", 2),
                         ("PRODUCER", f"{SEND_IM.name} publish", 1))  # fmt: skip
@@ -371,16 +375,12 @@ def test_publish_many_is_one_producer_span_over_every_task(
     upstream: TracerProvider,
     webhook_sink: WebhookSink,
 ) -> None:
-    with Publisher(traced.broker.settings) as publisher:
-        tracer = trace.get_tracer("tests.upstream")
-        with tracer.start_as_current_span("upstream request", kind=SpanKind.SERVER) as root:
-            handles = publisher.publish_many(
-                SEND_IM, [_im(webhook_sink, f"n{i}") for i in range(3)]
-            )
-        for handle in handles:
-            assert handle.get(timeout=20).status_code == 200
-    upstream.force_flush()
-    trace_id = format_trace_id(root.get_span_context().trace_id)
+    handles, results, trace_id = _from_upstream(
+        traced,
+        upstream,
+        lambda p: p.publish_many(SEND_IM, [_im(webhook_sink, f"n{i}") for i in range(3)]),
+    )
+    assert [result.status_code for result in results] == [200, 200, 200]
 
     spans = _wait_trace(receiver, trace_id, ("CONSUMER", RUN_IM, 3),
                         ("PRODUCER", f"{SEND_IM.name} publish", 1))  # fmt: skip
