@@ -23,17 +23,17 @@ help: ## List the targets
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet uv==$(UV_VERSION)
 
-$(VENV)/.synced: uv.lock pyproject.toml shared/pyproject.toml services/*/pyproject.toml | $(UV)
+$(VENV)/.synced: uv.lock pyproject.toml shared/pyproject.toml services/*/pyproject.toml devkit/pyproject.toml | $(UV)
 	$(UV) sync --locked --all-packages
 	@touch $@
 
 install: $(VENV)/.synced ## Install every package and tool into .venv (uv workspace, locked)
 
 demo: install ## Publish a sample email and IM message to a real notifier worker, then stop
-	$(PY) -m tasklane.demo
+	$(PY) -m tasklane_dev.demo
 
 up: install ## Start the demo stack (broker, sinks, notifier worker) and keep it running
-	$(PY) -m tasklane.demo --keep-running
+	$(PY) -m tasklane_dev.demo --keep-running
 
 test: lint typecheck ## Lint, type-check and run the whole test suite
 	$(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS)

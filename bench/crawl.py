@@ -60,7 +60,7 @@ def site_pages(count: int) -> dict[str, bytes]:
 
 def serve(port_file: Path, count: int) -> None:
     """Serve the site until killed; write its port to ``port_file`` once listening."""
-    from tasklane.sinks import Reply, SiteServer
+    from tasklane_dev.sinks import Reply, SiteServer
 
     pages = {path: Reply(body=body) for path, body in site_pages(count).items()}
     pages["/robots.txt"] = Reply(body=b"User-agent: *\nAllow: /\n")

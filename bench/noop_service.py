@@ -24,11 +24,11 @@ import redis
 from celery import Celery, Task
 from celery.signals import task_prerun
 
-from tasklane.app import create_app
 from tasklane.contracts import REGISTRY, Payload, Result, TaskContract
-from tasklane.protocol import PUBLISHED_AT
 from tasklane.settings import Settings, load_settings
-from tasklane.task import implement
+from tasklane.wire.protocol import PUBLISHED_AT
+from tasklane.worker.app import create_app
+from tasklane.worker.task import implement
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/12"
 DEFAULT_NAMESPACE = "perf."

@@ -55,7 +55,7 @@ from run import (
     wait_for,
 )
 
-from tasklane.sinks import free_port
+from tasklane_dev.sinks import free_port
 
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")

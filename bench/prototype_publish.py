@@ -9,7 +9,7 @@ it with one long-lived redis-py client (pipelined for bulk), to measure what tha
 
 It reproduces Kombu's virtual-transport envelope (``body`` base64, ``properties.delivery_info``,
 ``body_encoding``, ``delivery_tag``) and its priority sub-list naming (``queue:N``) as configured by
-:mod:`tasklane.broker`; ``verify()`` checks each run that its message equals the Kombu path's,
+:mod:`tasklane.wire.broker`; ``verify()`` checks each run that its message equals the Kombu path's,
 ids and timestamps aside.
 
 It also times ``Publisher._encode`` with a prebuilt JSON encoder in ``protocol.encode_body``.
@@ -40,12 +40,12 @@ os.environ.setdefault("TASKLANE_NAMESPACE", "perf.")
 
 import noop_service as svc  # noqa: E402  (needs the environment above)
 
-from tasklane.broker import PRIORITY_SEPARATOR, redis_queue_keys  # noqa: E402
 from tasklane.contracts import TaskContract  # noqa: E402
 from tasklane.errors import PayloadValidationError  # noqa: E402
-from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, TaskMessage  # noqa: E402
 from tasklane.publish import Publisher, TaskHandle  # noqa: E402
-from tasklane.routing import queue_name  # noqa: E402
+from tasklane.wire.broker import PRIORITY_SEPARATOR, redis_queue_keys  # noqa: E402
+from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, TaskMessage  # noqa: E402
+from tasklane.wire.routing import queue_name  # noqa: E402
 
 
 class RedisFastPublisher(Publisher):
@@ -169,9 +169,10 @@ def encode_micro(rounds: int, count: int = 50_000) -> None:
     """``Publisher._encode`` as shipped, then with a prebuilt ``JSONEncoder`` in ``encode_body``.
 
     ``json.dumps`` with non-default ``separators`` builds a new encoder on every call; patching
-    this process's ``tasklane.protocol.encode_body`` measures the change without editing Tasklane.
+    this process's ``tasklane.wire.protocol.encode_body`` measures the change without editing
+    Tasklane.
     """
-    import tasklane.protocol as protocol
+    import tasklane.wire.protocol as protocol
 
     encoder = json.JSONEncoder(separators=(",", ":"))
     embed = protocol._EMBED

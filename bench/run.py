@@ -142,7 +142,7 @@ def broker(url: str | None) -> Iterator[str]:
     if answers(url):
         yield url
         return
-    from tasklane.embedded import EmbeddedBroker
+    from tasklane_dev.embedded import EmbeddedBroker
 
     print(f"nothing answers at {url}; starting an embedded broker", file=sys.stderr)
     with EmbeddedBroker() as embedded:
@@ -170,7 +170,7 @@ def cleanup(client: redis.Redis) -> None:
 
 
 def queue_depth(client: redis.Redis, queue: str) -> int:
-    from tasklane.broker import redis_queue_keys
+    from tasklane.wire.broker import redis_queue_keys
 
     pipe = client.pipeline(transaction=False)
     for key in redis_queue_keys(queue):
@@ -518,7 +518,7 @@ def bench_throughput(
 
 
 def purge(client: redis.Redis, side: Side) -> None:
-    from tasklane.broker import redis_queue_keys
+    from tasklane.wire.broker import redis_queue_keys
 
     client.unlink(*redis_queue_keys(queue_of(side)))
 
@@ -616,8 +616,8 @@ def publisher_for(side: Side) -> tuple[Callable[[int], None], Callable[[], None]
     """A function sending task ``n`` the side's normal way, and one releasing its resources."""
     import noop_service as svc
 
-    from tasklane.protocol import PUBLISHED_AT
     from tasklane.publish import Publisher
+    from tasklane.wire.protocol import PUBLISHED_AT
 
     if side == "tasklane":
         publisher = Publisher(svc.settings, registry=svc.BENCH_REGISTRY)

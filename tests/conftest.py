@@ -28,7 +28,7 @@ def redis_url() -> Iterator[str]:
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
     except redis.ConnectionError:
-        from tasklane.embedded import EmbeddedBroker
+        from tasklane_dev.embedded import EmbeddedBroker
 
         with EmbeddedBroker() as broker:
             yield f"{broker.url}/9"

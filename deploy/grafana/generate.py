@@ -18,8 +18,9 @@ Dashboards:
   queue may carry a namespace prefix such as ``staging.``), and to its workers' ``service`` label.
 * ``tasklane-beat``: ticks, the lock, schedules, fired and missed slots.
 
-Metric sources: workers (``tasklane.metrics``), ``tasklane exporter`` (``tasklane.exporter``) and
-Beat (``tasklane.beat.BeatMetrics``); see docs/observability.md.
+Metric sources: workers (``tasklane.observability.metrics``), ``tasklane exporter``
+(``tasklane.observability.exporter``) and
+Beat (``tasklane.beat.scheduler.BeatMetrics``); see docs/observability.md.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from tasklane.broker import redis_queue_keys
 from tasklane.contracts import REGISTRY
+from tasklane.wire.broker import redis_queue_keys
 from tests.deploy.conftest import (
     CHART,
     NAMESPACE,

@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tasklane.artifacts import open_store
 from tasklane.publish import Publisher
-from tasklane.sinks import Reply, SiteServer, SmtpSink, WebhookSink, free_port
+from tasklane_dev.sinks import Reply, SiteServer, SmtpSink, WebhookSink, free_port
 from tests.integration.harness import BrokerEnv, cleanup
 from tests.unit.media.videos import make_video
 

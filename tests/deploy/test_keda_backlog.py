@@ -29,12 +29,12 @@ from typing import Any
 import pytest
 import redis  # type: ignore[import-untyped,unused-ignore]
 
-from tasklane.broker import connect
 from tasklane.contracts import SEND_EMAIL, SEND_IM, TaskContract
-from tasklane.exporter import read_queues
+from tasklane.observability.exporter import read_queues
 from tasklane.publish import Publisher
-from tasklane.routing import work_queue
 from tasklane.settings import Settings
+from tasklane.wire.broker import connect
+from tasklane.wire.routing import work_queue
 from tests.deploy.conftest import RELEASE, render
 
 pytestmark = pytest.mark.integration

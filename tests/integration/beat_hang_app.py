@@ -11,7 +11,7 @@ import threading
 import time
 from types import FrameType
 
-from tasklane.beat import create_beat_app
+from tasklane.beat.scheduler import create_beat_app
 
 #: Longest hang, should the test never release it.
 MAX_HANG = 60.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasklane.sinks import SmtpSink, WebhookSink
+from tasklane_dev.sinks import SmtpSink, WebhookSink
 from tests.integration.harness import (
     RABBITMQ_URL,
     BrokerEnv,

@@ -11,10 +11,10 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.control import control_command
 
-from tasklane.app import create_app
 from tasklane.errors import TransientError
 from tasklane.settings import load_settings
-from tasklane.task import implement
+from tasklane.worker.app import create_app
+from tasklane.worker.task import implement
 from tests.integration.flaky_contracts import (
     ALWAYS_FAILS,
     FLAKY_REGISTRY,

@@ -15,9 +15,9 @@ import redis
 from kombu.connection import Connection
 
 from tasklane.contracts import REGISTRY, ContractRegistry
-from tasklane.deadletter import DeadLetter, DeadLetterQueue
-from tasklane.routing import dead_letter_exchange, dlq_name, queue_name
 from tasklane.settings import Settings, is_redis_url
+from tasklane.wire.deadletter import DeadLetter, DeadLetterQueue
+from tasklane.wire.routing import dead_letter_exchange, dlq_name, queue_name
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -189,7 +189,7 @@ class RedisServer:
     """
 
     def __init__(self, directory: Path) -> None:
-        from tasklane.sinks import free_port
+        from tasklane_dev.sinks import free_port
 
         self.port = free_port()
         self.directory = directory

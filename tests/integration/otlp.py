@@ -19,7 +19,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.util._once import Once
 
-from tasklane.sinks import HttpRecorder
+from tasklane_dev.sinks import HttpRecorder
 
 PROTOBUF = "application/x-protobuf"
 

@@ -12,9 +12,9 @@ import time
 
 import redis
 
-from tasklane.app import create_app
 from tasklane.settings import is_redis_url, load_settings
-from tasklane.task import implement
+from tasklane.worker.app import create_app
+from tasklane.worker.task import implement
 from tests.integration.scalein_contracts import LONG, SCALEIN_REGISTRY, LongPayload, LongResult
 
 settings = load_settings()
@@ -23,7 +23,7 @@ WORKER = os.environ.get("SCALEIN_WORKER", "?")
 
 if os.environ.get("SCALEIN_RESTORE_INTERVAL") and is_redis_url(settings.broker_url):
     # Kombu's sweep returns unacknowledged messages older than the visibility timeout to their
-    # queue every 10 s (tasklane.broker makes every sweep scan), still slow for a test: here it
+    # queue every 10 s (tasklane.wire.broker makes every sweep scan), still slow for a test: here it
     # scans every SCALEIN_RESTORE_INTERVAL seconds.
     app.conf.broker_transport_options = {
         **app.conf.broker_transport_options,

@@ -24,11 +24,11 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasklane.broker import redis_queue_keys
-from tasklane.schedules import ClockedSchedule, IntervalSchedule, ScheduleEntry
-from tasklane.schedulestore import ScheduleError
-from tasklane.scheduling import SCHEDULE_HEADER, SLOT_HEADER, Schedules
-from tasklane.sinks import free_port
+from tasklane.beat.client import SCHEDULE_HEADER, SLOT_HEADER, Schedules
+from tasklane.beat.models import ClockedSchedule, IntervalSchedule, ScheduleEntry
+from tasklane.beat.store import ScheduleError
+from tasklane.wire.broker import redis_queue_keys
+from tasklane_dev.sinks import free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup
 
 pytestmark = pytest.mark.integration
@@ -229,7 +229,7 @@ def test_one_off_fires_once_expired_never_and_a_lost_contract_is_reported(
 
 APP_MODULE = """
 from celery.schedules import crontab
-from tasklane.beat import create_beat_app
+from tasklane.beat.scheduler import create_beat_app
 
 IM = {"channel": "webhook", "url": "https://hooks.example.org/code", "text": "from code"}
 app = create_beat_app()

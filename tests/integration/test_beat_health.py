@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tasklane.scheduling import SCHEDULE_HEADER, Schedules
-from tasklane.sinks import free_port
+from tasklane.beat.client import SCHEDULE_HEADER, Schedules
+from tasklane_dev.sinks import free_port
 from tests.integration.harness import BrokerEnv, RedisServer, WorkerProcess, cleanup
 from tests.integration.test_beat import every, sent
 from tests.integration.test_health import probe, wait_until

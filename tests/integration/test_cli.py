@@ -18,14 +18,14 @@ from celery import Celery
 from kombu import Connection, Producer
 from typer.testing import CliRunner, Result
 
-from tasklane.broker import connect
-from tasklane.cli import app
+from tasklane.cli.main import app
 from tasklane.contracts import REGISTRY, SEND_EMAIL, TaskContract
-from tasklane.deadletter import REASON, dead_letter_headers, send_to_dlq
 from tasklane.errors import PermanentError
-from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
-from tasklane.routing import dead_letter_exchange, dlq_name, queue_name, work_queue
 from tasklane.settings import Settings, load_settings
+from tasklane.wire.broker import connect
+from tasklane.wire.deadletter import REASON, dead_letter_headers, send_to_dlq
+from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
+from tasklane.wire.routing import dead_letter_exchange, dlq_name, queue_name, work_queue
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tasklane.publish import Publisher
-from tasklane.sinks import SmtpSink
+from tasklane_dev.sinks import SmtpSink
 from tests.integration.harness import BrokerEnv, WorkerProcess
 
 pytestmark = pytest.mark.integration

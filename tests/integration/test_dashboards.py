@@ -38,12 +38,12 @@ from kombu.connection import Connection
 from kombu.messaging import Producer
 from PIL import Image
 
+from tasklane.beat.client import Schedules
+from tasklane.beat.models import IntervalSchedule, ScheduleEntry
 from tasklane.contracts import REGISTRY
-from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
 from tasklane.publish import Publisher, TaskHandle
-from tasklane.schedules import IntervalSchedule, ScheduleEntry
-from tasklane.scheduling import Schedules
-from tasklane.sinks import Reply, SiteServer, WebhookSink, free_port
+from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
+from tasklane_dev.sinks import Reply, SiteServer, WebhookSink, free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup, wait_for_dead_letters
 
 pytestmark = pytest.mark.integration

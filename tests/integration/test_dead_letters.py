@@ -13,12 +13,12 @@ from celery import Celery
 from kombu import Connection, Producer
 
 from tasklane.contracts import SEND_EMAIL
-from tasklane.deadletter import DeadLetter, DeadLetterQueue
 from tasklane.errors import TaskFailedError
-from tasklane.protocol import encode_body, task_headers
 from tasklane.publish import Publisher
-from tasklane.routing import dead_letter_queue, dlq_name, work_queue
-from tasklane.sinks import SmtpSink
+from tasklane.wire.deadletter import DeadLetter, DeadLetterQueue
+from tasklane.wire.protocol import encode_body, task_headers
+from tasklane.wire.routing import dead_letter_queue, dlq_name, work_queue
+from tasklane_dev.sinks import SmtpSink
 from tests.integration.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
 
 pytestmark = pytest.mark.integration

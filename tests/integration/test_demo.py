@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 def test_demo_runs_on_the_embedded_broker_and_shows_every_end() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("TASKLANE_BROKER_URL", "REDIS_URL")}
     done = subprocess.run(
-        [sys.executable, "-m", "tasklane.demo"],
+        [sys.executable, "-m", "tasklane_dev.demo"],
         env=env,
         capture_output=True,
         text=True,

@@ -25,10 +25,10 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from tasklane.contracts import SEND_IM
-from tasklane.exemplars import FILE_PREFIX
+from tasklane.observability.exemplars import FILE_PREFIX
+from tasklane.observability.tracing import start_tracing, stop_tracing
 from tasklane.publish import Publisher
-from tasklane.sinks import Reply, WebhookSink, free_port
-from tasklane.tracing import start_tracing, stop_tracing
+from tasklane_dev.sinks import Reply, WebhookSink, free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess
 from tests.integration.otlp import OtlpReceiver, forget_global_provider
 

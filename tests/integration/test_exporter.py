@@ -19,15 +19,15 @@ from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasklane.broker import connect, redis_queue_keys
 from tasklane.contracts import REGISTRY, SEND_EMAIL, SEND_IM
-from tasklane.deadletter import send_to_dlq
 from tasklane.errors import SettingsError
-from tasklane.exporter import QueueCollector, collect_once, start
-from tasklane.inspect import queue_names
+from tasklane.observability.exporter import QueueCollector, collect_once, start
 from tasklane.publish import Publisher
-from tasklane.routing import queue_name, work_queue
 from tasklane.settings import Settings
+from tasklane.wire.broker import connect, redis_queue_keys
+from tasklane.wire.deadletter import send_to_dlq
+from tasklane.wire.queues import queue_names
+from tasklane.wire.routing import queue_name, work_queue
 from tests.integration.harness import BrokerEnv, RedisServer
 
 pytestmark = pytest.mark.integration

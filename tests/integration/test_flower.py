@@ -16,12 +16,12 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from tasklane.cli import app as cli
+from tasklane.cli.main import app as cli
 from tasklane.contracts import REGISTRY
-from tasklane.flower import create_flower_app
+from tasklane.observability.flower import create_flower_app
 from tasklane.publish import Publisher
-from tasklane.routing import dlq_name, queue_name
-from tasklane.sinks import WebhookSink, free_port
+from tasklane.wire.routing import dlq_name, queue_name
+from tasklane_dev.sinks import WebhookSink, free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -239,7 +239,7 @@ def test_print_shows_the_command_with_passwords_masked(
     # The credentials go in Flower's own variable, never on the command line (ps shows argv).
     assert shlex.split(result.output) == [
         "FLOWER_BASIC_AUTH=ops:***,ann:***",
-        sys.executable, "-m", "celery", "-A", "tasklane.flowerapp", "flower",
+        sys.executable, "-m", "celery", "-A", "tasklane.observability.flower_app", "flower",
         "--port=5555", "--address=0.0.0.0", "--enable_events=True",
         "--url_prefix=ops/flower", "--purge_offline_workers=60",
     ]  # fmt: skip

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from tasklane.sinks import free_port
+from tasklane_dev.sinks import free_port
 from tests.integration.harness import RedisServer, WorkerProcess
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tasklane.idempotency import IdempotencyStore
+from tasklane.worker.idempotency import IdempotencyStore
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tasklane.publish import Publisher
-from tasklane.sinks import Reply, WebhookSink
+from tasklane_dev.sinks import Reply, WebhookSink
 from tests.integration.harness import BrokerEnv, WorkerProcess
 
 pytestmark = pytest.mark.integration

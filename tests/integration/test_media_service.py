@@ -22,12 +22,12 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasklane.artifacts import ArtifactStore, open_store
-from tasklane.deadletter import DeadLetter
 from tasklane.errors import TaskFailedError
-from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
 from tasklane.publish import Publisher, TaskHandle
-from tasklane.routing import queue_name
-from tasklane.sinks import Reply, SiteServer, free_port
+from tasklane.wire.deadletter import DeadLetter
+from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
+from tasklane.wire.routing import queue_name
+from tasklane_dev.sinks import Reply, SiteServer, free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup, dead_letters
 from tests.unit.media.videos import make_video
 

@@ -16,9 +16,9 @@ from kombu import Connection, Producer
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
 from tasklane.publish import Publisher
-from tasklane.sinks import Reply, WebhookSink, free_port
+from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
+from tasklane_dev.sinks import Reply, WebhookSink, free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
 
 pytestmark = pytest.mark.integration

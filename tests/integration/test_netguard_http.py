@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tasklane.netguard import NetGuardPolicy, UnsafeURLError, guarded_client
+from tasklane.net.guard import NetGuardPolicy, UnsafeURLError, guarded_client
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 from notifier.webhooks import verify_signature
 from tasklane.errors import TaskFailedError
 from tasklane.publish import Publisher
-from tasklane.sinks import Reply, SmtpSink, WebhookSink
+from tasklane_dev.sinks import Reply, SmtpSink, WebhookSink
 from tests.integration.harness import (
     BrokerEnv,
     WorkerProcess,

@@ -24,11 +24,11 @@ import pytest
 import redis
 from kombu.connection import Connection
 
-from tasklane.app import longest_hold, visibility_timeout
-from tasklane.app import soft_shutdown_timeout as derived_soft_shutdown_timeout
-from tasklane.inspect import depths
 from tasklane.publish import Publisher
-from tasklane.routing import dlq_name, queue_name
+from tasklane.wire.queues import depths
+from tasklane.wire.routing import dlq_name, queue_name
+from tasklane.worker.app import longest_hold, visibility_timeout
+from tasklane.worker.app import soft_shutdown_timeout as derived_soft_shutdown_timeout
 from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup
 from tests.integration.scalein_contracts import LONG, SCALEIN_REGISTRY
 

@@ -22,15 +22,15 @@ import pytest
 import redis
 import uvicorn
 
-from tasklane.broker import redis_queue_keys
+from tasklane.beat.api import TOKEN_ENV, create_api, serve
+from tasklane.beat.client import SCHEDULE_HEADER, Schedules
+from tasklane.beat.models import IntervalSchedule, ScheduleEntry
+from tasklane.beat.store import BeatStatus
 from tasklane.contracts import SEND_IM
 from tasklane.errors import SettingsError
-from tasklane.routing import queue_name
-from tasklane.scheduleapi import TOKEN_ENV, create_api, serve
-from tasklane.schedules import IntervalSchedule, ScheduleEntry
-from tasklane.schedulestore import BeatStatus
-from tasklane.scheduling import SCHEDULE_HEADER, Schedules
 from tasklane.settings import Settings
+from tasklane.wire.broker import redis_queue_keys
+from tasklane.wire.routing import queue_name
 from tests.integration.harness import BrokerEnv, cleanup
 
 pytestmark = pytest.mark.integration

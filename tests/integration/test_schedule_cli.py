@@ -13,13 +13,13 @@ import pytest
 import redis
 from typer.testing import CliRunner, Result
 
-from tasklane.broker import redis_queue_keys
-from tasklane.cli import app
+from tasklane.beat.client import SCHEDULE_HEADER, Schedules
+from tasklane.beat.models import IntervalSchedule, ScheduleEntry
+from tasklane.beat.store import BeatStatus
+from tasklane.cli.main import app
 from tasklane.contracts import SEND_IM
-from tasklane.routing import queue_name
-from tasklane.schedules import IntervalSchedule, ScheduleEntry
-from tasklane.schedulestore import BeatStatus
-from tasklane.scheduling import SCHEDULE_HEADER, Schedules
+from tasklane.wire.broker import redis_queue_keys
+from tasklane.wire.routing import queue_name
 from tests.integration.harness import BrokerEnv, cleanup
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tasklane.artifacts import open_store
 from tasklane.contracts.scraper import CrawlStatus
 from tasklane.publish import Publisher
-from tasklane.sinks import Reply, SiteServer, free_port
+from tasklane_dev.sinks import Reply, SiteServer, free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess
 
 pytestmark = pytest.mark.integration

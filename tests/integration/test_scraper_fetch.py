@@ -29,7 +29,7 @@ from scraper.fetch import (
     make_client,
 )
 from tasklane.errors import PermanentError, TransientError
-from tasklane.netguard import NetGuardPolicy, UnsafeURLError
+from tasklane.net.guard import NetGuardPolicy, UnsafeURLError
 
 pytestmark = pytest.mark.integration
 

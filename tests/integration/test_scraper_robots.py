@@ -15,7 +15,7 @@ import redis
 
 from scraper.robots import UNREACHABLE_TTL, RobotsCache, RobotsDisallowedError
 from tasklane.errors import PermanentError
-from tasklane.netguard import NetGuardPolicy, guarded_client
+from tasklane.net.guard import NetGuardPolicy, guarded_client
 
 pytestmark = pytest.mark.integration
 

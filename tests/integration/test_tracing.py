@@ -1,6 +1,7 @@
 """Traces end to end: real notifier workers exporting over OTLP/HTTP to a real local receiver.
 
-The test process plays an upstream service, traced through :func:`tasklane.tracing.start_tracing`
+The test process plays an upstream service, traced through
+:func:`tasklane.observability.tracing.start_tracing`
 like a real one, so its spans reach the same receiver as the workers'. One traced worker per
 broker serves every traced test of the module (starting and stopping one is most of a test's
 time); each test asserts on its own trace only.
@@ -26,19 +27,19 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, format_trace_id
 
+from tasklane.beat.client import Schedules
+from tasklane.beat.models import IntervalSchedule, ScheduleEntry
 from tasklane.contracts import SEND_EMAIL, SEND_IM
 from tasklane.errors import SettingsError
-from tasklane.publish import Publisher, TaskHandle
-from tasklane.schedules import IntervalSchedule, ScheduleEntry
-from tasklane.scheduling import Schedules
-from tasklane.sinks import Reply, SmtpSink, WebhookSink
-from tasklane.tracing import (
+from tasklane.observability.tracing import (
     check_tracing_settings,
     service_resource,
     start_tracing,
     stop_tracing,
     tracing_enabled,
 )
+from tasklane.publish import Publisher, TaskHandle
+from tasklane_dev.sinks import Reply, SmtpSink, WebhookSink
 from tests.integration.harness import (
     RABBITMQ_URL,
     BrokerEnv,

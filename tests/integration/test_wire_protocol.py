@@ -11,7 +11,7 @@ from celery import Celery
 from kombu import Connection, Producer
 
 from tasklane.contracts import SEND_EMAIL
-from tasklane.sinks import SmtpSink
+from tasklane_dev.sinks import SmtpSink
 from tests.integration.harness import BrokerEnv
 
 pytestmark = pytest.mark.integration

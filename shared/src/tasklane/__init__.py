@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from tasklane.app import create_app
 from tasklane.contracts import (
     REGISTRY,
     ContractRegistry,
@@ -23,7 +22,8 @@ from tasklane.errors import (
 )
 from tasklane.publish import Publisher, TaskHandle, publish
 from tasklane.settings import Settings, load_settings
-from tasklane.task import implement
+from tasklane.worker.app import create_app
+from tasklane.worker.task import implement
 
 __all__ = [
     "ContractRegistry",

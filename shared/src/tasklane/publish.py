@@ -22,17 +22,17 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 from pydantic import BaseModel, ValidationError
 
-from tasklane.broker import connect
 from tasklane.contracts import REGISTRY, ContractRegistry, TaskContract
 from tasklane.errors import (
     PayloadTooLargeError,
     PayloadValidationError,
     TaskFailedError,
 )
-from tasklane.metrics import task_metrics
-from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, TaskMessage, task_message
-from tasklane.routing import MAX_PRIORITY, dead_letter_queue, queue_name, work_queue
+from tasklane.observability.metrics import task_metrics
 from tasklane.settings import Settings, load_settings
+from tasklane.wire.broker import connect
+from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, TaskMessage, task_message
+from tasklane.wire.routing import MAX_PRIORITY, dead_letter_queue, queue_name, work_queue
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 ResultT = TypeVar("ResultT", bound=BaseModel)
@@ -131,7 +131,8 @@ class Publisher:
             backend=self.settings.result_backend,
         )
         self._results.conf.update(accept_content=["json"], result_accept_content=["json"])
-        # The API's proxy: no-op spans until this process starts tracing (tasklane.tracing).
+        # The API's proxy: no-op spans until this process starts tracing
+        # (tasklane.observability.tracing).
         self._tracer = trace.get_tracer(__name__)
 
     def __enter__(self) -> Publisher:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tasklane.contracts import ContractRegistry, TaskContract
-from tasklane.routing import dlq_name
+from tasklane.wire.routing import dlq_name
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 #: Key of the Tasklane routing and policy block added to every payload schema.

@@ -24,7 +24,7 @@ from notifier.webhooks import (
 )
 from tasklane.contracts.notifier import IMPayload
 from tasklane.errors import PermanentError, TransientError
-from tasklane.sinks import Reply, WebhookSink
+from tasklane_dev.sinks import Reply, WebhookSink
 
 NOW = 1_700_000_000.123
 DINGTALK_OK = b'{"errcode":0,"errmsg":"ok"}'

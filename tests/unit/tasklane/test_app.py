@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from tasklane.app import create_app, visibility_timeout
 from tasklane.contracts import REGISTRY
 from tasklane.errors import SettingsError
 from tasklane.settings import Settings
-from tasklane.shutdown import ShutdownDeadline
+from tasklane.worker.app import create_app, visibility_timeout
+from tasklane.worker.shutdown import ShutdownDeadline
 
 REDIS = "redis://127.0.0.1:6379/9"
 
@@ -27,7 +27,7 @@ def test_factory_sets_the_production_defaults() -> None:
     assert conf.result_expires == 86_400
     assert conf.timezone == "UTC" and conf.enable_utc
     assert [q.name for q in conf.task_queues] == ["notifier.email", "notifier.im"]
-    assert conf.worker_consumer == "tasklane.consumer:DeadLetteringConsumer"
+    assert conf.worker_consumer == "tasklane.worker.consumer:DeadLetteringConsumer"
 
 
 def test_visibility_timeout_exceeds_every_time_limit_and_retry_countdown() -> None:

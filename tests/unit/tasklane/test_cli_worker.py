@@ -7,8 +7,8 @@ import shlex
 import pytest
 from typer.testing import CliRunner
 
-from tasklane.cli import app, worker_command
-from tasklane.cliexit import CliError
+from tasklane.cli.errors import CliError
+from tasklane.cli.main import app, worker_command
 from tasklane.settings import Settings
 
 

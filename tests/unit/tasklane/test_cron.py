@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from tasklane.cron import ParsedCron, last_fire, next_fire, parse_crontab
-from tasklane.schedules import CrontabSchedule
+from tasklane.beat.cron import ParsedCron, last_fire, next_fire, parse_crontab
+from tasklane.beat.models import CrontabSchedule
 
 MINUTE = timedelta(minutes=1)
 

@@ -12,7 +12,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from tasklane.exemplars import ExemplarCollector, ExemplarRecorder, bucket_bound
+from tasklane.observability.exemplars import ExemplarCollector, ExemplarRecorder, bucket_bound
 
 BUCKETS = (0.01, 0.1, 1.0)
 LABELS = {"task": "notifier.im.send", "queue": "notifier.im"}

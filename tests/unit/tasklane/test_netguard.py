@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tasklane.errors import PermanentError, SettingsError
-from tasklane.netguard import (
+from tasklane.net.guard import (
     GuardedTransport,
     NetGuardPolicy,
     UnsafeURLError,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasklane.retryafter import retry_after_seconds
+from tasklane.net.retry_after import retry_after_seconds
 
 NOW = 1_700_000_000.0
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tasklane.contracts import REGISTRY
-from tasklane.routing import dead_letter_queues, queues_for_service, task_routes
+from tasklane.wire.routing import dead_letter_queues, queues_for_service, task_routes
 
 
 def test_every_contract_routes_to_its_contract_queue() -> None:

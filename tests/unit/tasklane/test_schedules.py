@@ -10,9 +10,7 @@ from celery import Celery
 from celery.schedules import crontab
 from pydantic import ValidationError
 
-from tasklane.beat import entries_from_beat_schedule, entries_from_file
-from tasklane.errors import PayloadValidationError, UnknownContractError
-from tasklane.schedules import (
+from tasklane.beat.models import (
     ClockedSchedule,
     CrontabSchedule,
     EntryState,
@@ -22,6 +20,8 @@ from tasklane.schedules import (
     next_slot,
     slots_between,
 )
+from tasklane.beat.sources import entries_from_beat_schedule, entries_from_file
+from tasklane.errors import PayloadValidationError, UnknownContractError
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 IM = {"channel": "webhook", "url": "https://hooks.example.org/x", "text": "hi"}

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasklane import shutdown
-from tasklane.shutdown import ShutdownDeadline
+from tasklane.worker import shutdown
+from tasklane.worker.shutdown import ShutdownDeadline
 
 
 def _step(timeout: float) -> ShutdownDeadline:

@@ -8,9 +8,9 @@ from celery.signals import worker_init
 
 from media.settings import MediaSettings
 from media.workspace import remove_stale
-from tasklane.app import create_app
 from tasklane.contracts import REGISTRY
 from tasklane.settings import load
+from tasklane.worker.app import create_app
 
 app = create_app("media")
 app.conf.include = ["media.tasks"]

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tasklane.errors import PermanentError
-from tasklane.metrics import service_counter
+from tasklane.observability.metrics import service_counter
 
 
 def _items(task: str, outcome: str) -> None:

@@ -38,9 +38,9 @@ from tasklane.contracts.media import (
     VideoThumbnailPayload,
 )
 from tasklane.contracts.ping import PingPayload, PingResult, pong
-from tasklane.netguard import NetGuardPolicy, guarded_client
+from tasklane.net.guard import NetGuardPolicy, guarded_client
 from tasklane.settings import load
-from tasklane.task import ContractTask, implement
+from tasklane.worker.task import ContractTask, implement
 
 settings = app.conf.tasklane_settings
 # Read when the worker starts, so that a bad value stops it with a clear error at once.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasklane.app import create_app
+from tasklane.worker.app import create_app
 
 app = create_app("notifier")
 app.conf.include = ["notifier.tasks"]

@@ -1,6 +1,7 @@
 """The notifier's own metric: deliveries by channel and outcome.
 
-Beside the platform's per-task metrics (``tasklane.metrics``). Labels come from fixed sets: the
+Beside the platform's per-task metrics (``tasklane.observability.metrics``). Labels come from fixed
+sets: the
 channel (``email``, ``dingtalk``, ``slack``, ``webhook``) and the outcome: ``delivered``,
 ``transient`` (the attempt failed and is retried), ``refused`` (permanent: the server or the
 message said no) and ``failed`` (anything else).
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tasklane.errors import PermanentError, TransientError
-from tasklane.metrics import service_counter
+from tasklane.observability.metrics import service_counter
 
 
 def _delivery(channel: str, outcome: str) -> None:

@@ -14,7 +14,7 @@ import httpx
 
 from tasklane.contracts.notifier import IMPayload
 from tasklane.errors import PermanentError, TransientError
-from tasklane.retryafter import retry_after_seconds
+from tasklane.net.retry_after import retry_after_seconds
 
 _EXCERPT = 500
 # DingTalk's "sending too fast" error: the robot is throttled for a while, retrying later works.

@@ -23,7 +23,7 @@ from scraper.robots import RobotsDisallowedError
 from tasklane.contracts.base import RetryPolicy
 from tasklane.contracts.scraper import CrawlURL
 from tasklane.errors import PermanentError
-from tasklane.netguard import UnsafeURLError
+from tasklane.net.guard import UnsafeURLError
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Plain domain code: no Celery here. Failures are raised as :class:`~tasklane.errors.TransientError`
 (worth retrying: timeouts, connection errors, 429/503/5xx) or
 :class:`~tasklane.errors.PermanentError` (too large, unsupported type, too many redirects, bad
-input); :class:`~tasklane.netguard.UnsafeURLError` from the guard propagates as it is.
+input); :class:`~tasklane.net.guard.UnsafeURLError` from the guard propagates as it is.
 
 Redirects are followed here, hop by hop, rather than by httpx: httpx reads every redirect
 response's body into memory with no size cap and no overall deadline, while :func:`fetch` never
@@ -24,8 +24,8 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 import httpx
 
 from tasklane.errors import PermanentError, TransientError
-from tasklane.netguard import NetGuardPolicy, guarded_client
-from tasklane.retryafter import retry_after_seconds
+from tasklane.net.guard import NetGuardPolicy, guarded_client
+from tasklane.net.retry_after import retry_after_seconds
 
 DEFAULT_ACCEPTED_TYPES = frozenset(
     {

@@ -1,6 +1,7 @@
 """The scraper's own metrics: pages by HTTP status, bytes read, and refusals by kind.
 
-Recorded by the task functions, beside the platform's per-task metrics (``tasklane.metrics``).
+Recorded by the task functions, beside the platform's per-task metrics
+(``tasklane.observability.metrics``).
 Labels are HTTP status codes and the fixed refusal kinds of :func:`scraper.crawl.refusal_type`.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from scraper.records import PageRecord
-from tasklane.metrics import service_counter
+from tasklane.observability.metrics import service_counter
 
 
 def pages(status: int, body_bytes: int) -> None:

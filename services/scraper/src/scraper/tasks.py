@@ -64,10 +64,10 @@ from tasklane.contracts.scraper import (
     ReportResult,
 )
 from tasklane.errors import TransientError
-from tasklane.netguard import NetGuardPolicy
+from tasklane.net.guard import NetGuardPolicy
 from tasklane.publish import Publisher
 from tasklane.settings import load
-from tasklane.task import ContractTask, implement
+from tasklane.worker.task import ContractTask, implement
 
 logger = logging.getLogger(__name__)
 

@@ -67,7 +67,7 @@ class TaskContract(Generic[PayloadT, ResultT]):
     """One task type: its name, queue, payload and result models and its run-time policy.
 
     The queue is the dedicated queue of this task type; its dead-letter queue is derived from it
-    (see :mod:`tasklane.routing`). Time limits are seconds; ``rate_limit`` uses Celery's syntax
+    (see :mod:`tasklane.wire.routing`). Time limits are seconds; ``rate_limit`` uses Celery's syntax
     (``"10/s"``) and applies per worker node, not across the pool.
     """
 

@@ -18,14 +18,14 @@ from celery.exceptions import Retry
 from pydantic import BaseModel, ValidationError
 
 from tasklane.contracts import TaskContract
-from tasklane.deadletter import dead_letter_headers, send_to_dlq
 from tasklane.errors import PayloadValidationError, PermanentError, TransientError
-from tasklane.idempotency import IdempotencyStore
-from tasklane.metrics import record_dead_letter
-from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, encode_body, task_headers
+from tasklane.observability.metrics import record_dead_letter
 from tasklane.publish import describe_validation_error
-from tasklane.routing import queue_name
 from tasklane.settings import Settings
+from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
+from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, encode_body, task_headers
+from tasklane.wire.routing import queue_name
+from tasklane.worker.idempotency import IdempotencyStore
 
 logger = logging.getLogger(__name__)
 

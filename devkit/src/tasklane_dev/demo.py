@@ -36,7 +36,7 @@ from tasklane.contracts import (
 )
 from tasklane.publish import Publisher, TaskHandle
 from tasklane.settings import Settings
-from tasklane.sinks import Reply, SiteServer, SmtpSink, WebhookSink
+from tasklane_dev.sinks import Reply, SiteServer, SmtpSink, WebhookSink
 
 DEMO_SECRET_NAME = "demo-webhook"
 DEMO_SECRET = "demo-signing-secret"
@@ -50,7 +50,7 @@ def broker_url(console: Console) -> Iterator[str]:
         console.print(f"broker: [bold]{configured}[/] (from the environment)")
         yield configured
         return
-    from tasklane.embedded import EmbeddedBroker
+    from tasklane_dev.embedded import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         console.print(f"broker: embedded Valkey at [bold]{broker.url}[/]")
@@ -254,7 +254,7 @@ def run(keep_running: bool = False) -> int:
 
 
 def main() -> None:
-    """Entry point of ``python -m tasklane.demo``."""
+    """Entry point of ``python -m tasklane_dev.demo``."""
     sys.exit(run(keep_running="--keep-running" in sys.argv[1:]))
 
 

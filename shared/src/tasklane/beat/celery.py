@@ -6,6 +6,6 @@ Schedules come from Redis and the schedule file; a Celery app of your own with a
 
 from __future__ import annotations
 
-from tasklane.beat import create_beat_app
+from tasklane.beat.scheduler import create_beat_app
 
 app = create_beat_app()

@@ -18,7 +18,7 @@ Beat (:class:`BeatHealth`):
   Services and rollouts, and a standby is as fit to take over as the active one is to fire.
 
 Both are served beside ``/metrics`` on ``TASKLANE_METRICS_PORT``: ``/livez`` and ``/readyz``
-(:func:`tasklane.metrics.serve_endpoints`, which takes any :class:`Probes`).
+(:func:`tasklane.observability.metrics.serve_endpoints`, which takes any :class:`Probes`).
 """
 
 from __future__ import annotations

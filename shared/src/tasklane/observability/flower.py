@@ -16,10 +16,10 @@ from celery import Celery
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tasklane.broker import transport_options
 from tasklane.contracts import REGISTRY
-from tasklane.routing import dead_letter_queues, task_routes, work_queues
 from tasklane.settings import Settings, load_settings
+from tasklane.wire.broker import transport_options
+from tasklane.wire.routing import dead_letter_queues, task_routes, work_queues
 
 MIN_PASSWORD_LENGTH = 12
 _URL_PREFIX = re.compile(r"^[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$")
@@ -97,8 +97,8 @@ def flower_command(settings: Settings, flower_settings: FlowerSettings) -> list[
     Raises:
         SettingsError: no broker configured.
     """
-    settings.require_broker()  # fail here, not in the child's import of tasklane.flowerapp
-    argv = [sys.executable, "-m", "celery", "-A", "tasklane.flowerapp", "flower"]
+    settings.require_broker()  # fail here, not in the child's import of the flower_app module
+    argv = [sys.executable, "-m", "celery", "-A", "tasklane.observability.flower_app", "flower"]
     argv += [f"--port={flower_settings.port}", f"--address={flower_settings.address}"]
     # Flower's default today; said here because the task list depends on it.
     argv.append("--enable_events=True")

@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 from kombu.connection import Connection
 
-from tasklane.broker import connect, redis_queue_keys
 from tasklane.contracts import ContractRegistry
-from tasklane.routing import dead_letter_queues, work_queues
 from tasklane.settings import Settings
+from tasklane.wire.broker import connect, redis_queue_keys
+from tasklane.wire.routing import dead_letter_queues, work_queues
 
 QueueKind = Literal["work", "dead-letter"]
 

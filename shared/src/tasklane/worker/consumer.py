@@ -17,9 +17,9 @@ from celery.worker.consumer import Consumer
 from kombu.entity import Queue
 from kombu.exceptions import ContentDisallowed, DecodeError
 
-from tasklane.deadletter import dead_letter_headers, send_to_dlq
-from tasklane.metrics import record_dead_letter
-from tasklane.routing import dead_letter_exchange
+from tasklane.observability.metrics import record_dead_letter
+from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
+from tasklane.wire.routing import dead_letter_exchange
 
 logger = logging.getLogger(__name__)
 

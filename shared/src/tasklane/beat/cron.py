@@ -1,6 +1,6 @@
 """When a crontab schedule fires: its fields parsed once, and its fire times as real instants.
 
-The fields are those of :class:`tasklane.schedules.CrontabSchedule`, read the way Vixie cron
+The fields are those of :class:`tasklane.beat.models.CrontabSchedule`, read the way Vixie cron
 and cronie read them, and matched against the wall clock of the schedule's time zone:
 
 * Each field is a comma-separated list of numbers, ranges (``1-5``) and ``*``, where a range
@@ -38,13 +38,28 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import chain
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from celery.schedules import ParseException, crontab_parser
 
-if TYPE_CHECKING:
-    from tasklane.schedules import CrontabSchedule
+
+class CrontabFields(Protocol):
+    """The five cron fields and a time zone (:class:`tasklane.beat.models.CrontabSchedule`)."""
+
+    @property
+    def minute(self) -> str: ...
+    @property
+    def hour(self) -> str: ...
+    @property
+    def day_of_month(self) -> str: ...
+    @property
+    def month_of_year(self) -> str: ...
+    @property
+    def day_of_week(self) -> str: ...
+    @property
+    def timezone(self) -> str: ...
+
 
 _MINUTE = timedelta(minutes=1)
 _DAY = timedelta(days=1)
@@ -108,7 +123,7 @@ class ParsedCron:
     wildcard_time: bool = False  # minute or hour starts with "*": fires in both repeated hours
 
 
-def parse_crontab(schedule: CrontabSchedule) -> ParsedCron:
+def parse_crontab(schedule: CrontabFields) -> ParsedCron:
     """Expand the schedule's fields; a bad field raises ``ValueError`` naming the field."""
     days = _parse_field(_DOM_FIELD, schedule.day_of_month)
     months = _parse_field(_MONTH_FIELD, schedule.month_of_year)
@@ -130,7 +145,7 @@ def parse_crontab(schedule: CrontabSchedule) -> ParsedCron:
     return parsed
 
 
-def next_fire(schedule: CrontabSchedule | ParsedCron, after: datetime) -> datetime:
+def next_fire(schedule: CrontabFields | ParsedCron, after: datetime) -> datetime:
     """The first fire time strictly after ``after`` (aware), in UTC.
 
     Raises:
@@ -146,7 +161,7 @@ def next_fire(schedule: CrontabSchedule | ParsedCron, after: datetime) -> dateti
     raise ValueError(f"the schedule does not fire within {_SEARCH_YEARS} years after {after}")
 
 
-def last_fire(schedule: CrontabSchedule | ParsedCron, at_or_before: datetime) -> datetime | None:
+def last_fire(schedule: CrontabFields | ParsedCron, at_or_before: datetime) -> datetime | None:
     """The latest fire time not after ``at_or_before`` (aware), in UTC.
 
     None when the schedule did not fire in the 366 days up to ``at_or_before``: a yearly
@@ -218,7 +233,7 @@ def _check_day_occurs(days: frozenset[int], months: frozenset[int]) -> None:
     )
 
 
-def _parsed(schedule: CrontabSchedule | ParsedCron) -> ParsedCron:
+def _parsed(schedule: CrontabFields | ParsedCron) -> ParsedCron:
     return schedule if isinstance(schedule, ParsedCron) else parse_crontab(schedule)
 
 

@@ -19,10 +19,10 @@ from types import TracebackType
 
 import redis
 
+from tasklane.beat.models import ClockedSchedule, EntryView, ScheduleEntry
+from tasklane.beat.store import BeatStatus, ScheduleError, ScheduleStore
 from tasklane.contracts import REGISTRY, ContractRegistry
 from tasklane.publish import Publisher
-from tasklane.schedules import ClockedSchedule, EntryView, ScheduleEntry
-from tasklane.schedulestore import BeatStatus, ScheduleError, ScheduleStore
 from tasklane.settings import Settings, load_settings
 
 #: Header naming the schedule entry a message was published for.
@@ -63,7 +63,7 @@ class Schedules:
         return self.store.views()
 
     def show(self, name: str) -> EntryView:
-        """One entry, or :class:`~tasklane.schedulestore.ScheduleNotFoundError`."""
+        """One entry, or :class:`~tasklane.beat.store.ScheduleNotFoundError`."""
         return self.store.view(name)
 
     def enable(self, name: str) -> EntryView:

@@ -21,9 +21,9 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ConfigDict
 
+from tasklane.beat.models import EntryState, EntryView, ScheduleEntry, Source, next_slot
 from tasklane.contracts import REGISTRY, ContractRegistry
 from tasklane.errors import TasklaneError
-from tasklane.schedules import EntryState, EntryView, ScheduleEntry, Source, next_slot
 
 # KEYS: state — ARGV: slot (epoch µs), now iso, slot iso. Returns 1 when this call claimed it.
 _CLAIM = """

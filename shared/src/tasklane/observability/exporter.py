@@ -34,11 +34,11 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from tasklane.broker import redis_queue_keys, transport_options
 from tasklane.contracts import REGISTRY, ContractRegistry
-from tasklane.inspect import QueueKind, passive_declares, queue_names
-from tasklane.protocol import PUBLISHED_AT
 from tasklane.settings import Settings, load_settings
+from tasklane.wire.broker import redis_queue_keys, transport_options
+from tasklane.wire.protocol import PUBLISHED_AT
+from tasklane.wire.queues import QueueKind, passive_declares, queue_names
 
 DEFAULT_PORT = 9808
 DEFAULT_INTERVAL = 15.0
@@ -128,7 +128,8 @@ def _redis_stats(
     """Depth, unacknowledged count and oldest age of each queue, in one pipeline and one scan.
 
     Kombu LPUSHes and RPOPs, so the right end (index -1) of each sub-list goes next. Tasklane sets
-    no ``global_keyprefix`` (see :func:`tasklane.broker.transport_options`): keys are used as is.
+    no ``global_keyprefix`` (see :func:`tasklane.wire.broker.transport_options`): keys are used as
+    is.
     """
     names = [name for name, _ in queues]
     with connection.channel() as channel:

@@ -4,9 +4,9 @@ Run it with ``tasklane beat`` (``celery beat`` with :class:`TasklaneScheduler`).
 Beat processes may run; the one holding the lock (a Redis key with a TTL it renews on every
 tick) fires, the others wait in standby and take over within the TTL when it dies.
 
-Entries come from three places, all stored in Redis by :mod:`tasklane.schedulestore`:
+Entries come from three places, all stored in Redis by :mod:`tasklane.beat.store`:
 
-* the runtime API, CLI and Python (:class:`tasklane.scheduling.Schedules`), ``source="api"``;
+* the runtime API, CLI and Python (:class:`tasklane.beat.client.Schedules`), ``source="api"``;
 * a YAML file (``TASKLANE_BEAT_SCHEDULE_FILE``), reloaded when it changes, ``source="file"``;
 * the Celery app's ``beat_schedule``, which ``add_periodic_task`` in an ``on_after_configure``
   handler also fills, ``source="code"``.
@@ -18,48 +18,43 @@ lock alone decides who fires, so a Beat whose lock expired during a pause can fi
 new holder fires too. Here every slot is claimed in Redis before it is published.
 
 With ``TASKLANE_METRICS_PORT`` set, Beat serves ``/metrics``, ``/livez`` and ``/readyz`` there,
-answered from memory (:class:`tasklane.health.BeatHealth`). A tick that cannot reach Redis logs
+answered from memory (:class:`tasklane.observability.health.BeatHealth`). A tick that cannot reach
+Redis logs
 the outage once, counts as not ready and the loop goes on ticking, so Beat resumes by itself.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
-import yaml
 from celery import Celery
 from celery.beat import Scheduler
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tasklane.errors import TasklaneError
-from tasklane.health import BeatHealth
-from tasklane.metrics import serve_endpoints
-from tasklane.publish import Publisher
-from tasklane.schedules import (
-    ENTRY_NAME_PATTERN,
+from tasklane.beat.client import SCHEDULE_HEADER, SLOT_HEADER
+from tasklane.beat.models import (
     ClockedSchedule,
-    CrontabSchedule,
     EntryState,
-    IntervalSchedule,
     ScheduleEntry,
     due_slot,
     next_slot,
     slots_between,
 )
-from tasklane.schedulestore import BeatStatus, ScheduleStore, process_name
-from tasklane.scheduling import SCHEDULE_HEADER, SLOT_HEADER
+from tasklane.beat.sources import entries_from_beat_schedule, entries_from_file, one_line
+from tasklane.beat.store import BeatStatus, ScheduleStore, process_name
+from tasklane.errors import TasklaneError
+from tasklane.observability.health import BeatHealth
+from tasklane.observability.metrics import serve_endpoints
+from tasklane.observability.tracing import start_tracing, stop_tracing
+from tasklane.publish import Publisher
 from tasklane.settings import Settings, load, load_settings
-from tasklane.tracing import start_tracing, stop_tracing
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -138,7 +133,7 @@ REDIS_TIMEOUT = 5.0
 
 
 class TasklaneScheduler(Scheduler):  # type: ignore[misc]
-    """A Celery Beat scheduler over :class:`~tasklane.schedulestore.ScheduleStore`."""
+    """A Celery Beat scheduler over :class:`~tasklane.beat.store.ScheduleStore`."""
 
     def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
         self.settings: Settings = getattr(app.conf, "tasklane_settings", None) or load_settings()
@@ -248,7 +243,7 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
     def _lost_redis(self, exc: redis.RedisError) -> None:
         # Whether the lock is still ours is unknown: claim nothing until Redis answers again.
         self._set_holds_lock(False)
-        problem = f"{type(exc).__name__}: {_one_line(exc)}"
+        problem = f"{type(exc).__name__}: {one_line(exc)}"
         if self._unreachable is None:
             logger.error(
                 "beat %s: Redis unreachable, retrying each tick: %s", self.process, problem
@@ -386,88 +381,6 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         self.store.report(status, ttl=max(30.0, 3 * self.beat_settings.lock_ttl))
 
 
-def entries_from_file(path: Path) -> tuple[list[ScheduleEntry], dict[str, str]]:
-    """Valid entries of a YAML schedule file, and the problems of the others.
-
-    The file holds ``schedules:``, a list of entries as the API takes them.
-    """
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        return [], {"file": f"{path}: cannot read: {exc}"}
-    items = document.get("schedules", []) if isinstance(document, dict) else None
-    if not isinstance(items, list):
-        return [], {"file": f"{path}: expected a mapping with a 'schedules' list"}
-    entries: list[ScheduleEntry] = []
-    problems: dict[str, str] = {}
-    for index, item in enumerate(items):
-        label = item.get("name", f"#{index}") if isinstance(item, dict) else f"#{index}"
-        try:
-            entry = ScheduleEntry.model_validate({**item, "source": "file"})
-            entries.append(entry.validated())
-        except (ValidationError, TasklaneError, TypeError) as exc:
-            problems[f"file:{label}"] = f"{path}: schedule {label}: {_one_line(exc)}"
-    return entries, problems
-
-
-def entries_from_beat_schedule(app: Celery) -> tuple[list[ScheduleEntry], dict[str, str]]:
-    """Entries of ``app.conf.beat_schedule`` (``add_periodic_task`` included), and problems."""
-    entries: list[ScheduleEntry] = []
-    problems: dict[str, str] = {}
-    timezone = str(app.conf.timezone or "UTC")
-    for key, spec in dict(app.conf.beat_schedule or {}).items():
-        name = _entry_name(key)
-        try:
-            entries.append(_from_celery(name, spec, timezone).validated())
-        except (ValidationError, TasklaneError, ValueError, TypeError) as exc:
-            problems[f"code:{name}"] = f"beat_schedule {key!r}: {_one_line(exc)}"
-    return entries, problems
-
-
-def _from_celery(name: str, spec: Mapping[str, Any], timezone: str) -> ScheduleEntry:
-    if spec.get("args"):
-        raise ValueError("positional args: a contract's payload is keyword arguments (kwargs)")
-    return ScheduleEntry(
-        name=name,
-        task=spec["task"],
-        payload=dict(spec.get("kwargs") or {}),
-        schedule=_celery_schedule(spec["schedule"], timezone),
-        source="code",
-    )
-
-
-def _celery_schedule(value: Any, timezone: str) -> IntervalSchedule | CrontabSchedule:
-    from celery.schedules import crontab, schedule
-
-    if isinstance(value, int | float):
-        return IntervalSchedule(every=float(value))
-    if isinstance(value, timedelta):
-        return IntervalSchedule(every=value.total_seconds())
-    if isinstance(value, crontab):
-        return CrontabSchedule(
-            minute=str(value._orig_minute),
-            hour=str(value._orig_hour),
-            day_of_month=str(value._orig_day_of_month),
-            month_of_year=str(value._orig_month_of_year),
-            day_of_week=str(value._orig_day_of_week),
-            timezone=timezone,
-        )
-    if isinstance(value, schedule):
-        return IntervalSchedule(every=value.run_every.total_seconds())
-    raise ValueError(f"unsupported schedule {type(value).__name__}: use seconds or crontab")
-
-
-def _entry_name(key: str) -> str:
-    # add_periodic_task names entries after the signature's repr unless given a name.
-    if re.fullmatch(ENTRY_NAME_PATTERN, key):
-        return key
-    return f"code-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def create_beat_app(settings: Settings | None = None) -> Celery:
     """The Celery app ``tasklane beat`` runs when no other is given."""
     settings = settings or load_settings()
@@ -479,7 +392,7 @@ def create_beat_app(settings: Settings | None = None) -> Celery:
         accept_content=["json"],
         task_serializer="json",
         result_serializer="json",
-        beat_scheduler="tasklane.beat:TasklaneScheduler",
+        beat_scheduler="tasklane.beat.scheduler:TasklaneScheduler",
     )
     app.conf.tasklane_settings = settings
     return app

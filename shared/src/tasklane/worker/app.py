@@ -7,16 +7,16 @@ from typing import Any
 
 from celery import Celery
 
-from tasklane.broker import transport_options
-from tasklane.consumer import DeclareDeadLetterQueues
 from tasklane.contracts import REGISTRY, ContractRegistry, TaskContract
 from tasklane.errors import SettingsError
-from tasklane.logs import install_logging
-from tasklane.metrics import install_metrics
-from tasklane.routing import dead_letter_queues, queues_for_service, task_routes
+from tasklane.observability.logs import install_logging
+from tasklane.observability.metrics import install_metrics
+from tasklane.observability.tracing import install_tracing
 from tasklane.settings import Settings, load_settings
-from tasklane.shutdown import ShutdownDeadline
-from tasklane.tracing import install_tracing
+from tasklane.wire.broker import transport_options
+from tasklane.wire.routing import dead_letter_queues, queues_for_service, task_routes
+from tasklane.worker.consumer import DeclareDeadLetterQueues
+from tasklane.worker.shutdown import ShutdownDeadline
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def celery_config(
         "worker_enable_soft_shutdown_on_idle": False,
         "tasklane_soft_shutdown_timeout": soft_shutdown_timeout(settings, contracts),
         "worker_concurrency": settings.worker_concurrency,
-        "worker_consumer": "tasklane.consumer:DeadLetteringConsumer",
+        "worker_consumer": "tasklane.worker.consumer:DeadLetteringConsumer",
         "task_queues": queues,
         "task_default_queue": queues[0].name,
         "task_routes": task_routes(registry, settings.namespace),
@@ -137,7 +137,7 @@ def create_app(
     """Build the Celery app of one worker service with production defaults.
 
     Metrics are installed when ``TASKLANE_METRICS_PORT`` is set, traces when the ``OTEL_*``
-    variables turn them on (:mod:`tasklane.tracing`).
+    variables turn them on (:mod:`tasklane.observability.tracing`).
 
     Args:
         service: the service name, the first segment of its contracts' names (``notifier``).

@@ -38,17 +38,18 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from tasklane.contracts import REGISTRY
-from tasklane.exemplars import ExemplarCollector, ExemplarRecorder, clear, pid_alive
-from tasklane.health import HealthStep, Probes, WorkerHealth
-from tasklane.protocol import PUBLISHED_AT
-from tasklane.routing import queue_name
-from tasklane.tracing import tracing_enabled
+from tasklane.observability.exemplars import ExemplarCollector, ExemplarRecorder, clear, pid_alive
+from tasklane.observability.health import HealthStep, Probes, WorkerHealth
+from tasklane.observability.tracing import tracing_enabled
+from tasklane.wire.protocol import PUBLISHED_AT
+from tasklane.wire.routing import queue_name
 
 logger = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 TASK_LABELS = ("task", "queue")
-#: Why messages are dead-lettered (tasklane.task and tasklane.consumer give these reasons).
+#: Why messages are dead-lettered (tasklane.worker.task and tasklane.worker.consumer give these
+# reasons).
 DEAD_LETTER_REASONS = (
     "invalid-payload",
     "retries-exhausted",

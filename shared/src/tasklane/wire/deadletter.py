@@ -13,8 +13,8 @@ from kombu.connection import Connection
 from kombu.entity import Queue
 from kombu.messaging import Producer
 
-from tasklane.protocol import CONTENT_ENCODING, CONTENT_TYPE, PUBLISHED_AT
-from tasklane.routing import DLQ_SUFFIX, dead_letter_exchange, dlq_name
+from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, PUBLISHED_AT
+from tasklane.wire.routing import DLQ_SUFFIX, dead_letter_exchange, dlq_name
 
 #: Headers Tasklane adds to a dead-lettered message. Replay removes them.
 REASON = "x-tasklane-reason"
@@ -174,7 +174,7 @@ class DeadLetterQueue:
 
     def depth(self) -> int:
         """Messages waiting in the DLQ (without creating it)."""
-        from tasklane.inspect import depths
+        from tasklane.wire.queues import depths
 
         return depths(self.connection, [self.name])[0]
 

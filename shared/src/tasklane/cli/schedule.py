@@ -1,9 +1,9 @@
 """``tasklane schedule``: add, list, show, enable, disable, remove and run schedule entries.
 
-Everything goes through :class:`~tasklane.scheduling.Schedules`, as the HTTP API does, so an
+Everything goes through :class:`~tasklane.beat.client.Schedules`, as the HTTP API does, so an
 entry is checked against its task's contract when it is added, not when Beat fires it.
 
-This module does not import :mod:`tasklane.cli` (which registers ``schedule_app``): the import
+This module does not import :mod:`tasklane.cli.main` (which registers ``schedule_app``): the import
 would be circular, so its error handling mirrors the one there instead of reusing it.
 """
 
@@ -18,11 +18,8 @@ from pydantic_core import ErrorDetails
 from rich.table import Table
 from rich.text import Text
 
-from tasklane.cliexit import console as _console
-from tasklane.cliexit import handle_errors as _handle_errors
-from tasklane.cliexit import parse_json_object
-from tasklane.errors import TasklaneError
-from tasklane.schedules import (
+from tasklane.beat.client import Schedules
+from tasklane.beat.models import (
     ClockedSchedule,
     CrontabSchedule,
     EntryView,
@@ -30,7 +27,10 @@ from tasklane.schedules import (
     Schedule,
     ScheduleEntry,
 )
-from tasklane.scheduling import Schedules
+from tasklane.cli.errors import console as _console
+from tasklane.cli.errors import handle_errors as _handle_errors
+from tasklane.cli.errors import parse_json_object
+from tasklane.errors import TasklaneError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

@@ -17,21 +17,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from tasklane.broker import connect
-from tasklane.cliexit import CliError, parse_json_object
-from tasklane.cliexit import console as _console
-from tasklane.cliexit import handle_errors as _handle_errors
+from tasklane.beat.client import Schedules
+from tasklane.cli.errors import CliError, parse_json_object
+from tasklane.cli.errors import console as _console
+from tasklane.cli.errors import handle_errors as _handle_errors
+from tasklane.cli.schedule import schedule_app
 from tasklane.contracts import REGISTRY, TaskContract
-from tasklane.deadletter import DeadLetter, DeadLetterQueue
 from tasklane.errors import PayloadValidationError
-from tasklane.inspect import queue_depths
-from tasklane.metrics import prepare_multiproc_dir
+from tasklane.observability.metrics import prepare_multiproc_dir
 from tasklane.publish import Publisher, validate_payload
-from tasklane.routing import dlq_name, queue_name, queues_for_service, work_queue
-from tasklane.schedulecli import schedule_app
-from tasklane.scheduling import Schedules
 from tasklane.schema import export_schemas
 from tasklane.settings import Settings, load_settings
+from tasklane.wire.broker import connect
+from tasklane.wire.deadletter import DeadLetter, DeadLetterQueue
+from tasklane.wire.queues import queue_depths
+from tasklane.wire.routing import dlq_name, queue_name, queues_for_service, work_queue
 
 ERROR_PREVIEW_CHARS = 60
 
@@ -522,7 +522,7 @@ def beat(
         typer.Option(
             "--app", "-A", help="Celery app whose beat_schedule / add_periodic_task to load."
         ),
-    ] = "tasklane.beatapp",
+    ] = "tasklane.beat.celery",
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log level.")] = "INFO",
     print_only: Annotated[
         bool, typer.Option("--print", help="Print the command instead of running it.")
@@ -531,7 +531,7 @@ def beat(
     """Run Beat: one active scheduler (a Redis lock), any number in standby."""
     load_settings().require_state()  # a clear error now rather than in celery's banner
     argv = [sys.executable, "-m", "celery", "-A", celery_app, "beat"]
-    argv += ["--scheduler", "tasklane.beat:TasklaneScheduler", "--loglevel", loglevel]
+    argv += ["--scheduler", "tasklane.beat.scheduler:TasklaneScheduler", "--loglevel", loglevel]
     argv += list(extra or [])
     if print_only:
         typer.echo(shlex.join(argv))
@@ -548,7 +548,7 @@ def schedule_api(
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port.")] = 8080,
 ) -> None:
     """Serve the schedule HTTP API; the token comes from TASKLANE_SCHEDULE_API_TOKEN."""
-    from tasklane.scheduleapi import serve  # FastAPI and uvicorn: the optional "api" extra
+    from tasklane.beat.api import serve  # FastAPI and uvicorn: the optional "api" extra
 
     serve(load_settings(), host=host, port=port)
 
@@ -583,7 +583,7 @@ def exporter(
     ] = 15.0,
 ) -> None:
     """Serve Prometheus queue gauges read from the broker on /metrics until SIGTERM."""
-    from tasklane.exporter import serve
+    from tasklane.observability.exporter import serve
 
     serve(load_settings(), port=port, interval=interval)
 
@@ -599,7 +599,7 @@ def flower(
     ] = False,
 ) -> None:
     """Run Flower on the fleet's broker, behind basic auth (TASKLANE_FLOWER_* settings)."""
-    from tasklane.flower import FlowerSettings, flower_command, flower_environment
+    from tasklane.observability.flower import FlowerSettings, flower_command, flower_environment
     from tasklane.settings import load
 
     settings, flower_settings = load_settings(), load(FlowerSettings)

@@ -1,6 +1,6 @@
 """The schedule HTTP API: what ``tasklane schedule`` does, for services that cannot shell out.
 
-Every route goes through :class:`~tasklane.scheduling.Schedules`, so an entry made here is
+Every route goes through :class:`~tasklane.beat.client.Schedules`, so an entry made here is
 validated against its contract exactly as one made from the CLI or Python. Every route except
 ``GET /healthz`` needs ``Authorization: Bearer <token>``; the token comes from
 ``TASKLANE_SCHEDULE_API_TOKEN`` so it never shows up in a process list.
@@ -30,10 +30,10 @@ from kombu.exceptions import OperationalError
 from pydantic import BaseModel, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from tasklane.beat.client import Schedules
+from tasklane.beat.models import CrontabSchedule, EntryView, ScheduleEntry, Source
+from tasklane.beat.store import BeatStatus, ScheduleError, ScheduleNotFoundError
 from tasklane.errors import PayloadValidationError, SettingsError, UnknownContractError
-from tasklane.schedules import CrontabSchedule, EntryView, ScheduleEntry, Source
-from tasklane.schedulestore import BeatStatus, ScheduleError, ScheduleNotFoundError
-from tasklane.scheduling import Schedules
 from tasklane.settings import Settings
 
 #: The environment variable holding the bearer token.

@@ -4,7 +4,7 @@ An entry names a contract and carries its payload, validated against the contrac
 entry is made, so a bad entry is refused at once instead of failing when it fires. The times an
 entry fires are *slots*: for an interval, ``start + k * every``; for a crontab, the wall-clock
 times its fields match in its time zone; for a clocked entry, its one date-time. A slot is fired
-at most once, whichever Beat process sees it (see :mod:`tasklane.beat`).
+at most once, whichever Beat process sees it (see :mod:`tasklane.beat.scheduler`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tasklane.beat import cron
 from tasklane.contracts import REGISTRY, ContractRegistry
 from tasklane.publish import validate_payload
 from tasklane.settings import TimeZoneName
@@ -48,8 +49,6 @@ class CrontabSchedule(_Model):
 
     @model_validator(mode="after")
     def _fields_parse(self) -> CrontabSchedule:
-        from tasklane import cron  # imported here: cron refers to this module's classes
-
         cron.parse_crontab(self)  # the parser owns the field rules
         return self
 
@@ -168,8 +167,6 @@ def slots_between(
         return max(0, round((slot - last).total_seconds() / schedule.every) - 1)
     if isinstance(schedule, ClockedSchedule):
         return 0
-    from tasklane import cron
-
     count, moment = 0, last
     while count < limit:
         moment = cron.next_fire(schedule, moment)
@@ -193,8 +190,6 @@ def _slot_at_or_before(entry: ScheduleEntry, when: datetime) -> datetime | None:
         steps = int((when - anchor).total_seconds() // schedule.every)
         return anchor + timedelta(seconds=steps * schedule.every)
     if isinstance(schedule, CrontabSchedule):
-        from tasklane import cron
-
         return cron.last_fire(schedule, when)
     return schedule.at if schedule.at <= when else None
 
@@ -208,8 +203,6 @@ def _slot_after(entry: ScheduleEntry, state: EntryState, after: datetime) -> dat
         steps = int((after - anchor).total_seconds() // schedule.every) + 1
         return anchor + timedelta(seconds=steps * schedule.every)
     if isinstance(schedule, CrontabSchedule):
-        from tasklane import cron
-
         return cron.next_fire(schedule, after)
     if state.total_run_count or schedule.at <= after:
         return None

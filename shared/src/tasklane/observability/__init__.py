@@ -1,0 +1,1 @@
+"""Metrics, exemplars, probes, traces, logs, the broker exporter and Flower."""
