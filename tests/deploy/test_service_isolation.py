@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import ast
 import tomllib
-from email.parser import HeaderParser
 from pathlib import Path
 
 import pytest
 
-from tests.deploy.test_images import DOCKERFILES, ROOT, SERVICES, built
+from tests.deploy.test_images import IMAGES, ROOT, SERVICES, built, installed_distributions
 
 
 def wheel_packages(service: str) -> set[str]:
@@ -73,17 +72,8 @@ def test_tasklane_imports_no_service() -> None:
     assert {name: found for name, found in offending.items() if found} == {}
 
 
-def installed_distributions(site_packages: Path) -> set[str]:
-    """Normalised names of the distributions installed in a venv."""
-    names = set()
-    for metadata in site_packages.glob("*.dist-info/METADATA"):
-        name = HeaderParser().parsestr(metadata.read_text(errors="replace"))["Name"]
-        names.add(name.lower().replace("_", "-").replace(".", "-"))
-    return names
-
-
 @pytest.mark.integration
-@pytest.mark.parametrize("name", DOCKERFILES)
+@pytest.mark.parametrize("name", IMAGES)
 def test_image_holds_its_own_service_and_no_other(
     name: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -32,11 +32,22 @@ def test_skaffold_yaml_meets_the_v4beta14_schema(skaffold: dict[str, Any]) -> No
 
 def test_every_image_is_built_from_the_workspace_root(skaffold: dict[str, Any]) -> None:
     artifacts = {a["image"]: a for a in skaffold["build"]["artifacts"]}
-    assert artifacts["tasklane"]["docker"]["dockerfile"] == "shared/Dockerfile"
+    assert artifacts["tasklane"]["docker"] == {"dockerfile": "shared/Dockerfile"}
+    # The worker images: one Dockerfile, the service named by the build argument it declares.
     for service in ("notifier", "scraper", "media"):
         artifact = artifacts[f"tasklane-{service}"]
-        assert artifact["docker"]["dockerfile"] == f"services/{service}/Dockerfile"
+        assert artifact["docker"] == {
+            "dockerfile": "services/Dockerfile",
+            "buildArgs": {"SERVICE": service},
+        }
     assert {a["context"] for a in artifacts.values()} == {"."}
+    # Each is the recipe tests/deploy/test_images.py rebuilds and runs.
+    from tests.deploy.test_images import IMAGES
+
+    for name, recipe in IMAGES.items():
+        docker = artifacts["tasklane" if name == "tasklane" else f"tasklane-{name}"]["docker"]
+        assert ROOT / docker["dockerfile"] == recipe.dockerfile
+        assert docker.get("buildArgs", {}) == recipe.build_args
 
 
 def test_the_chart_gets_every_built_image(skaffold: dict[str, Any]) -> None:
