@@ -26,9 +26,8 @@ from celery.signals import task_prerun
 
 from tasklane.contracts import REGISTRY, Payload, Result, TaskContract
 from tasklane.settings import Settings, load_settings
-from tasklane.wire.protocol import PUBLISHED_AT
+from tasklane.wire.headers import PUBLISHED_AT
 from tasklane.worker.app import create_app
-from tasklane.worker.task import implement
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/12"
 DEFAULT_NAMESPACE = "perf."
@@ -80,13 +79,13 @@ if os.environ.get(CONF_ENV):
     tasklane_app.conf.update(json.loads(os.environ[CONF_ENV]))
 
 
-@implement(tasklane_app, NOOP, settings)
+@tasklane_app.implement(NOOP)
 def noop(payload: NoopPayload) -> NoopResult:
     """Do nothing: the benchmark measures everything around the function."""
     return NoopResult(n=payload.n)
 
 
-# implement() sets acks_late per task, so an ablation has to override it on the task itself.
+# An ablation of a task option overrides it on the task itself.
 for _name, _value in json.loads(os.environ.get(TASK_ATTRS_ENV) or "{}").items():
     setattr(noop, _name, _value)
 

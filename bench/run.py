@@ -617,7 +617,7 @@ def publisher_for(side: Side) -> tuple[Callable[[int], None], Callable[[], None]
     import noop_service as svc
 
     from tasklane.publish import Publisher
-    from tasklane.wire.protocol import PUBLISHED_AT
+    from tasklane.wire.headers import PUBLISHED_AT
 
     if side == "tasklane":
         publisher = Publisher(svc.settings, registry=svc.BENCH_REGISTRY)

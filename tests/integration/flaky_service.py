@@ -14,7 +14,6 @@ from celery.worker.control import control_command
 from tasklane.errors import TransientError
 from tasklane.settings import load_settings
 from tasklane.worker.app import create_app
-from tasklane.worker.task import implement
 from tests.integration.flaky_contracts import (
     ALWAYS_FAILS,
     FLAKY_REGISTRY,
@@ -33,13 +32,13 @@ def record_dead_letter(payload: FlakyPayload, exc: Exception) -> None:
     client.rpush(f"{settings.namespace}flaky:dead", f"{payload.label}:{type(exc).__name__}")
 
 
-@implement(app, ALWAYS_FAILS, settings, on_dead_letter=record_dead_letter)
+@app.implement(ALWAYS_FAILS, on_dead_letter=record_dead_letter)
 def always_fail(payload: FlakyPayload) -> FlakyResult:
     """Fails transiently on every attempt."""
     raise TransientError(f"{payload.label}: upstream unavailable")
 
 
-@implement(app, SLOW, settings, on_dead_letter=record_dead_letter)
+@app.implement(SLOW, on_dead_letter=record_dead_letter)
 def slow(payload: FlakyPayload) -> FlakyResult:
     """Sleeps past the soft (and, ignoring it, the hard) time limit when asked to."""
     deadline = time.monotonic() + payload.sleep

@@ -14,7 +14,6 @@ import redis
 
 from tasklane.settings import is_redis_url, load_settings
 from tasklane.worker.app import create_app
-from tasklane.worker.task import implement
 from tests.integration.scalein_contracts import LONG, SCALEIN_REGISTRY, LongPayload, LongResult
 
 settings = load_settings()
@@ -37,7 +36,7 @@ def record(event: str, label: str) -> None:
     client.rpush(f"{settings.namespace}scalein:{event}", f"{label}@{WORKER}")
 
 
-@implement(app, LONG, settings)
+@app.implement(LONG)
 def run_long(payload: LongPayload) -> LongResult:
     """Sleeps, then records its completion; no retries, no idempotency key (reruns are visible)."""
     record("started", payload.label)

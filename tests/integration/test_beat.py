@@ -24,10 +24,11 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasklane.beat.client import SCHEDULE_HEADER, SLOT_HEADER, Schedules
+from tasklane.beat.client import Schedules
 from tasklane.beat.models import ClockedSchedule, IntervalSchedule, ScheduleEntry
 from tasklane.beat.store import ScheduleError
 from tasklane.wire.broker import redis_queue_keys
+from tasklane.wire.headers import SCHEDULE, SLOT
 from tasklane_dev.sinks import free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup
 
@@ -77,9 +78,7 @@ def sent(env: BrokerEnv, queue: str = "notifier.im") -> list[dict[str, Any]]:
 
 
 def slots(env: BrokerEnv, name: str) -> list[datetime]:
-    return sorted(
-        datetime.fromisoformat(h[SLOT_HEADER]) for h in sent(env) if h.get(SCHEDULE_HEADER) == name
-    )
+    return sorted(datetime.fromisoformat(h[SLOT]) for h in sent(env) if h.get(SCHEDULE) == name)
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:

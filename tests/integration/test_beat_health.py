@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tasklane.beat.client import SCHEDULE_HEADER, Schedules
+from tasklane.beat.client import Schedules
+from tasklane.wire.headers import SCHEDULE
 from tasklane_dev.sinks import free_port
 from tests.integration.harness import BrokerEnv, RedisServer, WorkerProcess, cleanup
 from tests.integration.test_beat import every, sent
@@ -92,7 +93,7 @@ def fires(broker: BrokerEnv, name: str) -> Callable[[], bool]:
     """Add a one-second interval entry ``name``; a check that Beat published it."""
     with Schedules(broker.settings) as schedules:
         schedules.add(every(1, name))
-    return lambda: any(h.get(SCHEDULE_HEADER) == name for h in sent(broker))
+    return lambda: any(h.get(SCHEDULE) == name for h in sent(broker))
 
 
 def test_readiness_follows_redis_out_and_back_liveness_does_not_move(

@@ -23,7 +23,8 @@ from tasklane.contracts import REGISTRY, SEND_EMAIL, TaskContract
 from tasklane.errors import PermanentError
 from tasklane.settings import Settings, load_settings
 from tasklane.wire.broker import connect
-from tasklane.wire.deadletter import REASON, dead_letter_headers, send_to_dlq
+from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
+from tasklane.wire.headers import REASON
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
 from tasklane.wire.routing import dead_letter_exchange, dlq_name, queue_name, work_queue
 

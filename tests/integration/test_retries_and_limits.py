@@ -82,7 +82,9 @@ def test_hard_time_limit_kills_the_pool_process_and_dead_letters(
     broker: BrokerEnv, flaky_worker: WorkerProcess
 ) -> None:
     with Publisher(broker.settings, registry=FLAKY_REGISTRY) as publisher:
-        stuck = publisher.publish(SLOW, {"label": "stuck", "sleep": 6.0, "ignore_soft_limit": True})
+        stuck = publisher.publish(
+            SLOW, {"label": "stuck", "sleep": 30.0, "ignore_soft_limit": True}
+        )
         with pytest.raises(TaskFailedError, match="TimeLimitExceeded"):
             stuck.get(timeout=30)
         after = publisher.publish(SLOW, {"label": "after"})

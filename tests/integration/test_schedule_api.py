@@ -23,13 +23,14 @@ import redis
 import uvicorn
 
 from tasklane.beat.api import TOKEN_ENV, create_api, serve
-from tasklane.beat.client import SCHEDULE_HEADER, Schedules
+from tasklane.beat.client import Schedules
 from tasklane.beat.models import IntervalSchedule, ScheduleEntry
 from tasklane.beat.store import BeatStatus
 from tasklane.contracts import SEND_IM
 from tasklane.errors import SettingsError
 from tasklane.settings import Settings
 from tasklane.wire.broker import redis_queue_keys
+from tasklane.wire.headers import SCHEDULE
 from tasklane.wire.routing import queue_name
 from tests.integration.harness import BrokerEnv, cleanup
 
@@ -312,7 +313,7 @@ def test_run_now_publishes_to_the_contract_queue(
     headers = json.loads(raw)["headers"]
     assert headers["id"] == task_id
     assert headers["task"] == SEND_IM.name
-    assert headers[SCHEDULE_HEADER] == "ping"
+    assert headers[SCHEDULE] == "ping"
     state = api.get("/schedules/ping").json()["state"]
     assert state["total_run_count"] == 1
     assert state["last_run_at"] is not None

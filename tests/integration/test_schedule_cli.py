@@ -13,12 +13,13 @@ import pytest
 import redis
 from typer.testing import CliRunner, Result
 
-from tasklane.beat.client import SCHEDULE_HEADER, Schedules
+from tasklane.beat.client import Schedules
 from tasklane.beat.models import IntervalSchedule, ScheduleEntry
 from tasklane.beat.store import BeatStatus
 from tasklane.cli.main import app
 from tasklane.contracts import SEND_IM
 from tasklane.wire.broker import redis_queue_keys
+from tasklane.wire.headers import SCHEDULE
 from tasklane.wire.routing import queue_name
 from tests.integration.harness import BrokerEnv, cleanup
 
@@ -131,7 +132,7 @@ def test_run_now_prints_the_task_id_and_publishes_it(env: BrokerEnv, redis_url: 
         client.close()
     headers = json.loads(raw)["headers"]
     assert headers["id"] == match.group(1)
-    assert headers[SCHEDULE_HEADER] == "ping"
+    assert headers[SCHEDULE] == "ping"
     assert rows()["ping"][5] == "1"
     assert "no schedule 'nope'" in fails("run-now", "nope")
 

@@ -1,6 +1,12 @@
-"""Tasklane: typed task contracts, routing, publishing and a hardened Celery app factory."""
+"""Tasklane: typed task contracts, a publisher for upstreams and a hardened Celery app for workers.
+
+``import tasklane`` loads what an upstream needs to publish (contracts, settings, the publisher);
+the worker side (``create_app``, ``TasklaneApp``) is loaded on first use (PEP 562).
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from tasklane.contracts import (
     REGISTRY,
@@ -22,8 +28,12 @@ from tasklane.errors import (
 )
 from tasklane.publish import Publisher, TaskHandle, publish
 from tasklane.settings import Settings, load_settings
-from tasklane.worker.app import create_app
-from tasklane.worker.task import implement
+
+if TYPE_CHECKING:
+    from tasklane.worker.app import TasklaneApp, create_app
+
+#: Names whose modules load Celery's worker side: imported when first asked for.
+_LAZY = {"TasklaneApp": "tasklane.worker.app", "create_app": "tasklane.worker.app"}
 
 __all__ = [
     "ContractRegistry",
@@ -40,11 +50,26 @@ __all__ = [
     "TaskContract",
     "TaskFailedError",
     "TaskHandle",
+    "TasklaneApp",
     "TasklaneError",
     "TransientError",
     "UnknownContractError",
     "create_app",
-    "implement",
     "load_settings",
     "publish",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tasklane' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

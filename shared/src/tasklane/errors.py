@@ -6,6 +6,9 @@ policy applies) and :class:`PermanentError` (dead-lettered at once, never retrie
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 
 class TasklaneError(Exception):
     """Base class of every Tasklane error."""
@@ -26,13 +29,40 @@ class UnknownContractError(TasklaneError, KeyError):
         return f"unknown task contract {self.name!r}"
 
 
-class PayloadValidationError(TasklaneError, ValueError):
-    """A payload does not satisfy its contract; the message names the offending fields."""
+@dataclass(frozen=True)
+class Problem:
+    """One rule a payload breaks: where in the payload, and what is wrong there.
 
-    def __init__(self, task: str, errors: list[str]) -> None:
+    ``location`` is the path into the payload (``("to", 0)``; empty for the payload as a whole);
+    ``item`` names the payload among several (``[2]`` of a bulk publish, ``line 3:`` of a file).
+    """
+
+    location: tuple[str | int, ...]
+    message: str
+    item: str | None = None
+
+    @property
+    def field(self) -> str:
+        """The location dotted, as the CLI and the docs write it: ``to.0``, or ``payload``."""
+        return ".".join(str(part) for part in self.location) or "payload"
+
+    def __str__(self) -> str:
+        prefix = f"{self.item} " if self.item else ""
+        return f"{prefix}{self.field}: {self.message}"
+
+
+class PayloadValidationError(TasklaneError, ValueError):
+    """A payload does not satisfy its contract; :attr:`problems` say where and why."""
+
+    def __init__(self, task: str, problems: Iterable[Problem]) -> None:
         self.task = task
-        self.errors = errors
-        super().__init__(f"invalid payload for {task}: " + "; ".join(errors))
+        self.problems = tuple(problems)
+        super().__init__(f"invalid payload for {task}: " + "; ".join(self.errors))
+
+    @property
+    def errors(self) -> list[str]:
+        """One ``field: message`` line per problem (``to.0: value is not a valid email``)."""
+        return [str(problem) for problem in self.problems]
 
 
 class PayloadTooLargeError(PayloadValidationError):

@@ -6,33 +6,40 @@ Upstream services use this module alone; it never imports worker code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from types import TracebackType
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from celery import Celery
-from celery.result import AsyncResult
 from kombu.connection import Connection
 from kombu.messaging import Producer
 from opentelemetry import trace
 from opentelemetry.propagate import inject
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from tasklane.contracts import REGISTRY, ContractRegistry, TaskContract
+from tasklane.contracts.validation import validate_payload
 from tasklane.errors import (
     PayloadTooLargeError,
     PayloadValidationError,
+    Problem,
     TaskFailedError,
 )
-from tasklane.observability.metrics import task_metrics
 from tasklane.settings import Settings, load_settings
 from tasklane.wire.broker import connect
+from tasklane.wire.config import base_config
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, TaskMessage, task_message
 from tasklane.wire.routing import MAX_PRIORITY, dead_letter_queue, queue_name, work_queue
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from celery.result import AsyncResult
+    from prometheus_client import Counter
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 ResultT = TypeVar("ResultT", bound=BaseModel)
@@ -40,32 +47,42 @@ ResultT = TypeVar("ResultT", bound=BaseModel)
 _RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 
 
-def describe_validation_error(exc: ValidationError) -> list[str]:
-    """One ``field: message`` line per problem, the field path dotted (``to.0: ...``)."""
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(part) for part in err["loc"]) or "payload"
-        lines.append(f"{field}: {err['msg']}")
-    return lines
+class ResultReader:
+    """Reads task results from the result backend with Tasklane's base Celery configuration.
 
+    The Celery app is made on first use: Celery's app and result modules are most of what a
+    publisher would import, and an upstream that never reads a result never needs them.
+    """
 
-def validate_payload(
-    contract: TaskContract[PayloadT, Any], payload: BaseModel | Mapping[str, Any]
-) -> PayloadT:
-    """The payload as its contract's model, or :class:`PayloadValidationError` naming the fields."""
-    if isinstance(payload, contract.payload):
-        return payload
-    data = payload.model_dump() if isinstance(payload, BaseModel) else payload
-    try:
-        return contract.payload.model_validate(data)
-    except ValidationError as exc:
-        raise PayloadValidationError(contract.name, describe_validation_error(exc)) from None
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._app: Celery | None = None
+        self._lock = threading.Lock()
+
+    def result(self, task_id: str) -> AsyncResult:
+        """Celery's handle on the result of ``task_id``."""
+        from celery import Celery
+        from celery.result import AsyncResult
+
+        with self._lock:
+            if self._app is None:
+                self._app = Celery("tasklane-publisher", set_as_current=False)
+                self._app.conf.update(base_config(self._settings))
+            return AsyncResult(task_id, app=self._app)
+
+    def close(self) -> None:
+        """Release the result backend's connections, if any were made."""
+        with self._lock:
+            if self._app is not None:
+                self._app.close()
 
 
 class TaskHandle(Generic[ResultT]):
     """A published task: its id, whether it finished, and its typed result."""
 
-    def __init__(self, task_id: str, contract: TaskContract[Any, ResultT], results: Celery) -> None:
+    def __init__(
+        self, task_id: str, contract: TaskContract[Any, ResultT], results: ResultReader
+    ) -> None:
         self.id = task_id
         self.contract = contract
         self._results = results
@@ -75,7 +92,7 @@ class TaskHandle(Generic[ResultT]):
 
     @property
     def _async(self) -> AsyncResult:
-        return AsyncResult(self.id, app=self._results)
+        return self._results.result(self.id)
 
     @property
     def state(self) -> str:
@@ -93,15 +110,13 @@ class TaskHandle(Generic[ResultT]):
             TaskFailedError: the task failed; its error type and text are attached.
             TimeoutError: no result within ``timeout`` seconds.
         """
+        from celery.exceptions import TimeoutError as ResultTimeout  # not a builtin subclass
+
         async_result = self._async
         try:
             value = async_result.get(timeout=timeout, propagate=False, disable_sync_subtasks=False)
-        except Exception as exc:  # celery.exceptions.TimeoutError is not a builtin subclass
-            if type(exc).__name__ == "TimeoutError":
-                raise TimeoutError(
-                    f"{self.contract.name} {self.id}: no result in {timeout}s"
-                ) from None
-            raise
+        except ResultTimeout:
+            raise TimeoutError(f"{self.contract.name} {self.id}: no result in {timeout}s") from None
         if async_result.state != "SUCCESS":
             raise TaskFailedError(self.id, type(value).__name__, str(value))
         return self.contract.result.model_validate(value)
@@ -124,13 +139,7 @@ class Publisher:
         self._producer: Producer | None = None
         self._declared: set[str] = set()
         self._lock = threading.Lock()
-        self._results = Celery(
-            "tasklane-publisher",
-            set_as_current=False,
-            broker=self.settings.broker_url,
-            backend=self.settings.result_backend,
-        )
-        self._results.conf.update(accept_content=["json"], result_accept_content=["json"])
+        self._results = ResultReader(self.settings)
         # The API's proxy: no-op spans until this process starts tracing
         # (tasklane.observability.tracing).
         self._tracer = trace.get_tracer(__name__)
@@ -243,7 +252,8 @@ class Publisher:
             try:
                 messages.append(self._encode(contract, payload, None, None))
             except PayloadValidationError as exc:
-                raise type(exc)(contract.name, [f"[{index}] {e}" for e in exc.errors]) from None
+                located = [replace(problem, item=f"[{index}]") for problem in exc.problems]
+                raise type(exc)(contract.name, located) from None
         with self._producer_span(contract, batch=len(messages)) as trace_headers, self._lock:
             producer = self._producer_for(contract)
             for start in range(0, len(messages), batch_size):
@@ -305,7 +315,9 @@ class Publisher:
         model = validate_payload(contract, payload)
         level = contract.priority if priority is None else priority
         if not 0 <= level <= MAX_PRIORITY:
-            raise PayloadValidationError(contract.name, [f"priority: {level} is not within 0..9"])
+            raise PayloadValidationError(
+                contract.name, [Problem(("priority",), f"{level} is not within 0..9")]
+            )
         message = task_message(
             contract.name,
             task_id or str(uuid.uuid4()),
@@ -318,8 +330,11 @@ class Publisher:
             raise PayloadTooLargeError(
                 contract.name,
                 [
-                    f"payload: {len(message.body)} bytes, over the limit of "
-                    f"{self.settings.max_payload_bytes} (TASKLANE_MAX_PAYLOAD_BYTES)"
+                    Problem(
+                        (),
+                        f"{len(message.body)} bytes, over the limit of "
+                        f"{self.settings.max_payload_bytes} (TASKLANE_MAX_PAYLOAD_BYTES)",
+                    )
                 ],
             )
         return message
@@ -363,7 +378,16 @@ class Publisher:
             retry_policy=_RETRY_POLICY,
             **message.properties,
         )
-        task_metrics().published.labels(contract.name, queue).inc()
+        _published_counter().labels(contract.name, queue).inc()
+
+
+@functools.cache
+def _published_counter() -> Counter:
+    # Imported on the first send: prometheus-client loads an HTTP server module with it, which
+    # ``import tasklane.publish`` promises not to.
+    from tasklane.observability.counters import task_metrics
+
+    return task_metrics().published
 
 
 def _reuse_redis_client(channel: Any) -> None:

@@ -70,8 +70,9 @@ def test_started_state_is_opt_in() -> None:
 
 def test_soft_shutdown_timeout_defaults_to_the_longest_hard_time_limit() -> None:
     longest = max(c.time_limit for c in REGISTRY.for_service("notifier"))
-    conf = create_app("notifier", settings=Settings(broker_url=REDIS)).conf
-    assert conf.tasklane_soft_shutdown_timeout == longest
+    app = create_app("notifier", settings=Settings(broker_url=REDIS))
+    conf = app.conf
+    assert app.soft_shutdown_timeout == longest
     # The warm phase is Tasklane's; Celery's own soft wait would only delay the hand-back.
     assert conf.worker_soft_shutdown_timeout == 0.0
     assert not conf.worker_enable_soft_shutdown_on_idle
@@ -81,5 +82,5 @@ def test_soft_shutdown_timeout_defaults_to_the_longest_hard_time_limit() -> None
 def test_soft_shutdown_timeout_can_be_set(seconds: float) -> None:
     settings = Settings(broker_url=REDIS, soft_shutdown_timeout=seconds)
     app = create_app("notifier", settings=settings)
-    assert app.conf.tasklane_soft_shutdown_timeout == seconds
+    assert app.soft_shutdown_timeout == seconds
     assert ShutdownDeadline in app.steps["worker"]

@@ -84,3 +84,25 @@ def test_cli_refuses_a_foreign_queue_with_exit_2() -> None:
     assert result.exit_code == 2
     assert "queue 'media.image' is not a queue of the notifier service" in result.output
     assert "notifier.email, notifier.im" in result.output
+
+
+def test_a_new_command_gets_the_error_boundary_without_asking() -> None:
+    from typer.testing import CliRunner
+
+    from tasklane.cli.errors import Commands
+    from tasklane.errors import SettingsError
+
+    commands = Commands()
+
+    @commands.command()
+    def broken() -> None:
+        raise SettingsError("TASKLANE_NAMESPACE: 'Bad.' is not a namespace")
+
+    @commands.command()
+    def other() -> None:
+        pass
+
+    result = CliRunner().invoke(commands, ["broken"])
+    assert result.exit_code == 2
+    assert "error: TASKLANE_NAMESPACE: 'Bad.' is not a namespace" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -13,8 +13,8 @@ from tasklane.contracts import (
     TaskContract,
 )
 from tasklane.contracts.ping import PingPayload, PingResult, is_ping, pong
+from tasklane.contracts.validation import validate_payload
 from tasklane.errors import TransientError, UnknownContractError
-from tasklane.publish import validate_payload
 
 
 class NoopPayload(Payload):

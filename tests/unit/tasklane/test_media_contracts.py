@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from tasklane.contracts import THUMBNAIL_VIDEO, TRANSFORM_IMAGE
+from tasklane.contracts.validation import validate_payload
 from tasklane.errors import PayloadValidationError
-from tasklane.publish import validate_payload
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import json
 
-from tasklane.wire.protocol import PUBLISHED_AT, encode_body, task_message
+from tasklane.wire.headers import PUBLISHED_AT
+from tasklane.wire.protocol import encode_body, task_message
 
 
 def test_task_message_is_celery_protocol_v2_in_json() -> None:

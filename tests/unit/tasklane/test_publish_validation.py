@@ -5,7 +5,6 @@ import sys
 
 import pytest
 
-import tasklane
 from tasklane.contracts import SEND_EMAIL
 from tasklane.errors import PayloadTooLargeError, PayloadValidationError, UnknownContractError
 from tasklane.publish import Publisher
@@ -53,13 +52,6 @@ def test_bulk_publish_names_the_index_of_the_bad_payload() -> None:
         Publisher(UNREACHABLE).publish_many(SEND_EMAIL, payloads)
 
 
-def test_public_names() -> None:
-    assert tasklane.__all__ == sorted(tasklane.__all__)
-    assert {"Publisher", "TaskHandle", "publish", "create_app", "TaskContract"} <= set(
-        tasklane.__all__
-    )
-
-
 def test_an_upstream_imports_tasklane_without_any_service_package() -> None:
     code = (
         "import sys, tasklane, tasklane.publish, tasklane.contracts\n"
@@ -69,3 +61,20 @@ def test_an_upstream_imports_tasklane_without_any_service_package() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_problems_carry_their_location_and_message_apart() -> None:
+    with pytest.raises(PayloadValidationError) as caught:
+        Publisher(UNREACHABLE).publish(SEND_EMAIL, {**EMAIL, "to": ["not-an-address"]})
+    (problem,) = caught.value.problems
+    assert problem.location == ("to", 0)
+    assert problem.field == "to.0"
+    assert "not a valid email address" in problem.message
+    assert caught.value.errors == [f"to.0: {problem.message}"]
+
+
+def test_a_bulk_publish_names_the_payload_of_each_problem_by_its_index() -> None:
+    payloads = [EMAIL, {**EMAIL, "to": []}, {**EMAIL, "subject": ""}]
+    with pytest.raises(PayloadValidationError) as caught:
+        Publisher(UNREACHABLE).publish_many(SEND_EMAIL, payloads)
+    assert [(p.item, p.location) for p in caught.value.problems] == [("[1]", ("to",))]

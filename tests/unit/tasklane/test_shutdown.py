@@ -12,8 +12,7 @@ from tasklane.worker.shutdown import ShutdownDeadline
 
 
 def _step(timeout: float) -> ShutdownDeadline:
-    worker = SimpleNamespace(app=SimpleNamespace(conf=SimpleNamespace(
-        tasklane_soft_shutdown_timeout=timeout)))  # fmt: skip
+    worker = SimpleNamespace(app=SimpleNamespace(soft_shutdown_timeout=timeout))
     return ShutdownDeadline(worker)
 
 

@@ -19,7 +19,6 @@ from media.settings import MediaSettings
 from media.sources import Source, fetch_source, output_key
 from media.workspace import workspace
 from tasklane.artifacts import ArtifactStore, open_store
-from tasklane.contracts import PING_CONTRACTS, TaskContract
 from tasklane.contracts.media import (
     PROBE_VIDEO,
     THUMBNAIL_IMAGE,
@@ -37,12 +36,10 @@ from tasklane.contracts.media import (
     VideoInfoResult,
     VideoThumbnailPayload,
 )
-from tasklane.contracts.ping import PingPayload, PingResult, pong
 from tasklane.net.guard import NetGuardPolicy, guarded_client
 from tasklane.settings import load
-from tasklane.worker.task import ContractTask, implement
 
-settings = app.conf.tasklane_settings
+settings = app.settings
 # Read when the worker starts, so that a bad value stops it with a clear error at once.
 media_settings = load(MediaSettings)
 policy = NetGuardPolicy.from_setting(media_settings.allow)
@@ -99,7 +96,7 @@ def _put_image(task: str, source: Source, options: str, output: images.ImageOutp
     )
 
 
-@implement(app, TRANSFORM_IMAGE, settings)
+@app.implement(TRANSFORM_IMAGE)
 def transform_image(payload: ImageTransformPayload) -> ImageResult:
     """Resize, orient, strip and convert one image."""
     resize = payload.resize
@@ -120,7 +117,7 @@ def transform_image(payload: ImageTransformPayload) -> ImageResult:
         return _put_image(TRANSFORM_IMAGE.name, source, _options(payload), output)
 
 
-@implement(app, THUMBNAIL_IMAGE, settings)
+@app.implement(THUMBNAIL_IMAGE)
 def thumbnail_image(payload: ThumbnailPayload) -> ThumbnailResult:
     """Several thumbnails of one image, from one decode."""
     sizes = [(box.width, box.height) for box in payload.sizes]
@@ -138,7 +135,7 @@ def thumbnail_image(payload: ThumbnailPayload) -> ThumbnailResult:
         )
 
 
-@implement(app, PROBE_VIDEO, settings)
+@app.implement(PROBE_VIDEO)
 def probe_video(payload: MediaPayload) -> VideoInfoResult:
     """Duration, codecs, dimensions and container of a video."""
     with observe.measured(PROBE_VIDEO.name), workspace(media_settings.work_dir) as work:
@@ -157,7 +154,7 @@ def probe_video(payload: MediaPayload) -> VideoInfoResult:
         )
 
 
-@implement(app, THUMBNAIL_VIDEO, settings)
+@app.implement(THUMBNAIL_VIDEO)
 def thumbnail_video(payload: VideoThumbnailPayload) -> VideoImageResult:
     """A JPEG frame at an offset, or a contact sheet."""
     with observe.measured(THUMBNAIL_VIDEO.name), workspace(media_settings.work_dir) as work:
@@ -196,7 +193,7 @@ def thumbnail_video(payload: VideoThumbnailPayload) -> VideoImageResult:
         )
 
 
-@implement(app, TRANSCODE_VIDEO, settings)
+@app.implement(TRANSCODE_VIDEO)
 def transcode_video(payload: TranscodePayload) -> TranscodeResult:
     """H.264/AAC MP4 at a target height; stopped (temporary files removed) by the soft limit."""
     with observe.measured(TRANSCODE_VIDEO.name), workspace(media_settings.work_dir) as work:
@@ -222,15 +219,3 @@ def transcode_video(payload: TranscodePayload) -> TranscodeResult:
             audio_codec=info.audio_codec,
             bytes=target.stat().st_size,
         )
-
-
-def _ping_task(contract: TaskContract[PingPayload, PingResult]) -> ContractTask:
-    def ping(payload: PingPayload) -> PingResult:
-        """No-op for smoke tests (``helm test``): never retried, no idempotency key."""
-        return pong(contract)
-
-    return implement(app, contract, settings)(ping)
-
-
-#: A ``<queue>.ping`` per media queue, answered by whichever pool consumes that queue.
-PING_TASKS = [_ping_task(contract) for contract in PING_CONTRACTS if contract.service == "media"]

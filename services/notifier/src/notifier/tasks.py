@@ -18,22 +18,18 @@ from notifier.app import app
 from notifier.settings import NotifierSettings
 from notifier.templates import TemplateRenderer
 from tasklane.contracts import (
-    PING_CONTRACTS,
     SEND_EMAIL,
     SEND_IM,
     EmailPayload,
     EmailResult,
     IMPayload,
     IMResult,
-    TaskContract,
 )
-from tasklane.contracts.ping import PingPayload, PingResult, pong
 from tasklane.errors import PermanentError
 from tasklane.net.guard import NetGuardPolicy, guarded_client
 from tasklane.settings import load
-from tasklane.worker.task import ContractTask, implement
 
-settings = app.conf.tasklane_settings
+settings = app.settings
 # Read when the worker starts, so that a bad value stops it with a clear error at once.
 notifier_settings = load(NotifierSettings)
 renderer = TemplateRenderer(notifier_settings.templates_dir)
@@ -58,7 +54,7 @@ def _secret(name: str | None) -> str | None:
     return secret.get_secret_value()
 
 
-@implement(app, SEND_EMAIL, settings)
+@app.implement(SEND_EMAIL)
 def send_email(payload: EmailPayload) -> EmailResult:
     """Send one email over SMTP. Retries transient SMTP errors; at most once per idempotency key."""
     config = notifier_settings
@@ -88,7 +84,7 @@ def send_email(payload: EmailPayload) -> EmailResult:
     )
 
 
-@implement(app, SEND_IM, settings)
+@app.implement(SEND_IM)
 def send_im(payload: IMPayload) -> IMResult:
     """Post one IM webhook. Retries 5xx, 429 and timeouts; at most once per idempotency key."""
     request = webhooks.build_request(payload, _secret(payload.secret_ref), now=time.time())
@@ -97,15 +93,3 @@ def send_im(payload: IMPayload) -> IMResult:
     return IMResult(
         channel=payload.channel, status_code=outcome.status_code, response=outcome.response
     )
-
-
-def _ping_task(contract: TaskContract[PingPayload, PingResult]) -> ContractTask:
-    def ping(payload: PingPayload) -> PingResult:
-        """No-op for smoke tests (``helm test``): never retried, no idempotency key."""
-        return pong(contract)
-
-    return implement(app, contract, settings)(ping)
-
-
-#: A ``<queue>.ping`` per notifier queue, answered by whichever pool consumes that queue.
-PING_TASKS = [_ping_task(contract) for contract in PING_CONTRACTS if contract.service == "notifier"]

@@ -41,8 +41,6 @@ from scraper.report import build_report
 from scraper.robots import RobotsCache
 from scraper.settings import ScraperSettings
 from tasklane.artifacts import ArtifactNotFoundError, ArtifactStore, open_store
-from tasklane.contracts import PING_CONTRACTS, TaskContract
-from tasklane.contracts.ping import PingPayload, PingResult, pong
 from tasklane.contracts.scraper import (
     BUILD_REPORT,
     CRAWL_ADVANCE,
@@ -67,11 +65,10 @@ from tasklane.errors import TransientError
 from tasklane.net.guard import NetGuardPolicy
 from tasklane.publish import Publisher
 from tasklane.settings import load
-from tasklane.worker.task import ContractTask, implement
 
 logger = logging.getLogger(__name__)
 
-settings = app.conf.tasklane_settings
+settings = app.settings
 # Read when the worker starts, so that a bad value stops it with a clear error at once.
 scraper_settings = load(ScraperSettings)
 policy = NetGuardPolicy.from_setting(scraper_settings.allow)
@@ -142,7 +139,7 @@ def _artifacts() -> ArtifactStore:
     return open_store(settings.require_artifacts())
 
 
-@implement(app, FETCH_PAGE, settings)
+@app.implement(FETCH_PAGE)
 def fetch_page(payload: FetchPayload) -> FetchResult:
     """Fetch one page politely and extract its fields. Retries transient errors; no idempotency."""
     try:
@@ -162,7 +159,7 @@ def fetch_page(payload: FetchPayload) -> FetchResult:
     return page
 
 
-@implement(app, CRAWL_SITE, settings)
+@app.implement(CRAWL_SITE)
 def crawl_site(payload: CrawlPayload) -> CrawlStatus:
     """Record the crawl and fan out its seeds; the answer is its status right after."""
     crawl_id = payload.crawl_id or current_task.request.id
@@ -188,13 +185,13 @@ def crawl_site(payload: CrawlPayload) -> CrawlStatus:
     return _crawls().status(crawl_id)
 
 
-@implement(app, CRAWL_STATUS, settings)
+@app.implement(CRAWL_STATUS)
 def crawl_status(payload: CrawlRef) -> CrawlStatus:
     """Where the crawl stands."""
     return _crawls().status(payload.crawl_id)
 
 
-@implement(app, CRAWL_ADVANCE, settings)
+@app.implement(CRAWL_ADVANCE)
 def crawl_advance(payload: AdvancePayload) -> AdvanceResult:
     """Claim and fan out the next level, or complete the crawl when there is none."""
     return _advance(payload.crawl_id, payload.level)
@@ -259,7 +256,7 @@ def _batch_dead_lettered(payload: CrawlBatchPayload, exc: Exception) -> None:
         )
 
 
-@implement(app, CRAWL_FETCH, settings, on_dead_letter=_batch_dead_lettered)
+@app.implement(CRAWL_FETCH, on_dead_letter=_batch_dead_lettered)
 def crawl_fetch(payload: CrawlBatchPayload) -> CrawlBatchResult:
     """Fetch a batch concurrently, record it, schedule retries and maybe the next level."""
     crawls = _crawls()
@@ -314,7 +311,7 @@ def crawl_fetch(payload: CrawlBatchPayload) -> CrawlBatchResult:
     )
 
 
-@implement(app, BUILD_REPORT, settings)
+@app.implement(BUILD_REPORT)
 def build_crawl_report(payload: ReportPayload) -> ReportResult:
     """Analyse a completed crawl into CSV, JSON and HTML in the artifact store."""
     store = _artifacts()
@@ -355,15 +352,3 @@ def build_crawl_report(payload: ReportPayload) -> ReportResult:
         response_ms=analysis.response_ms,
         most_linked=analysis.most_linked,
     )
-
-
-def _ping_task(contract: TaskContract[PingPayload, PingResult]) -> ContractTask:
-    def ping(payload: PingPayload) -> PingResult:
-        """No-op for smoke tests (``helm test``): never retried, no idempotency key."""
-        return pong(contract)
-
-    return implement(app, contract, settings)(ping)
-
-
-#: A ``<queue>.ping`` per scraper queue, answered by whichever pool consumes that queue.
-PING_TASKS = [_ping_task(contract) for contract in PING_CONTRACTS if contract.service == "scraper"]

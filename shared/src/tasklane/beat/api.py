@@ -213,19 +213,13 @@ async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
 
 async def _invalid_entry(_: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, PayloadValidationError):
-        problems = [_payload_problem(line) for line in exc.errors]
+        problems = [
+            _problem(["body", "payload", *problem.location], problem.message, "payload_invalid")
+            for problem in exc.problems
+        ]
     else:
         problems = [_problem(["body", "task"], str(exc), "unknown_task")]
     return JSONResponse({"detail": problems}, status_code=422)
-
-
-def _payload_problem(line: str) -> dict[str, Any]:
-    # PayloadValidationError lines read "to.0: <message>" ("payload: ..." for the whole model).
-    field, separator, message = line.partition(": ")
-    if not separator:
-        field, message = "payload", line
-    path = [] if field == "payload" else [int(p) if p.isdigit() else p for p in field.split(".")]
-    return _problem(["body", "payload", *path], message, "payload_invalid")
 
 
 def _problem(loc: Sequence[str | int], message: str, kind: str) -> dict[str, Any]:

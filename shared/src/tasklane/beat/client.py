@@ -24,11 +24,7 @@ from tasklane.beat.store import BeatStatus, ScheduleError, ScheduleStore
 from tasklane.contracts import REGISTRY, ContractRegistry
 from tasklane.publish import Publisher
 from tasklane.settings import Settings, load_settings
-
-#: Header naming the schedule entry a message was published for.
-SCHEDULE_HEADER = "x-tasklane-schedule"
-#: Header carrying the slot (ISO 8601) a message was published for; absent for run-now.
-SLOT_HEADER = "x-tasklane-slot"
+from tasklane.wire import headers
 
 
 class Schedules:
@@ -90,7 +86,7 @@ class Schedules:
         problem = self.store.problem(entry)
         if problem:
             raise ScheduleError(f"schedule {name!r} cannot run: {problem}")
-        handle = self.publisher.publish(entry.task, entry.payload, headers={SCHEDULE_HEADER: name})
+        handle = self.publisher.publish(entry.task, entry.payload, headers={headers.SCHEDULE: name})
         self.store.record_manual_run(name, datetime.now(UTC))
         return handle.id
 

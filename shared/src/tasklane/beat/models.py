@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tasklane.beat import cron
 from tasklane.contracts import REGISTRY, ContractRegistry
-from tasklane.publish import validate_payload
+from tasklane.contracts.validation import validate_payload
 from tasklane.settings import TimeZoneName
 
 ENTRY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"

@@ -38,7 +38,6 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tasklane.beat.client import SCHEDULE_HEADER, SLOT_HEADER
 from tasklane.beat.models import (
     ClockedSchedule,
     EntryState,
@@ -55,6 +54,8 @@ from tasklane.observability.metrics import serve_endpoints
 from tasklane.observability.tracing import start_tracing, stop_tracing
 from tasklane.publish import Publisher
 from tasklane.settings import Settings, load, load_settings
+from tasklane.wire import headers as wire_headers
+from tasklane.wire.config import base_config
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -136,7 +137,8 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
     """A Celery Beat scheduler over :class:`~tasklane.beat.store.ScheduleStore`."""
 
     def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
-        self.settings: Settings = getattr(app.conf, "tasklane_settings", None) or load_settings()
+        # An app of the user's own (``tasklane beat --app``): settings from the environment.
+        self.settings = app.settings if isinstance(app, BeatApp) else load_settings()
         self.beat_settings = load(BeatSettings)
         # A black-holed Redis fails the tick (not ready) instead of hanging it (not live).
         client = redis.Redis.from_url(
@@ -282,7 +284,7 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         return soonest
 
     def _publish(self, entry: ScheduleEntry, slot: datetime) -> None:
-        headers = {SCHEDULE_HEADER: entry.name, SLOT_HEADER: slot.isoformat()}
+        headers = {wire_headers.SCHEDULE: entry.name, wire_headers.SLOT: slot.isoformat()}
         try:
             handle = self.publisher.publish(entry.task, entry.payload, headers=headers)
         except Exception:
@@ -381,18 +383,17 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         self.store.report(status, ttl=max(30.0, 3 * self.beat_settings.lock_ttl))
 
 
-def create_beat_app(settings: Settings | None = None) -> Celery:
+class BeatApp(Celery):  # type: ignore[misc]
+    """The default Beat app: Tasklane's base configuration, its settings a typed attribute."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("tasklane-beat", set_as_current=False)
+        self.settings = settings
+        self.conf.update(
+            base_config(settings), beat_scheduler="tasklane.beat.scheduler:TasklaneScheduler"
+        )
+
+
+def create_beat_app(settings: Settings | None = None) -> BeatApp:
     """The Celery app ``tasklane beat`` runs when no other is given."""
-    settings = settings or load_settings()
-    app = Celery("tasklane-beat", set_as_current=False)
-    app.conf.update(
-        broker_url=settings.require_broker(),
-        timezone=settings.timezone,
-        enable_utc=True,
-        accept_content=["json"],
-        task_serializer="json",
-        result_serializer="json",
-        beat_scheduler="tasklane.beat.scheduler:TasklaneScheduler",
-    )
-    app.conf.tasklane_settings = settings
-    return app
+    return BeatApp(settings or load_settings())

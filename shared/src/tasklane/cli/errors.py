@@ -74,3 +74,21 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             fail(f"broker or Redis unreachable: {exc}", EXIT_FAILED)
 
     return wrapper
+
+
+class Commands(typer.Typer):
+    """A Typer app whose every command ends through :func:`handle_errors`.
+
+    The boundary is applied where a command is registered, so a new command cannot forget it.
+    """
+
+    def command(  # type: ignore[override]
+        self, *args: Any, **kwargs: Any
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(func: Callable[P, R]) -> Callable[P, R]:
+            register(handle_errors(func))
+            return func
+
+        return decorator

@@ -7,6 +7,7 @@ import os
 import shlex
 import socket
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -18,14 +19,14 @@ from rich.table import Table
 from rich.text import Text
 
 from tasklane.beat.client import Schedules
-from tasklane.cli.errors import CliError, parse_json_object
+from tasklane.cli.errors import CliError, Commands, parse_json_object
 from tasklane.cli.errors import console as _console
-from tasklane.cli.errors import handle_errors as _handle_errors
 from tasklane.cli.schedule import schedule_app
 from tasklane.contracts import REGISTRY, TaskContract
-from tasklane.errors import PayloadValidationError
+from tasklane.contracts.validation import validate_payload
+from tasklane.errors import PayloadValidationError, Problem
 from tasklane.observability.metrics import prepare_multiproc_dir
-from tasklane.publish import Publisher, validate_payload
+from tasklane.publish import Publisher
 from tasklane.schema import export_schemas
 from tasklane.settings import Settings, load_settings
 from tasklane.wire.broker import connect
@@ -35,7 +36,7 @@ from tasklane.wire.routing import dlq_name, queue_name, queues_for_service, work
 
 ERROR_PREVIEW_CHARS = 60
 
-app = typer.Typer(
+app = Commands(
     name="tasklane",
     help="Tasklane: typed task contracts, publishing, queues and dead letters.",
     no_args_is_help=True,
@@ -43,8 +44,8 @@ app = typer.Typer(
     # Locals would print settings, broker URLs included, into terminals and CI logs.
     pretty_exceptions_show_locals=False,
 )
-contracts_app = typer.Typer(help="Inspect and export task contracts.", no_args_is_help=True)
-dlq_app = typer.Typer(help="List, show, replay and purge dead letters.", no_args_is_help=True)
+contracts_app = Commands(help="Inspect and export task contracts.", no_args_is_help=True)
+dlq_app = Commands(help="List, show, replay and purge dead letters.", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(schedule_app, name="schedule")
@@ -64,7 +65,6 @@ class Pool(StrEnum):
 
 
 @contracts_app.command("list")
-@_handle_errors
 def contracts_list() -> None:
     """Show every task contract with its queues and policies."""
     settings = load_settings()
@@ -93,7 +93,6 @@ def contracts_list() -> None:
 
 
 @contracts_app.command("export")
-@_handle_errors
 def contracts_export(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory for the schema files.", file_okay=False)
@@ -111,7 +110,7 @@ def contracts_export(
 def _read_payloads(contract: TaskContract[Any, Any], file: Path) -> list[Any]:
     """Every payload of a JSON Lines file, validated, so errors name the file's line numbers."""
     models: list[Any] = []
-    problems: list[str] = []
+    problems: list[Problem] = []
     for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -119,7 +118,7 @@ def _read_payloads(contract: TaskContract[Any, Any], file: Path) -> list[Any]:
         try:
             models.append(validate_payload(contract, data))
         except PayloadValidationError as exc:
-            problems.extend(f"line {number}: {error}" for error in exc.errors)
+            problems.extend(replace(problem, item=f"line {number}:") for problem in exc.problems)
     if problems:
         raise PayloadValidationError(contract.name, problems)
     if not models:
@@ -172,7 +171,6 @@ def _submit_one(
 
 
 @app.command()
-@_handle_errors
 def submit(
     task: Annotated[str, typer.Argument(help="Task name, e.g. notifier.email.send.")],
     payload: Annotated[
@@ -213,7 +211,6 @@ def submit(
 
 
 @app.command()
-@_handle_errors
 def queues() -> None:
     """Show how many messages wait in every work queue and dead-letter queue."""
     settings = load_settings()
@@ -270,7 +267,6 @@ def _task_kwargs(letter: DeadLetter) -> Any:
 
 
 @dlq_app.command("list")
-@_handle_errors
 def dlq_list(
     queue: Annotated[
         str | None, typer.Argument(help="Work queue or DLQ name; every DLQ when omitted.")
@@ -313,7 +309,6 @@ def dlq_list(
 
 
 @dlq_app.command("show")
-@_handle_errors
 def dlq_show(
     queue: Annotated[str, typer.Argument(help="Work queue or DLQ name.")],
     index: Annotated[
@@ -354,7 +349,6 @@ def dlq_show(
 
 
 @dlq_app.command("replay")
-@_handle_errors
 def dlq_replay(
     queue: Annotated[str, typer.Argument(help="Work queue or DLQ name.")],
     limit: Annotated[
@@ -372,7 +366,6 @@ def dlq_replay(
 
 
 @dlq_app.command("purge")
-@_handle_errors
 def dlq_purge(
     queue: Annotated[str, typer.Argument(help="Work queue or DLQ name.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -460,7 +453,6 @@ def _module_exists(module: str) -> bool:
 
 
 @app.command()
-@_handle_errors
 def worker(
     service: Annotated[str, typer.Argument(help="Service name, e.g. notifier.")],
     extra: Annotated[
@@ -512,7 +504,6 @@ def worker(
 
 
 @app.command()
-@_handle_errors
 def beat(
     extra: Annotated[
         list[str] | None, typer.Argument(help="Extra celery beat arguments, after --.")
@@ -542,7 +533,6 @@ def beat(
 
 
 @app.command("schedule-api")
-@_handle_errors
 def schedule_api(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "0.0.0.0",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port.")] = 8080,
@@ -554,7 +544,6 @@ def schedule_api(
 
 
 @app.command("beat-health")
-@_handle_errors
 def beat_health(
     max_age: Annotated[
         float, typer.Option("--max-age", min=1.0, help="Seconds since the last tick allowed.")
@@ -575,7 +564,6 @@ def beat_health(
 
 
 @app.command()
-@_handle_errors
 def exporter(
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port.")] = 9808,
     interval: Annotated[
@@ -589,7 +577,6 @@ def exporter(
 
 
 @app.command()
-@_handle_errors
 def flower(
     extra: Annotated[
         list[str] | None, typer.Argument(help="Extra Flower options (--name=value), after --.")

@@ -27,9 +27,8 @@ from tasklane.beat.models import (
     Schedule,
     ScheduleEntry,
 )
+from tasklane.cli.errors import Commands, parse_json_object
 from tasklane.cli.errors import console as _console
-from tasklane.cli.errors import handle_errors as _handle_errors
-from tasklane.cli.errors import parse_json_object
 from tasklane.errors import TasklaneError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -49,7 +48,7 @@ _OPTIONS = {
 }
 _CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 
-schedule_app = typer.Typer(
+schedule_app = Commands(
     help="Manage periodic tasks: add, list, show, enable, disable, remove, run now.",
     no_args_is_help=True,
 )
@@ -150,7 +149,6 @@ def _next(view: EntryView) -> str:
 
 
 @schedule_app.command("add")
-@_handle_errors
 def add(
     name: Annotated[str, typer.Argument(help="Entry name: letters, digits, _ . : -")],
     task: Annotated[str, typer.Option("--task", help="Task name, e.g. notifier.im.send.")],
@@ -201,7 +199,6 @@ def add(
 
 
 @schedule_app.command("list")
-@_handle_errors
 def list_entries() -> None:
     """Show every entry with its schedule, runs, next run and any problem."""
     with Schedules() as schedules:
@@ -236,7 +233,6 @@ def list_entries() -> None:
 
 
 @schedule_app.command("show")
-@_handle_errors
 def show(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Print one entry, its state and next run as JSON."""
     with Schedules() as schedules:
@@ -245,7 +241,6 @@ def show(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 
 
 @schedule_app.command("enable")
-@_handle_errors
 def enable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Let an entry fire again, from its next slot (missed slots are not made up)."""
     with Schedules() as schedules:
@@ -254,7 +249,6 @@ def enable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 
 
 @schedule_app.command("disable")
-@_handle_errors
 def disable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Stop an entry firing, keeping it and its history."""
     with Schedules() as schedules:
@@ -263,7 +257,6 @@ def disable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 
 
 @schedule_app.command("remove")
-@_handle_errors
 def remove(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Delete an entry added at run time (file- and code-managed ones are removed there)."""
     with Schedules() as schedules:
@@ -272,7 +265,6 @@ def remove(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 
 
 @schedule_app.command("run-now")
-@_handle_errors
 def run_now(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Publish the entry's task now, outside its schedule, and print the task id."""
     with Schedules() as schedules:
@@ -281,7 +273,6 @@ def run_now(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 
 
 @schedule_app.command("beats")
-@_handle_errors
 def beats() -> None:
     """Show the live Beat processes: when each last ticked and which one holds the lock."""
     with Schedules() as schedules:

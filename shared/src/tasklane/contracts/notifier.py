@@ -117,5 +117,3 @@ SEND_IM: TaskContract[IMPayload, IMResult] = TaskContract(
     idempotency_key=("idempotency_key",),
     priority=5,
 )
-
-NOTIFIER_CONTRACTS = (SEND_EMAIL, SEND_IM)

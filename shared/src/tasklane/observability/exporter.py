@@ -37,7 +37,7 @@ from prometheus_client.samples import Sample
 from tasklane.contracts import REGISTRY, ContractRegistry
 from tasklane.settings import Settings, load_settings
 from tasklane.wire.broker import redis_queue_keys, transport_options
-from tasklane.wire.protocol import PUBLISHED_AT
+from tasklane.wire.headers import PUBLISHED_AT
 from tasklane.wire.queues import QueueKind, passive_declares, queue_names
 
 DEFAULT_PORT = 9808

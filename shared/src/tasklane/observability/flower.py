@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasklane.contracts import REGISTRY
 from tasklane.settings import Settings, load_settings
-from tasklane.wire.broker import transport_options
+from tasklane.wire.config import base_config
 from tasklane.wire.routing import dead_letter_queues, task_routes, work_queues
 
 MIN_PASSWORD_LENGTH = 12
@@ -117,21 +117,10 @@ def create_flower_app(settings: Settings | None = None) -> Celery:
     queues = work_queues(REGISTRY, settings.namespace)
     app = Celery("tasklane-flower", set_as_current=False)
     app.conf.update(
-        broker_url=settings.require_broker(),
-        broker_transport_options=transport_options(settings),
-        broker_connection_retry_on_startup=True,
-        result_backend=settings.result_backend,
-        accept_content=["json"],
-        result_accept_content=["json"],
-        task_serializer="json",
-        result_serializer="json",
-        event_serializer="json",
+        base_config(settings),
         task_queues=queues + dead_letter_queues(REGISTRY, settings.namespace),
         task_default_queue=queues[0].name,
         # Tasks sent from Flower's UI reach their contract's queue (and are validated there).
         task_routes=task_routes(REGISTRY, settings.namespace),
-        timezone=settings.timezone,
-        enable_utc=True,
     )
-    app.conf.tasklane_settings = settings
     return app

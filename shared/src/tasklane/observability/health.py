@@ -95,7 +95,7 @@ class HealthStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._timer: Any = None
 
     def start(self, c: Any) -> None:
-        health: WorkerHealth | None = getattr(c.app.conf, "tasklane_health", None)
+        health: WorkerHealth | None = c.app.health  # a TasklaneApp's (tasklane.worker.app)
         if health is None:
             return
         health.beat()
@@ -104,7 +104,7 @@ class HealthStep(bootsteps.StartStopStep):  # type: ignore[misc]
         health.set_ready(True)
 
     def stop(self, c: Any) -> None:
-        health: WorkerHealth | None = getattr(c.app.conf, "tasklane_health", None)
+        health: WorkerHealth | None = c.app.health
         if health is not None:
             health.set_ready(False)
 

@@ -18,7 +18,6 @@ import os
 import threading
 import time
 from collections.abc import Iterable, MutableMapping
-from dataclasses import dataclass
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,10 +25,10 @@ from typing import Any
 
 from celery import Celery, signals
 from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     multiprocess,
 )
@@ -38,104 +37,24 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from tasklane.contracts import REGISTRY
+from tasklane.observability.counters import (
+    DEAD_LETTER_REASONS,
+    QUEUE_WAIT,
+    RUNTIME,
+    RUNTIME_BUCKETS,
+    TASK_LABELS,
+    WAIT_BUCKETS,
+    task_metrics,
+)
 from tasklane.observability.exemplars import ExemplarCollector, ExemplarRecorder, clear, pid_alive
 from tasklane.observability.health import HealthStep, Probes, WorkerHealth
 from tasklane.observability.tracing import tracing_enabled
-from tasklane.wire.protocol import PUBLISHED_AT
+from tasklane.wire.headers import PUBLISHED_AT
 from tasklane.wire.routing import queue_name
 
 logger = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-TASK_LABELS = ("task", "queue")
-#: Why messages are dead-lettered (tasklane.worker.task and tasklane.worker.consumer give these
-# reasons).
-DEAD_LETTER_REASONS = (
-    "invalid-payload",
-    "retries-exhausted",
-    "time-limit",
-    "permanent-error",
-    "unexpected-error",
-    "undecodable",
-    "unknown-task",
-    "unknown-message",
-    "invalid-message",
-)
-RUNTIME = "tasklane_task_runtime_seconds"
-QUEUE_WAIT = "tasklane_task_queue_wait_seconds"
-#: Seconds; from sub-millisecond no-ops to hour-long transcodes.
-RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
-#: Seconds a task waited in its queue, publish to start.
-WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
-
-
-@dataclass(frozen=True)
-class TaskMetrics:
-    """The metrics every worker records, per task name and queue."""
-
-    published: Counter
-    received: Counter
-    started: Counter
-    succeeded: Counter
-    failed: Counter
-    retried: Counter
-    dead_lettered: Counter
-    rejected: Counter
-    runtime: Histogram
-    queue_wait: Histogram
-    in_flight: Gauge
-    worker_up: Gauge
-
-
-@cache
-def task_metrics() -> TaskMetrics:
-    """This process's metric objects (created on first use, after the pool forked)."""
-    return TaskMetrics(
-        published=Counter(
-            "tasklane_tasks_published", "Tasks published by this process.", TASK_LABELS
-        ),
-        received=Counter(
-            "tasklane_tasks_received", "Tasks a worker received from its queue.", TASK_LABELS
-        ),
-        started=Counter("tasklane_tasks_started", "Tasks that started running.", TASK_LABELS),
-        succeeded=Counter("tasklane_tasks_succeeded", "Tasks that returned a result.", TASK_LABELS),
-        failed=Counter("tasklane_tasks_failed", "Tasks that failed for good.", TASK_LABELS),
-        retried=Counter("tasklane_tasks_retried", "Retries scheduled.", TASK_LABELS),
-        dead_lettered=Counter(
-            "tasklane_tasks_dead_lettered",
-            "Messages sent to a dead-letter queue, by reason.",
-            (*TASK_LABELS, "reason"),
-        ),
-        rejected=Counter(
-            "tasklane_tasks_rejected",
-            "Tasks refused by the worker because their payload broke the contract.",
-            TASK_LABELS,
-        ),
-        runtime=Histogram(
-            RUNTIME,
-            "Time a task ran.",
-            TASK_LABELS,
-            buckets=RUNTIME_BUCKETS,
-        ),
-        queue_wait=Histogram(
-            QUEUE_WAIT,
-            "Time from publish (the message's own timestamp) to start.",
-            TASK_LABELS,
-            buckets=WAIT_BUCKETS,
-        ),
-        in_flight=Gauge(
-            "tasklane_tasks_in_flight",
-            "Tasks running now.",
-            TASK_LABELS,
-            multiprocess_mode="livesum",
-        ),
-        worker_up=Gauge(
-            "tasklane_worker_up",
-            "1 while the worker's main process runs.",
-            ("service",),
-            multiprocess_mode="livemax",
-        ),
-    )
 
 
 def _labels(task: Any) -> tuple[str, str]:
@@ -151,7 +70,7 @@ def _request_labels(request: Any) -> tuple[str, str]:
     return name, queue
 
 
-class _Recorder:
+class TaskRecorder:
     """Celery signal handlers that record :class:`TaskMetrics`."""
 
     def __init__(
@@ -292,14 +211,14 @@ class LiveGaugeSweep(Collector):
 
 def _sampled_parent(traceparent: Any) -> tuple[str, str] | None:
     """Trace and span id of a W3C ``traceparent`` header, if its trace is sampled."""
-    parts = traceparent.split("-") if isinstance(traceparent, str) else []
-    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+    if not isinstance(traceparent, str):
         return None
-    try:
-        sampled = int(parts[3], 16) & 0x01
-    except ValueError:
+    context = trace.get_current_span(
+        TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    ).get_span_context()
+    if not context.is_valid or not context.trace_flags.sampled:
         return None
-    return (parts[1], parts[2]) if sampled else None
+    return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id)
 
 
 def _current_span() -> tuple[str, str] | None:
@@ -318,16 +237,14 @@ def record_dead_letter(task: str, queue: str, reason: str) -> None:
         metrics.rejected.labels(task, queue).inc()
 
 
-def install_metrics(app: Celery, service: str, port: int, live_timeout: float) -> None:
+def install_metrics(
+    app: Celery, service: str, namespace: str, port: int, live_timeout: float
+) -> tuple[WorkerHealth, TaskRecorder]:
     """Record task metrics in this app's worker; serve them and its probes on ``port``."""
     health = WorkerHealth(live_timeout=live_timeout)
-    app.conf.tasklane_health = health
     app.steps["consumer"].add(HealthStep)
-    namespace = getattr(app.conf, "tasklane_settings", None)
-    prefix = namespace.namespace if namespace is not None else ""
-    labels = [(c.name, queue_name(c, prefix)) for c in REGISTRY.for_service(service)]
-    recorder = _Recorder(service, port, health, labels, exemplars=tracing_enabled())
-    app.conf.tasklane_metrics = recorder  # keeps the handlers alive with the app
+    labels = [(c.name, queue_name(c, namespace)) for c in REGISTRY.for_service(service)]
+    recorder = TaskRecorder(service, port, health, labels, exemplars=tracing_enabled())
     signals.worker_init.connect(recorder.worker_init, weak=False)
     signals.task_received.connect(recorder.received, weak=False)
     signals.task_prerun.connect(recorder.prerun, weak=False)
@@ -336,6 +253,7 @@ def install_metrics(app: Celery, service: str, port: int, live_timeout: float) -
     signals.task_failure.connect(recorder.failure, weak=False)
     signals.task_retry.connect(recorder.retry, weak=False)
     signals.worker_process_shutdown.connect(recorder.child_exit, weak=False)
+    return health, recorder
 
 
 def serve_endpoints(port: int, registry: CollectorRegistry, health: Probes) -> None:

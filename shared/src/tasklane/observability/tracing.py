@@ -21,7 +21,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from celery import Celery, signals
+from celery import signals
 from opentelemetry import trace
 
 from tasklane.errors import SettingsError
@@ -199,8 +199,8 @@ class _WorkerTracing:
             self.provider = None
 
 
-def install_tracing(app: Celery, service: str) -> bool:
-    """Trace this app's worker when ``OTEL_*`` turns tracing on; whether it did.
+def install_tracing(service: str) -> bool:
+    """Trace this process's worker when ``OTEL_*`` turns tracing on; whether it did.
 
     Only signal handlers are connected here; providers start in the worker's processes.
 
@@ -211,8 +211,7 @@ def install_tracing(app: Celery, service: str) -> bool:
     if not tracing_enabled():
         return False
     check_tracing_settings()
-    hooks = _WorkerTracing(service)
-    app.conf.tasklane_tracing = hooks  # keeps the handlers alive with the app
+    hooks = _WorkerTracing(service)  # kept alive by the signals (weak=False)
     signals.worker_init.connect(hooks.worker_init, weak=False)
     signals.worker_process_init.connect(hooks.start, weak=False)
     signals.worker_process_shutdown.connect(hooks.stop, weak=False)

@@ -13,18 +13,19 @@ from kombu.connection import Connection
 from kombu.entity import Queue
 from kombu.messaging import Producer
 
-from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, PUBLISHED_AT
+from tasklane.wire.headers import (
+    ATTEMPTS,
+    DEAD_LETTER_HEADERS,
+    ERROR,
+    ERROR_TYPE,
+    FAILED_AT,
+    ORIGINAL_QUEUE,
+    PUBLISHED_AT,
+    REASON,
+    WORKER,
+)
+from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE
 from tasklane.wire.routing import DLQ_SUFFIX, dead_letter_exchange, dlq_name
-
-#: Headers Tasklane adds to a dead-lettered message. Replay removes them.
-REASON = "x-tasklane-reason"
-ERROR_TYPE = "x-tasklane-error-type"
-ERROR = "x-tasklane-error"
-ATTEMPTS = "x-tasklane-attempts"
-FAILED_AT = "x-tasklane-failed-at"
-ORIGINAL_QUEUE = "x-tasklane-queue"
-WORKER = "x-tasklane-worker"
-DEAD_LETTER_HEADERS = (REASON, ERROR_TYPE, ERROR, ATTEMPTS, FAILED_AT, ORIGINAL_QUEUE, WORKER)
 
 MAX_ERROR_CHARS = 2000
 

@@ -14,16 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tasklane.wire.headers import PUBLISHED_AT
+
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
 
-#: Header carrying the publish time (Unix seconds) for queue-wait measurements.
-PUBLISHED_AT = "x-tasklane-published-at"
 
 _EMBED: dict[str, None] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _EMBED_JSON = json.dumps(_EMBED, separators=(",", ":"))
-# One encoder for every message: json.dumps with options builds a new one per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
 

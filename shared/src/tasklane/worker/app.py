@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import Celery
+from pydantic import BaseModel
 
 from tasklane.contracts import REGISTRY, ContractRegistry, TaskContract
+from tasklane.contracts.ping import PingPayload, PingResult, is_ping, pong
 from tasklane.errors import SettingsError
+from tasklane.observability.health import WorkerHealth
 from tasklane.observability.logs import install_logging
-from tasklane.observability.metrics import install_metrics
+from tasklane.observability.metrics import TaskRecorder, install_metrics
 from tasklane.observability.tracing import install_tracing
 from tasklane.settings import Settings, load_settings
-from tasklane.wire.broker import transport_options
-from tasklane.wire.routing import dead_letter_queues, queues_for_service, task_routes
+from tasklane.wire.config import base_config
+from tasklane.wire.routing import dead_letter_queues, queue_name, queues_for_service, task_routes
 from tasklane.worker.consumer import DeclareDeadLetterQueues
 from tasklane.worker.shutdown import ShutdownDeadline
+from tasklane.worker.task import ContractTask
 
 logger = logging.getLogger(__name__)
+
+PayloadT = TypeVar("PayloadT", bound=BaseModel)
+ResultT = TypeVar("ResultT", bound=BaseModel)
 
 #: Seconds added to the longest wait a message can be held unacknowledged.
 VISIBILITY_MARGIN = 60.0
@@ -74,7 +82,7 @@ def soft_shutdown_timeout(
 def celery_config(
     service: str, settings: Settings, registry: ContractRegistry = REGISTRY
 ) -> dict[str, Any]:
-    """The complete Celery configuration of one worker service."""
+    """The complete Celery configuration of one worker service: the shared base and its own."""
     contracts = registry.for_service(service)
     queues = queues_for_service(registry, service, settings.namespace)
     if settings.result_backend is None:
@@ -82,22 +90,9 @@ def celery_config(
             "no result backend: set TASKLANE_RESULT_BACKEND (required when the broker is not Redis)"
         )
     return {
-        "broker_url": settings.require_broker(),
-        "broker_transport_options": transport_options(
-            settings, visibility_timeout(settings, contracts)
-        ),
-        "broker_connection_retry_on_startup": True,
+        **base_config(settings, visibility_timeout=visibility_timeout(settings, contracts)),
         "broker_connection_max_retries": None,
-        "result_backend": settings.result_backend,
-        "result_expires": settings.result_expires,
         "result_extended": True,
-        "result_backend_always_retry": True,
-        # JSON only: pickle (code execution on load) is refused everywhere.
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "event_serializer": "json",
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
         # A message is acknowledged only once its task finished; a killed worker's task comes back.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -109,7 +104,6 @@ def celery_config(
         # timeout even after the tasks ended.
         "worker_soft_shutdown_timeout": 0.0,
         "worker_enable_soft_shutdown_on_idle": False,
-        "tasklane_soft_shutdown_timeout": soft_shutdown_timeout(settings, contracts),
         "worker_concurrency": settings.worker_concurrency,
         "worker_consumer": "tasklane.worker.consumer:DeadLetteringConsumer",
         "task_queues": queues,
@@ -119,13 +113,68 @@ def celery_config(
         "task_track_started": settings.track_started,
         "task_send_sent_event": settings.task_events,
         "worker_send_task_events": settings.task_events,
-        "timezone": settings.timezone,
-        "enable_utc": True,
-        "tasklane_namespace": settings.namespace,
-        "tasklane_dead_letter_queues": [
-            q.name for q in dead_letter_queues(contracts, settings.namespace)
-        ],
     }
+
+
+class TasklaneApp(Celery):  # type: ignore[misc]
+    """The Celery app of one worker service, with Tasklane's state as typed attributes.
+
+    Services implement contracts with :meth:`implement` as Celery users write ``@app.task``.
+    """
+
+    def __init__(
+        self, service: str, *, settings: Settings, registry: ContractRegistry = REGISTRY
+    ) -> None:
+        super().__init__(service, set_as_current=False)
+        self.service = service
+        self.settings = settings
+        self.registry = registry
+        contracts = registry.for_service(service)
+        self.soft_shutdown_timeout = soft_shutdown_timeout(settings, contracts)
+        #: The DLQs declared at start-up (tasklane.worker.consumer.DeclareDeadLetterQueues).
+        self.dead_letter_queues = [
+            q.name for q in dead_letter_queues(contracts, settings.namespace)
+        ]
+        #: Set when TASKLANE_METRICS_PORT is: the probes' state and the metrics recorder.
+        self.health: WorkerHealth | None = None
+        self.metrics: TaskRecorder | None = None
+
+    def implement(
+        self,
+        contract: TaskContract[PayloadT, ResultT],
+        *,
+        on_dead_letter: Callable[[PayloadT, Exception], None] | None = None,
+    ) -> Callable[[Callable[[PayloadT], ResultT]], ContractTask]:
+        """Register the decorated function as the implementation of ``contract``.
+
+        The task takes its limits, rate limit, priority and queue from the contract; the function
+        receives the validated payload model and returns the result model. ``on_dead_letter`` is
+        called with the payload after a final failure was dead-lettered (not for invalid payloads).
+        """
+
+        def register(function: Callable[[PayloadT], ResultT]) -> ContractTask:
+            def run(self: ContractTask, *args: Any, **kwargs: Any) -> Any:
+                return self.execute(args, kwargs)
+
+            run.__name__ = function.__name__
+            run.__doc__ = function.__doc__
+            task: ContractTask = self.task(
+                name=contract.name,
+                base=ContractTask,
+                bind=True,
+                contract=contract,
+                implementation=staticmethod(function),
+                dead_letter_hook=staticmethod(on_dead_letter) if on_dead_letter else None,
+                queue=queue_name(contract, self.settings.namespace),
+                soft_time_limit=contract.soft_time_limit,
+                time_limit=contract.time_limit,
+                rate_limit=contract.rate_limit,
+                max_retries=contract.retry.max_retries,
+                priority=contract.priority,
+            )(run)
+            return task
+
+        return register
 
 
 def create_app(
@@ -133,11 +182,12 @@ def create_app(
     *,
     settings: Settings | None = None,
     registry: ContractRegistry = REGISTRY,
-) -> Celery:
+) -> TasklaneApp:
     """Build the Celery app of one worker service with production defaults.
 
-    Metrics are installed when ``TASKLANE_METRICS_PORT`` is set, traces when the ``OTEL_*``
-    variables turn them on (:mod:`tasklane.observability.tracing`).
+    The service's ``<queue>.ping`` tasks are registered here. Metrics are installed when
+    ``TASKLANE_METRICS_PORT`` is set, traces when the ``OTEL_*`` variables turn them on
+    (:mod:`tasklane.observability.tracing`).
 
     Args:
         service: the service name, the first segment of its contracts' names (``notifier``).
@@ -148,13 +198,27 @@ def create_app(
         SettingsError: the settings are missing or inconsistent.
     """
     settings = settings or load_settings()
-    app = Celery(service, set_as_current=False)
+    app = TasklaneApp(service, settings=settings, registry=registry)
     app.conf.update(celery_config(service, settings, registry))
-    app.conf.tasklane_settings = settings
     app.steps["consumer"].add(DeclareDeadLetterQueues)
     app.steps["worker"].add(ShutdownDeadline)
+    for contract in registry.for_service(service):
+        if is_ping(contract):
+            app.implement(contract)(_answer_ping(contract))
     if settings.metrics_port is not None:
-        install_metrics(app, service, settings.metrics_port, settings.liveness_timeout)
-    install_tracing(app, service)
+        app.health, app.metrics = install_metrics(
+            app, service, settings.namespace, settings.metrics_port, settings.liveness_timeout
+        )
+    install_tracing(service)
     install_logging(settings.log_format)
     return app
+
+
+def _answer_ping(
+    contract: TaskContract[PingPayload, PingResult],
+) -> Callable[[PingPayload], PingResult]:
+    def ping(payload: PingPayload) -> PingResult:
+        """No-op for smoke tests (``helm test``): never retried, no idempotency key."""
+        return pong(contract)
+
+    return ping

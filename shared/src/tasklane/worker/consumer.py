@@ -57,7 +57,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
                 send_to_dlq(
                     producer,
                     queue=queue,
-                    namespace=self.app.conf.get("tasklane_namespace", ""),
+                    namespace=self.app.settings.namespace,
                     body=message.body,
                     content_type=message.content_type,
                     content_encoding=message.content_encoding,
@@ -70,7 +70,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             message.reject_log_error(logger, self.connection_errors)
             return
         message.ack_log_error(logger, self.connection_errors)
-        if getattr(self.app.conf, "tasklane_metrics", None) is not None:
+        if self.app.metrics is not None:
             task = str((message.headers or {}).get("task") or "")
             # Only names this worker knows become labels: a stray message must not add series.
             known = task if task in self.app.tasks else "unknown"
@@ -138,9 +138,8 @@ class DeclareDeadLetterQueues(bootsteps.StartStopStep):  # type: ignore[misc]
     requires = ("celery.worker.consumer.connection:Connection",)
 
     def start(self, c: Consumer) -> None:
-        namespace = c.app.conf.get("tasklane_namespace", "")
-        exchange = dead_letter_exchange(namespace)
+        exchange = dead_letter_exchange(c.app.settings.namespace)
         with c.app.connection_for_write() as connection:
             channel = connection.default_channel
-            for name in c.app.conf.get("tasklane_dead_letter_queues", []):
+            for name in c.app.dead_letter_queues:
                 Queue(name, exchange, routing_key=name, durable=True).bind(channel).declare()

@@ -24,13 +24,13 @@ logger = logging.getLogger(__name__)
 
 
 class ShutdownDeadline(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Worker step: a cold shutdown ``tasklane_soft_shutdown_timeout`` s into a warm one."""
+    """Worker step: a cold shutdown ``app.soft_shutdown_timeout`` s into a warm one."""
 
     label = "Shutdown deadline"
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        self.timeout = float(parent.app.conf.tasklane_soft_shutdown_timeout)
+        self.timeout = float(parent.app.soft_shutdown_timeout)  # a TasklaneApp's
         self._timer: threading.Timer | None = None
         if os.environ.get("REMAP_SIGTERM"):
             # SIGTERM would then start the cold shutdown directly: no warm phase to bound.

@@ -1,7 +1,7 @@
 """The worker side of a contract: a Celery task base that validates, retries and dead-letters.
 
-A service implements a contract with :func:`implement`; its function takes the payload model
-and returns the result model, and knows nothing of Celery.
+A service implements a contract with :meth:`tasklane.worker.app.TasklaneApp.implement`; its
+function takes the payload model and returns the result model, and knows nothing of Celery.
 """
 
 from __future__ import annotations
@@ -13,16 +13,18 @@ from functools import cached_property
 from typing import Any, TypeVar
 
 import redis
-from celery import Celery, Task
+from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery import Task
 from celery.exceptions import Retry
 from pydantic import BaseModel, ValidationError
 
 from tasklane.contracts import TaskContract
+from tasklane.contracts.validation import problems_of
 from tasklane.errors import PayloadValidationError, PermanentError, TransientError
 from tasklane.observability.metrics import record_dead_letter
-from tasklane.publish import describe_validation_error
 from tasklane.settings import Settings
 from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
+from tasklane.wire.headers import BUSY_WAITS, PREFIX
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, encode_body, task_headers
 from tasklane.wire.routing import queue_name
 from tasklane.worker.idempotency import IdempotencyStore
@@ -34,9 +36,6 @@ ResultT = TypeVar("ResultT", bound=BaseModel)
 
 #: Seconds a second publish of a key waits before checking again whether the first one finished.
 BUSY_RETRY_DELAY = 5.0
-
-#: Header counting the retries spent waiting for another delivery of the same idempotency key.
-BUSY_WAITS = "x-tasklane-busy-waits"
 
 
 class InvalidPayloadError(PermanentError):
@@ -52,11 +51,16 @@ class ContractTask(Task):  # type: ignore[misc]
 
     contract: TaskContract[Any, Any]
     implementation: Callable[[Any], BaseModel]
-    settings: Settings
     #: Called with the payload after a valid task was dead-lettered, so that a service can
     #: account for work that will not be done (a crawl counting its pages, say).
     dead_letter_hook: Callable[[Any, Exception], None] | None = None
     typing = False  # the payload model checks arguments, with better errors
+
+    @property
+    def settings(self) -> Settings:
+        """The app's settings (a :class:`tasklane.worker.app.TasklaneApp`)."""
+        settings: Settings = self.app.settings
+        return settings
 
     @cached_property
     def idempotency(self) -> IdempotencyStore:
@@ -130,9 +134,8 @@ class ContractTask(Task):  # type: ignore[misc]
             payload: BaseModel = self.contract.payload.model_validate(kwargs)
             return payload
         except ValidationError as exc:
-            problems = describe_validation_error(exc)
             raise InvalidPayloadError(
-                str(PayloadValidationError(self.contract.name, problems))
+                str(PayloadValidationError(self.contract.name, problems_of(exc)))
             ) from None
 
     def _retry_or_raise(self, exc: Exception) -> None:
@@ -187,7 +190,7 @@ class ContractTask(Task):  # type: ignore[misc]
             parent_id=request.parent_id,
         )
         original = getattr(request, "headers", None) or {}
-        headers.update({k: v for k, v in original.items() if k.startswith("x-tasklane-")})
+        headers.update({k: v for k, v in original.items() if k.startswith(PREFIX)})
         error_type = (
             type(exc.__cause__ or exc).__name__
             if reason == "retries-exhausted"
@@ -216,7 +219,7 @@ class ContractTask(Task):  # type: ignore[misc]
         except Exception:  # the failure is still recorded in the result backend
             logger.exception("could not dead-letter %s[%s]", self.contract.name, task_id)
         else:
-            if getattr(self.app.conf, "tasklane_metrics", None) is not None:
+            if self.app.metrics is not None:
                 record_dead_letter(self.contract.name, queue, reason)
         if self.dead_letter_hook is not None and reason != "invalid-payload":
             self._run_dead_letter_hook(exc, task_id, kwargs)
@@ -235,50 +238,8 @@ def _reason(exc: Exception) -> str:
         return "invalid-payload"
     if isinstance(exc, RetriesExhaustedError):
         return "retries-exhausted"
-    if type(exc).__name__ in ("SoftTimeLimitExceeded", "TimeLimitExceeded"):
+    if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
         return "time-limit"
     if isinstance(exc, PermanentError):
         return "permanent-error"
     return "unexpected-error"
-
-
-def implement(
-    app: Celery,
-    contract: TaskContract[PayloadT, ResultT],
-    settings: Settings,
-    *,
-    on_dead_letter: Callable[[PayloadT, Exception], None] | None = None,
-) -> Callable[[Callable[[PayloadT], ResultT]], ContractTask]:
-    """Register ``function`` as the worker implementation of ``contract`` on ``app``.
-
-    The task takes its limits, rate limit and queue from the contract; the function receives the
-    validated payload model and returns the result model. ``on_dead_letter`` is called with the
-    payload after a final failure has been dead-lettered (not for invalid payloads).
-    """
-
-    def register(function: Callable[[PayloadT], ResultT]) -> ContractTask:
-        def run(self: ContractTask, *args: Any, **kwargs: Any) -> Any:
-            return self.execute(args, kwargs)
-
-        run.__name__ = function.__name__
-        run.__doc__ = function.__doc__
-        task: ContractTask = app.task(
-            name=contract.name,
-            base=ContractTask,
-            bind=True,
-            contract=contract,
-            implementation=staticmethod(function),
-            settings=settings,
-            dead_letter_hook=staticmethod(on_dead_letter) if on_dead_letter else None,
-            queue=queue_name(contract, settings.namespace),
-            soft_time_limit=contract.soft_time_limit,
-            time_limit=contract.time_limit,
-            rate_limit=contract.rate_limit,
-            max_retries=contract.retry.max_retries,
-            acks_late=True,
-            reject_on_worker_lost=True,
-            priority=contract.priority,
-        )(run)
-        return task
-
-    return register

@@ -1,0 +1,41 @@
+"""The Celery configuration every Tasklane process shares: workers, Beat, Flower, result readers.
+
+One place says which broker and backend, with which transport options, and that JSON is the only
+content accepted anywhere (pickle would run code on load).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasklane.settings import Settings
+from tasklane.wire.broker import transport_options
+
+#: The only serializer Tasklane writes or reads: tasks, results and events.
+JSON_ONLY: dict[str, Any] = {
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "event_serializer": "json",
+    "accept_content": ["json"],
+    "result_accept_content": ["json"],
+}
+
+
+def base_config(settings: Settings, *, visibility_timeout: float | None = None) -> dict[str, Any]:
+    """Broker, result backend, JSON only and the clock, from ``settings``.
+
+    Args:
+        settings: platform settings; a broker must be configured.
+        visibility_timeout: Redis only; seconds before an unacknowledged message is redelivered.
+    """
+    return {
+        "broker_url": settings.require_broker(),
+        "broker_transport_options": transport_options(settings, visibility_timeout),
+        "broker_connection_retry_on_startup": True,
+        "result_backend": settings.result_backend,
+        "result_expires": settings.result_expires,
+        "result_backend_always_retry": True,
+        **JSON_ONLY,
+        "timezone": settings.timezone,
+        "enable_utc": True,
+    }
