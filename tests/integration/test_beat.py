@@ -31,9 +31,12 @@ from tasklane.wire.broker import redis_queue_keys
 from tasklane.wire.headers import SCHEDULE, SLOT
 from tasklane_dev.sinks import free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
+# Seconds for Beat processes to start and take the lock: imports take seconds on a busy machine.
+STARTUP = 60.0
 IM = {"channel": "webhook", "url": "https://hooks.example.org/beat", "text": "tick"}
 
 
@@ -81,13 +84,13 @@ def slots(env: BrokerEnv, name: str) -> list[datetime]:
     return sorted(datetime.fromisoformat(h[SLOT]) for h in sent(env) if h.get(SCHEDULE) == name)
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def ticked_since(schedules: Schedules, moment: datetime) -> bool:
+    """The active Beat began a tick at or after ``moment`` and finished it.
+
+    A tick reloads the entries, fires every slot due at its start and then reports, so once
+    one that began at ``moment`` is reported, every slot up to ``moment`` has been fired.
+    """
+    return any(s.holds_lock and s.last_tick >= moment for s in schedules.beats())
 
 
 def active(schedules: Schedules) -> list[str]:
@@ -109,12 +112,20 @@ def test_two_beats_fire_a_2s_interval_15_times_in_30s_never_twice(
 ) -> None:
     start_beat()
     start_beat()
-    wait_for(lambda: len(schedules.beats()) == 2 and len(active(schedules)) == 1, "one active beat")
+    eventually(
+        lambda: len(schedules.beats()) == 2 and len(active(schedules)) == 1,
+        timeout=STARTUP,
+        message="one active beat",
+    )
     added = schedules.add(every(2, "tick")).entry
     assert added.created_at is not None
-    time.sleep(30.5)
-    schedules.disable("tick")
     window_end = added.created_at + timedelta(seconds=30)
+    eventually(
+        lambda: ticked_since(schedules, window_end),
+        timeout=45,
+        message="a tick past the 30 s window",
+    )
+    schedules.disable("tick")
     fired = [slot for slot in slots(env, "tick") if slot <= window_end]
     assert len(fired) == len(set(fired)), "a slot fired twice"
     assert 14 <= len(fired) <= 16, fired
@@ -126,9 +137,13 @@ def test_standby_takes_over_when_the_active_beat_is_killed(
     env: BrokerEnv, schedules: Schedules, start_beat: Callable[..., WorkerProcess]
 ) -> None:
     beats = [start_beat(), start_beat()]
-    wait_for(lambda: len(active(schedules)) == 1 and len(schedules.beats()) == 2, "one active beat")
+    eventually(
+        lambda: len(active(schedules)) == 1 and len(schedules.beats()) == 2,
+        timeout=STARTUP,
+        message="one active beat",
+    )
     schedules.add(every(2, "tick"))
-    time.sleep(7)
+    eventually(lambda: len(slots(env, "tick")) >= 2, timeout=15, message="two slots fired")
     (holder,) = active(schedules)
     pid = int(holder.split(":")[1])
     (victim,) = [beat for beat in beats if beat.process.pid == pid]
@@ -136,9 +151,17 @@ def test_standby_takes_over_when_the_active_beat_is_killed(
     killed_at = datetime.now(UTC)
     os.killpg(victim.process.pid, signal.SIGKILL)
     victim.process.wait(10)
-    wait_for(lambda: any(str(survivor.process.pid) in p for p in active(schedules)), "takeover", 10)
+    eventually(
+        lambda: any(str(survivor.process.pid) in p for p in active(schedules)),
+        timeout=10,
+        message="the survivor to take the lock",
+    )
     took_over = datetime.now(UTC)
-    time.sleep(7)
+    eventually(
+        lambda: len([slot for slot in slots(env, "tick") if slot > took_over]) >= 2,
+        timeout=15,
+        message="two slots fired by the survivor",
+    )
     schedules.disable("tick")
     fired = slots(env, "tick")
     assert len(fired) == len(set(fired)), "a slot fired twice"
@@ -154,15 +177,22 @@ def test_runtime_changes_reach_the_running_beat_within_5_seconds(
 ) -> None:
     port = free_port()
     start_beat(TASKLANE_METRICS_PORT=str(port))
-    wait_for(lambda: len(active(schedules)) == 1, "an active beat")
+    eventually(lambda: len(active(schedules)) == 1, timeout=STARTUP, message="an active beat")
     added = time.monotonic()
     schedules.add(every(1, "fast"))
-    wait_for(lambda: len(slots(env, "fast")) >= 1, "the first run", timeout=5)
+    eventually(lambda: slots(env, "fast"), timeout=5, message="the first run")
     assert time.monotonic() - added < 5
     schedules.disable("fast")
-    time.sleep(1.5)  # a tick in flight may still fire once
-    count = len(slots(env, "fast"))
-    time.sleep(2.5)
+    disabled_at = datetime.now(UTC)
+    # A tick begun before the change may still fire once; one begun after it has reloaded.
+    eventually(lambda: ticked_since(schedules, disabled_at), timeout=10, message="a tick after it")
+    fired = slots(env, "fast")
+    count = len(fired)
+    # Beat goes on ticking past two more slots of the entry, and fires neither.
+    two_slots_on = max(fired[-1], disabled_at) + timedelta(seconds=2)
+    eventually(
+        lambda: ticked_since(schedules, two_slots_on), timeout=10, message="two more slots' time"
+    )
     assert len(slots(env, "fast")) == count
     assert not schedules.show("fast").entry.enabled and schedules.show("fast").next_run_at is None
     # The liveness probe of a Beat pod: a Beat on this host ticked recently.
@@ -213,8 +243,14 @@ def test_one_off_fires_once_expired_never_and_a_lost_contract_is_reported(
     )
     schedules.add(every(1, "alive"))
     start_beat()
-    wait_for(lambda: len(slots(env, "once")) == 1 and len(slots(env, "alive")) >= 3, "runs", 15)
-    time.sleep(1.5)
+    eventually(
+        lambda: len(slots(env, "once")) == 1 and len(slots(env, "alive")) >= 3,
+        timeout=STARTUP,
+        message="the one-off and three runs of alive",
+    )
+    # Beat fires the entry beside it twice more: it went on ticking, and the one-off stayed done.
+    alive = len(slots(env, "alive"))
+    eventually(lambda: len(slots(env, "alive")) >= alive + 2, timeout=10, message="two more runs")
     assert len(slots(env, "once")) == 1
     once = schedules.show("once")
     assert not once.entry.enabled and once.state.total_run_count == 1 and once.next_run_at is None
@@ -274,9 +310,10 @@ def test_schedules_from_a_file_and_from_celery_code_and_file_reload(
         PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         TASKLANE_BEAT_SCHEDULE_FILE=str(schedule_file),
     )
-    wait_for(
+    eventually(
         lambda: all(slots(env, n) for n in ("code-dict", "code-periodic", "file-tick")),
-        "code and file schedules firing",
+        timeout=STARTUP,
+        message="code and file schedules firing",
     )
     names = {view.entry.name: view.entry.source for view in schedules.list()}
     assert names == {
@@ -292,13 +329,13 @@ def test_schedules_from_a_file_and_from_celery_code_and_file_reload(
     schedule_file.write_text(
         SCHEDULE_FILE.replace("file-tick", "file-tock").split("  - name: file-broken")[0]
     )
-    wait_for(
+    eventually(
         lambda: (
             {v.entry.name for v in schedules.list() if v.entry.source == "file"} == {"file-tock"}
         ),
-        "the reloaded file",
         timeout=5,
+        message="the reloaded file",
     )
-    wait_for(lambda: bool(slots(env, "file-tock")), "the new file entry firing")
+    eventually(lambda: slots(env, "file-tock"), timeout=15, message="the new file entry firing")
     with pytest.raises(Exception, match="managed by file"):
         schedules.remove("file-tock")
