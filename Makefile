@@ -8,6 +8,8 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 UV_VERSION := 0.13.9
 VENV := .venv
 PY := $(VENV)/bin/python
+# make demo and make up: the runtime packages and the dev kit only (no chart, lint or type tools).
+DEMO_VENV := .venv-demo
 PYTEST_ARGS ?=
 # pytest-xdist processes for make test and make integration; whole files stay on one process, so
 # module-scoped workers and brokers are started once. Most tests wait on workers, not on CPU.
@@ -29,11 +31,15 @@ $(VENV)/.synced: uv.lock pyproject.toml shared/pyproject.toml services/*/pyproje
 
 install: $(VENV)/.synced ## Install every package and tool into .venv (uv workspace, locked)
 
-demo: install ## Publish a sample email and IM message to a real notifier worker, then stop
-	$(PY) -m tasklane_dev.demo
+$(DEMO_VENV)/.synced: uv.lock pyproject.toml shared/pyproject.toml services/*/pyproject.toml devkit/pyproject.toml | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(DEMO_VENV) $(UV) sync --locked --no-dev --package tasklane-dev
+	@touch $@
 
-up: install ## Start the demo stack (broker, sinks, notifier worker) and keep it running
-	$(PY) -m tasklane_dev.demo --keep-running
+demo: $(DEMO_VENV)/.synced ## Publish a sample email and IM message to a real notifier worker, then stop
+	$(DEMO_VENV)/bin/python -m tasklane_dev.demo
+
+up: $(DEMO_VENV)/.synced ## Start the demo stack (broker, sinks, notifier worker) and keep it running
+	$(DEMO_VENV)/bin/python -m tasklane_dev.demo --keep-running
 
 test: lint typecheck ## Lint, type-check and run the whole test suite
 	$(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS)
