@@ -162,6 +162,8 @@ class TasklaneApp(Celery):  # type: ignore[misc]
                 name=contract.name,
                 base=ContractTask,
                 bind=True,
+                # This app's alone: a shared task would be added to every app made later.
+                shared=False,
                 contract=contract,
                 implementation=staticmethod(function),
                 dead_letter_hook=staticmethod(on_dead_letter) if on_dead_letter else None,

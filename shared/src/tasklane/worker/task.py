@@ -91,7 +91,7 @@ class ContractTask(Task):  # type: ignore[misc]
                 raise self.retry(
                     exc=TransientError(f"idempotency key held by task {claim.owner}"),
                     countdown=BUSY_RETRY_DELAY,
-                    max_retries=None,
+                    max_retries=self._this_retry(),
                     headers={BUSY_WAITS: self._busy_waits() + 1},
                 )
         try:
@@ -108,6 +108,11 @@ class ContractTask(Task):  # type: ignore[misc]
                 # Delivered, but not recorded: a redelivery of this key would deliver again.
                 logger.exception("%s[%s]: could not record idempotency key", self.name, task_id)
         return result
+
+    def _this_retry(self) -> int:
+        # Celery reads max_retries=None as "the task's own limit" and would stop a busy wait at
+        # it: allowing exactly the retry about to be sent leaves the counting to Tasklane.
+        return (self.request.retries or 0) + 1
 
     def _busy_waits(self) -> int:
         return int(self.request.get(BUSY_WAITS) or 0)
@@ -161,7 +166,7 @@ class ContractTask(Task):  # type: ignore[misc]
         raise self.retry(
             exc=exc,
             countdown=countdown,
-            max_retries=None,  # counted above, busy waits excluded
+            max_retries=self._this_retry(),  # counted above, busy waits excluded
             headers={BUSY_WAITS: self._busy_waits()},
         )
 
@@ -179,7 +184,7 @@ class ContractTask(Task):  # type: ignore[misc]
         """
         if isinstance(exc, Retry):
             return
-        reason = _reason(exc)
+        reason = reason_for(exc)
         queue = queue_name(self.contract, self.settings.namespace)
         request = self.request
         headers = task_headers(
@@ -233,7 +238,8 @@ class ContractTask(Task):  # type: ignore[misc]
             logger.exception("dead-letter hook of %s[%s] failed", self.contract.name, task_id)
 
 
-def _reason(exc: Exception) -> str:
+def reason_for(exc: BaseException) -> str:
+    """The dead-letter reason of a final failure (x-tasklane-reason)."""
     if isinstance(exc, InvalidPayloadError):
         return "invalid-payload"
     if isinstance(exc, RetriesExhaustedError):
