@@ -1,14 +1,8 @@
 """Image transforms and thumbnails with hard limits checked from the header, before decoding.
 
-Plain domain code: no Celery, no network. It reads a local file and returns encoded bytes. Bad
-input is raised as a :class:`~tasklane.errors.PermanentError` subclass (retrying cannot help):
-:class:`ImageTooLargeError`, :class:`CorruptImageError` or :class:`UnsupportedImageError`.
-
-The file is identified here rather than by ``Image.open``: ``Image.open`` applies Pillow's
-process-wide decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``: a warning above 89 megapixels,
-an error without the dimensions above 179) before any caller can check its own. Here only the
-openers of :data:`ACCEPTED_INPUT` are tried (so no other decoder, EPS or PSD, ever runs), and
-:class:`ImageLimits` alone decide, with no global state read or written.
+Plain domain code: no Celery, no network. Bad input is raised as a
+:class:`~tasklane.errors.PermanentError` subclass (retrying cannot help).
+Design: docs/media.md#image-input.
 """
 
 from __future__ import annotations

@@ -1,31 +1,8 @@
 """Video probe, frame grabs, thumbnails, contact sheets and H.264 transcodes with hard limits.
 
-Plain domain code: no Celery, no network. It reads local paths and writes to local paths the
-caller gives, through PyAV (FFmpeg's libraries inside the wheel).
-
-Input is untrusted, so FFmpeg only ever sees files that look like an accepted container:
-
-* the file must be a regular file no larger than ``max_bytes``;
-* its first bytes must carry the signature of an accepted container (MP4/MOV, Matroska/WebM,
-  AVI, MPEG-TS, Ogg). Anything else, recognisable media or not (random bytes, text, a GIF, a WAV,
-  an HLS or concat playlist), is :class:`UnsupportedVideoError`: we do not accept it, whatever
-  it is, and FFmpeg never probes it;
-* the demuxer is restricted to :data:`ACCEPTED_CONTAINERS` (``format_whitelist``) and to the
-  ``file`` protocol, and the demuxer FFmpeg picked is checked again after opening. This keeps
-  out FFmpeg's demuxers that open other files or URLs (hls, concat, image2, ...);
-* video and audio codecs must be in :data:`ACCEPTED_VIDEO_CODECS` / :data:`ACCEPTED_AUDIO_CODECS`,
-  and the decoders refuse frames over ``max_pixels`` even if the size changes mid-stream.
-
-A file that starts like an accepted container but fails to open, demux or decode (truncated,
-damaged, or not really that container) is :class:`CorruptVideoError`, and so is one without a
-video stream (an audio-only MP4 or Ogg); a few packets that do not decode are skipped, as
-FFmpeg's tools do. A missing source file raises ``FileNotFoundError`` and
-errors writing a transcode's output (a full disk) propagate as they are: neither is the media's
-fault.
-
-Width and height are those of the stored frames. A display rotation (phones) is applied to
-images (:func:`frame_at`, :func:`thumbnail`, :func:`contact_sheet`) and carried over as
-metadata by :func:`transcode`, whose ``height`` applies to the stored frames.
+Plain domain code: no Celery, no network. It reads and writes local paths through PyAV (FFmpeg's
+libraries inside the wheel), and FFmpeg only ever sees files that look like an accepted container.
+Design: docs/media.md#video-input.
 """
 
 from __future__ import annotations

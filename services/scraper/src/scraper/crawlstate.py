@@ -1,13 +1,8 @@
 """The state of every crawl, in Redis, shared by all scraper workers.
 
-A crawl runs level by level. Each level is claimed by one atomic script against the crawl's
-visited set and page budget, so no URL is claimed twice and ``max_pages`` is never exceeded,
-whichever worker runs what. Fetch batches are counted: a level is done when every batch
-scheduled for it (its first batches and any retry batches) has finished, which only the last
-batch to finish can see. Every counter moves once per batch or page id, so a redelivered batch
-changes nothing twice.
-
-Keys share a ``{crawl_id}`` hash tag, so one crawl's scripts also run on Redis Cluster.
+Levels are claimed and batches counted by atomic scripts, so no URL is claimed twice,
+``max_pages`` is never exceeded and a redelivered batch changes nothing twice.
+Design: docs/scraper.md#crawls.
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
 """Fetch one page through the SSRF guard with hard limits on size, time and redirects.
 
-Plain domain code: no Celery here. Failures are raised as :class:`~tasklane.errors.TransientError`
-(worth retrying: timeouts, connection errors, 429/503/5xx) or
-:class:`~tasklane.errors.PermanentError` (too large, unsupported type, too many redirects, bad
-input); :class:`~tasklane.net.guard.UnsafeURLError` from the guard propagates as it is.
-
-Redirects are followed here, hop by hop, rather than by httpx: httpx reads every redirect
-response's body into memory with no size cap and no overall deadline, while :func:`fetch` never
-reads them. Each hop is still a new request through the caller's guarded client, so each hop is
-checked by the guard. Content-encoding is decoded here too (gzip and deflate only), with the
-output of every step capped, so a compression bomb never expands past the limit in memory.
+Plain domain code: no Celery here. Failures are :class:`~tasklane.errors.TransientError` or
+:class:`~tasklane.errors.PermanentError`; redirects and content-encoding are handled here.
+Design: docs/scraper.md#redirects-and-compression.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """robots.txt rules (RFC 9309), fetched once per origin and shared by every worker through Redis.
 
-The outcome of one fetch of ``scheme://host:port/robots.txt`` is stored in Redis under a hashed
-key with a TTL, so every worker on every host reuses it; each process also keeps the parsed
-rules in memory for as long as the Redis copy lives, so URLs are not re-parsed one by one.
-
-How an answer is read (RFC 9309 section 2.3.1):
-
-* 2xx: the rules are parsed (only the first ``max_bytes``; a line cut by that limit is dropped).
-* 4xx, unfollowed 3xx, too many redirects: robots.txt is *unavailable*, everything is allowed.
-* 5xx, 429, network error or timeout: robots.txt is *unreachable*, everything is disallowed for
-  a short while (:data:`UNREACHABLE_TTL`), then fetched again. Nothing is raised: the caller
-  sees a refusal (:meth:`RobotsCache.check` raises :class:`RobotsDisallowedError`).
+A refused URL is :class:`RobotsDisallowedError` from :meth:`RobotsCache.check`; an unreachable
+robots.txt disallows everything for :data:`UNREACHABLE_TTL`.
+Design: docs/scraper.md#reading-robotstxt.
 """
 
 from __future__ import annotations

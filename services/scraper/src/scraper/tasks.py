@@ -1,14 +1,8 @@
 """Thin task functions: payload in, domain calls, result out.
 
-``scraper.page.fetch`` retries transient failures (timeouts, connection errors, 5xx, 429 with
-``Retry-After`` honoured, host busy under the politeness limits) with backoff and jitter; robots.txt
-refusals, SSRF refusals, oversize pages and unsupported content types are dead-lettered at once.
-Fetching is read-only, so the task has no idempotency key: a redelivery simply fetches again.
-
-Crawls (``scraper.site.crawl``) run level by level: ``scraper.crawl.advance`` claims a level and
-fans it out as ``scraper.crawl.fetch`` batches; the batch that finishes a level publishes the
-advance to the next one; the advance that finds nothing left writes the crawl's pages to the
-artifact store and completes it. See :mod:`scraper.crawlstate` for the accounting.
+``scraper.page.fetch`` retries transient failures and dead-letters refusals at once; crawls run
+level by level (see :mod:`scraper.crawlstate` for the accounting).
+Design: docs/scraper.md#one-page, docs/scraper.md#crawls.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """Artifact stores: crawl data, reports and media outputs addressed by URI.
 
-Open a store from configuration with :func:`open_store` and pass the URIs that
-:meth:`ArtifactStore.put` returns in task results::
-
-    store = open_store("s3://tasklane-artifacts/scraper", region_name="eu-west-1")
-    uri = store.put(f"reports/{idempotency_key}.json", body, content_type="application/json")
-
-A store holds no global state and owns its connections; open one per worker process.
+Open a store from configuration with :func:`open_store`, one per worker process, and pass the URIs
+that :meth:`ArtifactStore.put` returns in task results.
+Design: docs/media.md#the-artifact-store.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """The artifact store interface, its errors and the key rules every store shares.
 
-An artifact is a blob (crawl data, a report, an image, a video) stored under a *key*, a relative
-POSIX path such as ``reports/2024/run-7.csv``, and addressed afterwards by the URI that
-:meth:`ArtifactStore.put` returns (``file:///…`` or ``s3://bucket/…``). Workers pass URIs in task
-results, never bytes.
-
-Keys make writes idempotent: choose the key from the task's idempotency key
-(``f"crawls/{idempotency_key}.json"``) or from the content (:func:`content_key`), so a retried
-task overwrites the same single object and returns the same URI instead of adding a copy.
+An artifact is a blob stored under a key, a relative POSIX path, and addressed afterwards by the
+URI that :meth:`ArtifactStore.put` returns.
+Design: docs/media.md#the-artifact-store.
 """
 
 from __future__ import annotations

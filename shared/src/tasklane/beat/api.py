@@ -1,13 +1,8 @@
 """The schedule HTTP API: what ``tasklane schedule`` does, for services that cannot shell out.
 
-Every route goes through :class:`~tasklane.beat.client.Schedules`, so an entry made here is
-validated against its contract exactly as one made from the CLI or Python. Every route except
-``GET /healthz`` needs ``Authorization: Bearer <token>``; the token comes from
-``TASKLANE_SCHEDULE_API_TOKEN`` so it never shows up in a process list.
-
-Every 422 answer is a list of problems, each with ``loc`` (as FastAPI reports it), ``field``
-(dotted, e.g. ``payload.to`` or ``schedule.minute``) and ``msg``, whether the body is malformed
-or the payload breaks the task's contract: a caller handles one format.
+Every route goes through :class:`~tasklane.beat.client.Schedules`; every route except
+``GET /healthz`` needs the bearer token from ``TASKLANE_SCHEDULE_API_TOKEN``.
+Design: docs/beat.md#the-http-api.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
 """Managing schedules from Python: the one place the CLI and the HTTP API go through.
 
-    with Schedules() as schedules:
-        schedules.add(ScheduleEntry(name="nightly-report", task="scraper.report.build",
-                                    payload={"crawl_id": "shop"},
-                                    schedule=CrontabSchedule(minute="0", hour="3",
-                                                             timezone="Europe/Berlin")))
-        schedules.run_now("nightly-report")
-
 A change is stored in Redis at once; the active Beat picks it up on its next tick.
+Design: docs/beat.md#where-entries-come-from.
 """
 
 from __future__ import annotations

@@ -1,32 +1,8 @@
 """When a crontab schedule fires: its fields parsed once, and its fire times as real instants.
 
-The fields are those of :class:`tasklane.beat.models.CrontabSchedule`, read the way Vixie cron
-and cronie read them, and matched against the wall clock of the schedule's time zone:
-
-* Each field is a comma-separated list of numbers, ranges (``1-5``) and ``*``, where a range
-  or ``*`` may take a step (``1-5/2``, ``*/15``). Bounds: minute 0-59, hour 0-23,
-  day_of_month 1-31, month_of_year 1-12, day_of_week 0-6 where 0 is Sunday (7 is refused).
-  Months and weekdays may be named (``jan``/``january``, ``mon``/``monday``), only in their
-  own field. The expansion itself is Celery's ``crontab_parser``; like Celery, a range that
-  runs past the top wraps around (``fri-mon`` is Friday to Monday). A day of month that no
-  selected month has (``31`` in February alone) is refused, since such a schedule would never
-  fire.
-* Days: when both day_of_month and day_of_week are restricted, a day matches if EITHER does
-  (``0 0 1 * mon``: the 1st and every Monday); otherwise both must match. As in cron, a field is
-  unrestricted when it starts with ``*``, so ``*/2`` counts as unrestricted here.
-* Spring forward (wall times that do not exist, e.g. 02:00-02:59 on 2026-03-29 in
-  Europe/Berlin): a time inside the gap fires at the first instant after the gap (03:00 local),
-  once, however many gap times match, and once even if 03:00 itself matches too. (cronie
-  skips the gap times of wildcard jobs instead; here no job loses a day's run to the gap.)
-* Fall back (wall times that occur twice, e.g. 02:00-02:59 on 2026-10-25 in Europe/Berlin): a
-  fixed-time job (minute and hour fields not starting with ``*``, e.g. ``30 2 * * *``) fires
-  once, at the first occurrence, as cron would not run it again. A wildcard job (minute or hour
-  starting with ``*``, cron's ``MIN_STAR|HR_STAR``, e.g. ``0 * * * *`` or ``*/15 2 * * *``)
-  fires in both occurrences, as each is a separate real hour.
-
-Fire times are whole-minute aware datetimes in UTC. The search walks days, not minutes: days
-that do not match are skipped with a set lookup, and only a matching day's hours and minutes
-are resolved into instants, so rare dates such as 29 February are found quickly.
+The fields of :class:`tasklane.beat.models.CrontabSchedule` are read the way Vixie cron and cronie
+read them, in the schedule's time zone; fire times are whole-minute aware datetimes in UTC.
+Design: docs/beat.md#crontab-fields.
 """
 
 from __future__ import annotations

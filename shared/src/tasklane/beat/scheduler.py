@@ -1,26 +1,8 @@
 """Beat: one active scheduler that publishes the schedule entries' tasks on time.
 
-Run it with ``tasklane beat`` (``celery beat`` with :class:`TasklaneScheduler`). Any number of
-Beat processes may run; the one holding the lock (a Redis key with a TTL it renews on every
-tick) fires, the others wait in standby and take over within the TTL when it dies.
-
-Entries come from three places, all stored in Redis by :mod:`tasklane.beat.store`:
-
-* the runtime API, CLI and Python (:class:`tasklane.beat.client.Schedules`), ``source="api"``;
-* a YAML file (``TASKLANE_BEAT_SCHEDULE_FILE``), reloaded when it changes, ``source="file"``;
-* the Celery app's ``beat_schedule``, which ``add_periodic_task`` in an ``on_after_configure``
-  handler also fills, ``source="code"``.
-
-Why not celery-redbeat: it has no one-off (clocked) entries, no start and expiry times and no
-validation of payloads against contracts; it fires through ``send_task`` (not the publisher
-that declares queues with their dead-letter arguments and orders Redis priorities); and its
-lock alone decides who fires, so a Beat whose lock expired during a pause can fire a slot the
-new holder fires too. Here every slot is claimed in Redis before it is published.
-
-With ``TASKLANE_METRICS_PORT`` set, Beat serves ``/metrics``, ``/livez`` and ``/readyz`` there,
-answered from memory (:class:`tasklane.observability.health.BeatHealth`). A tick that cannot reach
-Redis logs
-the outage once, counts as not ready and the loop goes on ticking, so Beat resumes by itself.
+Run it with ``tasklane beat`` (``celery beat`` with :class:`TasklaneScheduler`). The Beat holding
+the lock in Redis fires; the others wait in standby and take over when it dies.
+Design: docs/beat.md#exactly-one-active-beat, docs/beat.md#where-entries-come-from.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """Schedule entries, their state, the Beat lock and Beat's status, in Redis.
 
-Every process that manages schedules (the CLI, the HTTP API, Python callers) and every Beat
-process share these keys; a change bumps a version counter that the active Beat checks on each
-tick, so it picks changes up within a tick (one second) without a restart.
-
-Firing a slot is claimed by one compare-and-set script on the entry's state: the slot must be
-later than the last one fired. Two Beat processes that both believe they are active (a lock
-that expired during a long pause) therefore still fire each slot at most once.
+Every process that manages schedules and every Beat process share these keys. A slot is claimed
+by one compare-and-set script before it is published, so it fires at most once.
+Design: docs/beat.md#exactly-one-active-beat.
 """
 
 from __future__ import annotations

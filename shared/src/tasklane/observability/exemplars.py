@@ -1,16 +1,8 @@
 """Trace-id exemplars on histograms, across the processes of a prefork pool.
 
-prometheus-client's multiprocess mode keeps values in memory-mapped files and has nowhere to keep
-exemplars, so it drops them. Here each process that runs traced tasks keeps the latest exemplar
-of every histogram bucket it observed and writes them to ``exemplars_<pid>.json`` beside the
+Each process writes the latest exemplar of every bucket to ``exemplars_<pid>.json`` beside the
 metric files; the process serving ``/metrics`` attaches them to the aggregated bucket samples.
-Only the OpenMetrics format carries exemplars: Prometheus asks for it by default and stores them
-with ``--enable-feature=exemplar-storage``.
-
-The files are bounded by the label sets and buckets (one exemplar per bucket per process) and are
-rewritten, not appended to. A process writes its file when a bucket gets its first exemplar (so
-a latency spike in a bucket rarely hit shows at once) and otherwise at most once a second, and
-again when it exits.
+Design: docs/observability.md#exemplars-from-a-latency-spike-to-its-trace.
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
 """``tasklane exporter``: Prometheus gauges read from the broker, which no worker can report.
 
-Workers only see the messages they take. How many wait, how many are reserved but not yet
-acknowledged, who consumes a queue and how long its oldest message has waited are facts of the
-broker, so this process asks the broker on a scrape, at most once per ``interval`` seconds.
-
-What each broker can tell without disturbing the queues:
-
-* Redis: waiting messages (every priority sub-list), unacknowledged ones (Kombu's ``unacked``
-  hash) and the age of the oldest waiting message (the ``x-tasklane-published-at`` header of the
-  message each sub-list hands out next). Consumers are not observable: BRPOP leaves no trace.
-* RabbitMQ: waiting messages and consumers (a passive ``queue_declare``). A message cannot be read
-  without taking it (``basic_get`` then a requeue would move it and mark it redelivered), and the
-  management API's ``head_message_timestamp`` needs the AMQP ``timestamp`` property Tasklane does
-  not set, so there is no age; unacknowledged counts would need that API too.
+The broker is asked on a scrape, at most once per ``interval`` seconds, for what it can tell
+without disturbing the queues.
+Design: docs/observability.md#what-each-broker-can-tell.
 """
 
 from __future__ import annotations

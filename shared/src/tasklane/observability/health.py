@@ -1,24 +1,8 @@
 """Liveness and readiness of workers and Beat, answered from memory (no round trip per probe).
 
-Worker (:class:`WorkerHealth`):
-
-* **Live**: the worker's main loop (the consumer's event loop, where messages are received and
-  acknowledged) ran a timer recently. A hung main loop stops the timer; the probe, served from its
-  own thread, then answers 503. While reconnecting to the broker the worker counts as live.
-* **Ready**: the consumer is started, which Celery does once connected to the broker and
-  consuming; when the connection is lost, Celery stops the consumer's steps until it reconnects,
-  and readiness follows.
-
-Beat (:class:`BeatHealth`):
-
-* **Live**: the tick loop is on time: the next tick is not overdue by more than the timeout.
-  A tick that cannot reach Redis still ends, so Beat stays live through an outage.
-* **Ready**: the last tick reached Redis (the lock and the schedule store), so this Beat fires
-  when it holds the lock. A standby that is connected is ready too: readiness only gates
-  Services and rollouts, and a standby is as fit to take over as the active one is to fire.
-
-Both are served beside ``/metrics`` on ``TASKLANE_METRICS_PORT``: ``/livez`` and ``/readyz``
+:class:`WorkerHealth` and :class:`BeatHealth` answer ``/livez`` and ``/readyz`` beside ``/metrics``
 (:func:`tasklane.observability.metrics.serve_endpoints`, which takes any :class:`Probes`).
+Design: docs/observability.md#health-probes.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """Worker metrics for Prometheus, correct under the prefork pool.
 
-Every worker process of a service (the main process and its pool children) records into
-prometheus-client's multiprocess files under ``PROMETHEUS_MULTIPROC_DIR``; the main process
-serves ``/metrics`` on ``TASKLANE_METRICS_PORT`` and aggregates them, so counts stay exact when
-pool children are recycled (``--max-tasks-per-child``) and the gauges of dead children drop out
-(killed ones included: see :class:`LiveGaugeSweep`).
-``tasklane worker`` makes that directory when metrics are on and none is given.
-
-Labels are bounded: task names and queues come from the contracts, reasons from a fixed set; no
-task ids, URLs or payload values ever become labels.
+Every process of a worker records into prometheus-client's multiprocess files; the main process
+aggregates them and serves ``/metrics`` on ``TASKLANE_METRICS_PORT``.
+Design: docs/observability.md#worker-metrics.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """OpenTelemetry traces, configured by the standard ``OTEL_*`` variables and nothing else.
 
-Tracing is on when an OTLP endpoint is set (``OTEL_EXPORTER_OTLP_ENDPOINT`` or
-``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``), ``OTEL_SDK_DISABLED`` is not ``true`` and
-``OTEL_TRACES_EXPORTER`` is not ``none``. Otherwise nothing is imported beyond the API, no
-provider or instrumentation is installed, and every span is the API's no-op.
-
-Spans go out over OTLP/HTTP with protobuf, batched (``OTEL_BSP_*``); the SDK itself reads the
-exporter, sampler (``OTEL_TRACES_SAMPLER``) and resource (``OTEL_RESOURCE_ATTRIBUTES``) variables.
-
-Global state: OTel's global tracer provider (``opentelemetry.trace.set_tracer_provider``) is the
-one thing this module sets, since the API's tracers, the instrumentations and the propagator all
-look it up there; OTel allows setting it once per process.
+Off unless an OTLP endpoint is set; OTel's global tracer provider is the one global state this
+module sets.
+Design: docs/observability.md#traces.
 """
 
 from __future__ import annotations

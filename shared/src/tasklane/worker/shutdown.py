@@ -1,12 +1,8 @@
 """A bounded worker shutdown: Celery's warm shutdown, turned cold when a deadline passes.
 
-Kubernetes stops a pod with SIGTERM and kills it with SIGKILL once the grace period is over.
-Celery answers SIGTERM with a warm shutdown: it stops consuming and waits for the running tasks,
-however long they take. :class:`ShutdownDeadline` gives that wait a deadline. When it passes, the
-worker sends itself SIGQUIT, Celery's cold shutdown: the tasks still running are terminated and
-their unacknowledged messages go back to the broker (RabbitMQ requeues them when the channel
-closes; Kombu's Redis transport restores them to their queue), so another worker takes them at
-once instead of after Redis's visibility timeout. See docs/shutdown.md.
+When the deadline passes, :class:`ShutdownDeadline` sends the worker SIGQUIT, Celery's cold
+shutdown: the tasks still running are terminated and their messages go back to the broker.
+Design: docs/shutdown.md#what-a-worker-does-on-sigterm.
 """
 
 from __future__ import annotations
