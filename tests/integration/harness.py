@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from tasklane.contracts import REGISTRY, ContractRegistry
 from tasklane.settings import Settings, is_redis_url
 from tasklane.wire.deadletter import DeadLetter, DeadLetterQueue
 from tasklane.wire.routing import dead_letter_exchange, dlq_name, queue_name
+from tests.support import eventually
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -57,13 +57,17 @@ def wait_for_dead_letters(
     broker: BrokerEnv, queue: str, count: int, timeout: float = 30.0
 ) -> list[DeadLetter]:
     """Poll until ``queue``'s DLQ holds ``count`` letters; fails the test otherwise."""
-    deadline = time.monotonic() + timeout
-    letters = dead_letters(broker, queue)
-    while len(letters) < count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{queue}: {len(letters)} dead letters, expected {count}")
-        time.sleep(0.2)
+
+    def enough() -> tuple[list[DeadLetter]] | None:
         letters = dead_letters(broker, queue)
+        return (letters,) if len(letters) >= count else None
+
+    (letters,) = eventually(
+        enough,
+        timeout=timeout,
+        interval=0.2,
+        message=lambda: f"{count} dead letters in {queue}, not {len(dead_letters(broker, queue))}",
+    )
     return letters
 
 
@@ -151,14 +155,19 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if " ready." in self.output():
-                return
+                return True
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited:\n{self.output()}")
-            time.sleep(0.1)
-        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.output()}")
+            return False
+
+        eventually(
+            ready,
+            timeout=timeout,
+            interval=0.1,
+            message=lambda: f"ready in {self.log}:\n{self.output()}",
+        )
 
     def children(self) -> list[int]:
         out = subprocess.run(
@@ -206,16 +215,25 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis.from_url(self.url, socket_connect_timeout=1).ping()
-                return self
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.kill()
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
+        process = self.process
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {process.returncode}")
+            with redis.Redis.from_url(self.url, socket_connect_timeout=1) as client:
+                return bool(client.ping())
+
+        try:
+            eventually(
+                answers,
+                timeout=10,
+                message="redis-server to answer",
+                ignoring=(redis.ConnectionError,),
+            )
+        except BaseException:
+            self.kill()
+            raise
+        return self
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
