@@ -29,6 +29,7 @@ from tasklane.wire.deadletter import send_to_dlq
 from tasklane.wire.queues import queue_names
 from tasklane.wire.routing import queue_name, work_queue
 from tests.integration.harness import BrokerEnv, RedisServer
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -221,15 +222,14 @@ def test_exporter_command_serves_metrics_until_sigterm(broker: BrokerEnv) -> Non
         stderr=subprocess.STDOUT,
     )
     try:
-        text = None
-        deadline = time.monotonic() + 20
-        while text is None:
-            try:
-                text = scrape(port)
-            except OSError:
-                assert process.poll() is None, process.communicate()[0].decode()
-                assert time.monotonic() < deadline, "the exporter did not answer in 20s"
-                time.sleep(0.1)
+
+        def answers() -> str:
+            assert process.poll() is None, process.communicate()[0].decode()
+            return scrape(port)
+
+        text = eventually(
+            answers, timeout=20, interval=0.1, message="the exporter", ignoring=(OSError,)
+        )
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0, process.communicate()[0].decode()
     finally:

@@ -6,11 +6,10 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -23,26 +22,13 @@ from tasklane.publish import Publisher
 from tasklane.wire.routing import dlq_name, queue_name
 from tasklane_dev.sinks import WebhookSink, free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
-
-T = TypeVar("T")
 
 TASKLANE = str(Path(sys.executable).with_name("tasklane"))
 PASSWORD = "flower-pass-0123"  # 16 characters
 AUTH = ("ops", PASSWORD)
-
-
-def poll(probe: Callable[[], T | None], what: str, timeout: float = 15.0) -> T:
-    """The first truthy answer of ``probe``; fails the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = probe()
-        if answer:
-            return answer
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.2)
 
 
 class Flower:
@@ -59,7 +45,7 @@ class Flower:
         }
         # The worker harness serves: a Popen in a new session that stop() ends by process group.
         self.process = WorkerProcess.from_command([TASKLANE, "flower"], env, log)
-        poll(self._answers, f"Flower on port {self.port}")
+        eventually(self._answers, timeout=15, interval=0.2, message=f"Flower on port {self.port}")
 
     def _answers(self) -> bool:
         if self.process.process.poll() is not None:
@@ -132,7 +118,7 @@ def test_flower_shows_the_online_worker_and_its_finished_task(
         workers: dict[str, Any] = flower.json("/api/workers?refresh=1")
         return workers.get(name)
 
-    worker = poll(listed, f"{name} in /api/workers")
+    worker = eventually(listed, timeout=15, interval=0.2, message=f"{name} in /api/workers")
     queues = {q["name"] for q in worker["active_queues"]}
     assert f"{broker.namespace}notifier.im" in queues
 
@@ -143,14 +129,16 @@ def test_flower_shows_the_online_worker_and_its_finished_task(
         row = next((r for r in rows if r["hostname"] == name), None)
         return row if row and row["status"] and len(row["heartbeats"]) >= 2 else None
 
-    poll(online, f"{name} online from its heartbeats")
+    eventually(online, timeout=15, interval=0.2, message=f"{name} online from its heartbeats")
 
     # The worker starts without task events (TASKLANE_TASK_EVENTS defaults to false): Flower turns
     # them on by remote control, every few seconds, for the workers it sees.
     def events_enabled() -> bool | None:
         return "enabled by remote" in worker_process.output() or None
 
-    poll(events_enabled, f"{name}: task events enabled by Flower")
+    eventually(
+        events_enabled, timeout=15, interval=0.2, message=f"{name}: task events enabled by Flower"
+    )
 
     with Publisher(broker.settings) as publisher:
         handle = publisher.publish(
@@ -164,7 +152,9 @@ def test_flower_shows_the_online_worker_and_its_finished_task(
         info: dict[str, Any] | None = response.json() if response.status_code == 200 else None
         return info if info and info.get("state") == "SUCCESS" else None
 
-    info = poll(finished, f"task {handle.id} SUCCESS in Flower")
+    info = eventually(
+        finished, timeout=15, interval=0.2, message=f"task {handle.id} SUCCESS in Flower"
+    )
     assert info["name"] == "notifier.im.send"
     assert info["worker"] == name
     assert handle.id in flower.json(f"/api/tasks?workername={name}&state=SUCCESS")

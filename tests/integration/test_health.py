@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from celery import Celery
 
 from tasklane_dev.sinks import free_port
 from tests.integration.harness import RedisServer, WorkerProcess
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -23,15 +22,6 @@ def probe(port: int, path: str) -> int:
         return int(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3).status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start(tmp_path: Path, broker_url: str, port: int, **env: str) -> WorkerProcess:
@@ -58,7 +48,7 @@ def test_readiness_flips_when_the_broker_goes_and_comes_back_liveness_does_not(
     port = free_port()
     worker = start(tmp_path, server.url, port)
     try:
-        wait_until(lambda: probe(port, "/readyz") == 200, "ready", 10)
+        eventually(lambda: probe(port, "/readyz") == 200, timeout=10, interval=0.2, message="ready")
         assert probe(port, "/livez") == 200
         server.kill()
         lives: list[int] = []
@@ -67,14 +57,14 @@ def test_readiness_flips_when_the_broker_goes_and_comes_back_liveness_does_not(
             lives.append(probe(port, "/livez"))
             return probe(port, "/readyz") == 503
 
-        wait_until(not_ready, "readiness to drop", 20)
+        eventually(not_ready, timeout=20, interval=0.2, message="readiness to drop")
         server.start()  # the same port: the worker reconnects on its own
 
         def ready_again() -> bool:
             lives.append(probe(port, "/livez"))
             return probe(port, "/readyz") == 200
 
-        wait_until(ready_again, "readiness to come back", 40)
+        eventually(ready_again, timeout=40, interval=0.2, message="readiness to come back")
         assert set(lives) == {200}, lives
         assert worker.process.poll() is None
     finally:
@@ -87,11 +77,21 @@ def test_liveness_fails_while_the_main_loop_hangs(redis_url: str, tmp_path: Path
     worker = start(tmp_path, redis_url, port, TASKLANE_LIVENESS_TIMEOUT="2")
     control = Celery("probe", broker=redis_url, set_as_current=False)
     try:
-        wait_until(lambda: probe(port, "/livez") == 200, "live", 10)
+        eventually(lambda: probe(port, "/livez") == 200, timeout=10, interval=0.2, message="live")
         control.control.broadcast("hang", arguments={"seconds": 6}, reply=False)
-        wait_until(lambda: probe(port, "/livez") == 503, "liveness to fail", 6)
+        eventually(
+            lambda: probe(port, "/livez") == 503,
+            timeout=6,
+            interval=0.2,
+            message="liveness to fail",
+        )
         assert probe(port, "/readyz") == 200  # still connected: only the loop is stuck
-        wait_until(lambda: probe(port, "/livez") == 200, "liveness to recover", 15)
+        eventually(
+            lambda: probe(port, "/livez") == 200,
+            timeout=15,
+            interval=0.2,
+            message="liveness to recover",
+        )
     finally:
         control.close()
         worker.stop()
