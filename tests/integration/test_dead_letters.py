@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import time
 import uuid
 from typing import Any
 
@@ -20,6 +19,7 @@ from tasklane.wire.protocol import encode_body, task_headers
 from tasklane.wire.routing import dead_letter_queue, dlq_name, work_queue
 from tasklane_dev.sinks import SmtpSink
 from tests.integration.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -150,16 +150,15 @@ def test_rabbitmq_dead_letters_natively_what_the_broker_rejects(
             content_encoding="utf-8",
             expiration=0.05,  # expires unconsumed: RabbitMQ itself dead-letters it
         )
-    deadline = time.monotonic() + 10
-    letters: list[DeadLetter] = []
-    while time.monotonic() < deadline and not letters:
+
+    def expired() -> list[DeadLetter]:
         with Connection(broker.broker_url) as conn:
-            letters = [
+            return [
                 letter
                 for letter in DeadLetterQueue(conn, dlq_name(queue), broker.namespace).peek()
                 if letter.task_id == "expired-1"
             ]
-        time.sleep(0.1)
-    (letter,) = letters
+
+    (letter,) = eventually(expired, timeout=10, interval=0.1, message="the expired message")
     assert letter.queue == queue
     assert "expired" in letter.error

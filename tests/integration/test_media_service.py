@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import urllib.request
 import uuid
 import zlib
@@ -29,6 +28,7 @@ from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
 from tasklane.wire.routing import queue_name
 from tasklane_dev.sinks import Reply, SiteServer, free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup, dead_letters
+from tests.support import eventually
 from tests.unit.media.videos import make_video
 
 pytestmark = pytest.mark.integration
@@ -55,13 +55,14 @@ class Media:
         return self.store.put(f"inputs/{uuid.uuid4().hex}/{name}", data, content_type=content_type)
 
     def dead_letter(self, handle: TaskHandle[Any], queue: str, timeout: float = 30) -> DeadLetter:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for letter in dead_letters(self.broker, queue):
-                if letter.task_id == handle.id:
-                    return letter
-            time.sleep(0.2)
-        raise AssertionError(f"no dead letter for {handle.id} in {queue}")
+        return eventually(
+            lambda: next(
+                (x for x in dead_letters(self.broker, queue) if x.task_id == handle.id), None
+            ),
+            timeout=timeout,
+            interval=0.2,
+            message=f"a dead letter for {handle.id} in {queue}",
+        )
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from tasklane.publish import Publisher
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
 from tasklane_dev.sinks import Reply, WebhookSink, free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -99,12 +99,15 @@ def test_counts_are_exact_across_recycled_pool_children_and_labels_stay_bounded(
         for handle in handles:
             handle.get(timeout=60)
     wait_for_dead_letters(broker, queue, 3)
-    deadline = time.monotonic() + 10
-    while total(scrape(port), "tasklane_tasks_started_total") < 33 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)  # the last postrun and failure handlers
-    samples = scrape(port)
     labels = {"task": TASK, "queue": f"{broker.namespace}{queue}"}
+    # A task's postrun handler, its last, records its runtime: then every count is final.
+    eventually(
+        lambda: total(scrape(port), "tasklane_task_runtime_seconds_count", **labels) >= 33,
+        timeout=10,
+        interval=0.2,
+        message="the postrun handlers of all 33 tasks",
+    )
+    samples = scrape(port)
     assert total(samples, "tasklane_tasks_received_total", **labels) == 33
     assert total(samples, "tasklane_tasks_started_total", **labels) == 33
     assert total(samples, "tasklane_tasks_succeeded_total", **labels) == 30
@@ -132,10 +135,12 @@ def test_counts_are_exact_across_recycled_pool_children_and_labels_stay_bounded(
 def wait_for_total(
     port: int, name: str, expected: float, timeout: float = 30, **labels: str
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while total(scrape(port), name, **labels) != expected:
-        assert time.monotonic() < deadline, f"{name}{labels} never reached {expected}"
-        time.sleep(0.2)
+    eventually(
+        lambda: total(scrape(port), name, **labels) == expected,
+        timeout=timeout,
+        interval=0.2,
+        message=f"{name}{labels} to reach {expected}",
+    )
 
 
 def test_a_pool_child_killed_mid_task_leaves_no_task_in_flight(
