@@ -45,6 +45,7 @@ from tasklane.publish import Publisher, TaskHandle
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
 from tasklane_dev.sinks import Reply, SiteServer, WebhookSink, free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup, wait_for_dead_letters
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -373,14 +374,6 @@ def _prometheus_config(directory: Path, jobs: dict[str, list[int]]) -> Path:
     return path
 
 
-def _wait(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as answer:
@@ -524,7 +517,12 @@ def _workload(services: Services, broker: BrokerEnv, hooks: WebhookSink, site: S
             services.processes[service].wait_ready()
         pending = _scraper_and_media(publisher, broker, site)
         _notifier(publisher, broker, hooks)
-        _wait(lambda: schedules.show("tick").state.total_run_count >= 1, "Beat firing")
+        eventually(
+            lambda: schedules.show("tick").state.total_run_count >= 1,
+            timeout=30,
+            interval=0.2,
+            message="Beat firing",
+        )
         # Frozen past the lock's TTL: the slots of that time are missed, then Beat resumes.
         os.killpg(beat.process.pid, signal.SIGSTOP)
         frozen = time.monotonic()
@@ -581,11 +579,16 @@ def _bring_up(services: Services, broker: BrokerEnv, tmp: Path) -> tuple[Prometh
         tmp / "prometheus.log",
     )
     url = f"http://127.0.0.1:{port}"
-    _wait(lambda: _ready(url), "Prometheus ready")
+    eventually(lambda: _ready(url), timeout=30, interval=0.2, message="Prometheus ready")
     api = PrometheusApi(url)
     _workload(services, broker, hooks, site)
     targets = sum(len(ports) for ports in jobs.values())
-    _wait(lambda: _settled(api, targets), "Prometheus to see the workload", SETTLE)
+    eventually(
+        lambda: _settled(api, targets),
+        timeout=SETTLE,
+        interval=0.2,
+        message="Prometheus to see the workload",
+    )
     return api, targets
 
 
@@ -605,7 +608,7 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         try:
             try:
                 api, targets = _bring_up(services, broker, tmp)
-            except Exception as exc:
+            except (Exception, pytest.fail.Exception) as exc:
                 raise AssertionError(f"{exc}\n{services.logs()}") from exc
             yield Stack(api, broker, targets)
         finally:
@@ -613,14 +616,20 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             cleanup(broker)
 
 
-def eventually(problems: Callable[[], list[str]], timeout: float = 10.0) -> list[str]:
-    """The problems left once they are gone, or after ``timeout`` (rate windows fill up)."""
-    deadline = time.monotonic() + timeout
-    found = problems()
-    while found and time.monotonic() < deadline:
-        time.sleep(1)
-        found = problems()
-    return found
+def no_problems(problems: Callable[[], list[str]], timeout: float = 10.0) -> None:
+    """Wait until ``problems`` finds none (rate windows fill up); fail listing those left."""
+    left: list[str] = []
+
+    def none_left() -> bool:
+        left[:] = problems()
+        return not left
+
+    eventually(
+        none_left,
+        timeout=timeout,
+        interval=1,
+        message=lambda: "the problems to clear, left:\n" + "\n".join(left),
+    )
 
 
 def _skipped(expr: str) -> bool:
@@ -663,8 +672,7 @@ def _panel_problems(api: PrometheusApi, board: dict[str, Any]) -> list[str]:
 @pytest.mark.parametrize("uid", sorted(grafana.dashboards()))
 def test_every_panel_query_finds_series(stack: Stack, uid: str) -> None:
     board = grafana.dashboards()[uid]
-    problems = eventually(lambda: _panel_problems(stack.prometheus, board))
-    assert not problems, "\n".join(problems)
+    no_problems(lambda: _panel_problems(stack.prometheus, board))
 
 
 def _variable_values(api: PrometheusApi, variable_query: str) -> list[str]:
@@ -683,7 +691,7 @@ def test_every_variable_query_finds_values(stack: Stack) -> None:
                 values[uid, name] = _variable_values(api, variable_query)
         return [f"{uid} ${name}: no values" for (uid, name), found in values.items() if not found]
 
-    assert not eventually(problems), problems()
+    no_problems(problems)
     fleet_queues, fleet_tasks = values["tasklane-fleet", "queue"], values["tasklane-fleet", "task"]
     assert {f"{namespace}{contract.queue}" for contract in REGISTRY} <= set(fleet_queues)
     assert not [queue for queue in fleet_queues if queue.endswith(".dlq")]
@@ -700,14 +708,13 @@ def test_every_alert_selector_finds_series_and_every_rule_evaluates(stack: Stack
     expressions = alert_expressions()
     for expr in expressions.values():
         api.query(expr)  # accepted by the API, whether or not it fires now
-    problems = eventually(
+    no_problems(
         lambda: [
             f"{name}: {problem}"
             for name, expr in expressions.items()
             for problem in _selector_problems(api, expr)
         ]
     )
-    assert not problems, "\n".join(problems)
     rules = [rule for group in api.get("/api/v1/rules")["groups"] for rule in group["rules"]]
     assert {rule["name"] for rule in rules} == set(expressions)
     broken = [

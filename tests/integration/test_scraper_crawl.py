@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from tasklane.contracts.scraper import CrawlStatus
 from tasklane.publish import Publisher
 from tasklane_dev.sinks import Reply, SiteServer, free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -115,14 +115,18 @@ def scrapers(
 def wait_completed(publisher: Publisher, crawl_id: str, timeout: float = 90) -> list[CrawlStatus]:
     """Poll the crawl's status until it completes; every status seen, in order."""
     seen: list[CrawlStatus] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def completed() -> list[CrawlStatus] | None:
         status = publisher.publish("scraper.crawl.status", {"crawl_id": crawl_id}).get(timeout=30)
         seen.append(status)
-        if status.state == "completed":
-            return seen
-        time.sleep(0.2)
-    raise TimeoutError(f"crawl {crawl_id} did not complete: {seen[-1] if seen else None}")
+        return seen if status.state == "completed" else None
+
+    return eventually(
+        completed,
+        timeout=timeout,
+        interval=0.2,
+        message=lambda: f"crawl {crawl_id} to complete: {seen[-1] if seen else None}",
+    )
 
 
 def crawled_paths(site: SiteServer) -> dict[str, int]:
