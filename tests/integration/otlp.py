@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.util._once import Once
 
 from tasklane_dev.sinks import HttpRecorder
+from tests.support import eventually
 
 PROTOBUF = "application/x-protobuf"
 
@@ -164,18 +164,17 @@ class OtlpReceiver(HttpRecorder):
         self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 15.0
     ) -> list[ReceivedSpan]:
         """Poll until ``predicate(spans)`` holds; returns the spans, or fails naming what came."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def matching() -> tuple[list[ReceivedSpan]] | None:
             spans = self.spans
-            if predicate(spans):
-                return spans
-            if time.monotonic() > deadline:
-                seen = "\n".join(
-                    f"  {s.trace_id} {s.span_id} <- {s.parent_span_id} {s.kind} {s.name} "
-                    f"[{s.service}]"
-                    for s in spans
-                )
-                raise TimeoutError(
-                    f"no matching spans in {timeout}s; refused: {self.refused}; got:\n{seen}"
-                )
-            time.sleep(0.05)
+            return (spans,) if predicate(spans) else None  # truthy even when no span is wanted
+
+        def seen() -> str:
+            got = "\n".join(
+                f"  {s.trace_id} {s.span_id} <- {s.parent_span_id} {s.kind} {s.name} [{s.service}]"
+                for s in self.spans
+            )
+            return f"matching spans; refused: {self.refused}; got:\n{got}"
+
+        (spans,) = eventually(matching, timeout=timeout, message=seen)
+        return spans

@@ -413,7 +413,7 @@ def test_a_beat_firing_is_the_producer_span_the_worker_run_continues(
 
             producer = next(
                 s
-                for s in receiver.wait_for(fired)
+                for s in receiver.wait_for(fired, timeout=60)  # Beat starts first: seconds
                 if s.service == "tasklane-beat" and s.kind == "PRODUCER"
             )
             spans = _wait_trace(receiver, producer.trace_id, ("CONSUMER", RUN_IM, 1))
