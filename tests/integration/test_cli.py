@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import shlex
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
 from tasklane.wire.headers import REASON
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
 from tasklane.wire.routing import dead_letter_exchange, dlq_name, queue_name, work_queue
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -161,18 +161,16 @@ def answer_next_task(env: CliEnv, store: Callable[[Celery, str], None]) -> threa
 
     def work() -> None:
         results = Celery("test-results", backend=env.settings.result_backend, set_as_current=False)
-        deadline = time.monotonic() + 20
         with connect(env.settings) as connection, connection.channel() as channel:
             queue = work_queue(SEND_EMAIL, env.namespace).bind(channel)
             queue.declare()
-            while time.monotonic() < deadline:
-                message = queue.get(no_ack=True, accept=["json"])
-                if message is not None:
-                    env.task_ids.append(message.headers["id"])
-                    store(results, message.headers["id"])
-                    return
-                time.sleep(0.05)
-        raise AssertionError("no task arrived")
+            message = eventually(
+                lambda: queue.get(no_ack=True, accept=["json"]),
+                timeout=20,
+                message=f"a task in {queue.name}",
+            )
+            env.task_ids.append(message.headers["id"])
+            store(results, message.headers["id"])
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()

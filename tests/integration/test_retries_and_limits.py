@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from tasklane.errors import TaskFailedError
 from tasklane.publish import Publisher
 from tests.integration.flaky_contracts import ALWAYS_FAILS, FLAKY_REGISTRY, SLOW
 from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup, wait_for_dead_letters
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -24,12 +24,13 @@ def dead_letter_hook_calls(broker: BrokerEnv, timeout: float = 10.0) -> list[str
     The hook runs right after the dead letter is sent, so a test that saw the letter may still
     be ahead of it.
     """
-    client = redis.Redis.from_url(broker.result_backend)
     key = f"{broker.namespace}flaky:dead"
-    deadline = time.monotonic() + timeout
-    while not client.llen(key) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return [item.decode() for item in client.lrange(key, 0, -1)]
+    with redis.Redis.from_url(broker.result_backend) as client:
+        return eventually(
+            lambda: [item.decode() for item in client.lrange(key, 0, -1)],
+            timeout=timeout,
+            message=f"the dead-letter hook to record in {key}",
+        )
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from tasklane.worker.app import longest_hold, visibility_timeout
 from tasklane.worker.app import soft_shutdown_timeout as derived_soft_shutdown_timeout
 from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup
 from tests.integration.scalein_contracts import LONG, SCALEIN_REGISTRY
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -75,14 +76,11 @@ class Ledger:
         return [label for label, w in self._read("done") if worker in (None, w)]
 
     def wait(self, condition: str, predicate: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{condition} not within {timeout}s: started={self.started()} "
-                    f"done={self.done()}"
-                )
-            time.sleep(0.05)
+        eventually(
+            predicate,
+            timeout=timeout,
+            message=lambda: f"{condition}: started={self.started()} done={self.done()}",
+        )
 
 
 def start_workers(

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -33,6 +32,7 @@ from tasklane.wire.broker import redis_queue_keys
 from tasklane.wire.headers import SCHEDULE
 from tasklane.wire.routing import queue_name
 from tests.integration.harness import BrokerEnv, cleanup
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -82,10 +82,12 @@ def running(schedules: Schedules) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
+
+    def started() -> bool:
+        assert thread.is_alive(), "uvicorn stopped"
+        return bool(server.started)
+
+    eventually(started, timeout=10, interval=0.01, message="uvicorn to start")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -383,15 +385,14 @@ def test_tasklane_schedule_api_command_serves_with_the_env_token(
     )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-            deadline = time.monotonic() + 15
-            while True:
+
+            def healthy() -> bool:
                 assert process.poll() is None, (tmp_path / "api.log").read_text()
-                assert time.monotonic() < deadline, "the API did not start"
-                try:
-                    if client.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)
+                return client.get("/healthz").status_code == 200
+
+            eventually(
+                healthy, timeout=15, message="the API to start", ignoring=(httpx.TransportError,)
+            )
             assert client.get("/schedules").status_code == 401
             authorized = {"Authorization": f"Bearer {TOKEN}"}
             assert client.get("/schedules", headers=authorized).json() == []
