@@ -16,7 +16,6 @@ import base64
 import json
 import math
 import os
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,6 +35,7 @@ from tasklane.settings import Settings
 from tasklane.wire.broker import connect
 from tasklane.wire.routing import work_queue
 from tests.deploy.conftest import RELEASE, render
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -390,14 +390,18 @@ def _settled(
     They are sampled every collect_statistics_interval (5 s by default), so they lag the broker;
     KEDA, polling every 15 s, reads them the same way.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        seen: dict[str, int] = read()
-        if all(seen[key] == value for key, value in expected.items()):
-            return seen
-        if time.monotonic() > deadline:
-            raise AssertionError(f"management API statistics {seen}, expected {expected}")
-        time.sleep(0.5)
+    seen: dict[str, int] = {}
+
+    def shows_expected() -> dict[str, int] | None:
+        seen.update(read())
+        return dict(seen) if all(seen[key] == value for key, value in expected.items()) else None
+
+    return eventually(
+        shows_expected,
+        timeout=timeout,
+        interval=0.5,
+        message=lambda: f"management API statistics {expected}, not {seen}",
+    )
 
 
 def test_rabbitmq_backlog_counts_unacknowledged_messages(chart: Any, redis_url: str) -> None:

@@ -31,6 +31,7 @@ from tasklane.publish import Publisher
 from tasklane_dev.sinks import Reply, WebhookSink, free_port
 from tests.integration.harness import BrokerEnv, WorkerProcess
 from tests.integration.otlp import OtlpReceiver, forget_global_provider
+from tests.support import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("broker", ["redis"], indirect=True)]
 
@@ -191,15 +192,19 @@ def test_prometheus_stores_the_exemplar_that_links_the_slow_task_to_its_trace(
             webhook_sink.script(Reply(delay=0.6))
             slow = _deliver(publisher, webhook_sink, "slow")
         query = f'{RUNTIME}_bucket{{task="{SEND_IM.name}",le="1.0"}}'
-        deadline = time.monotonic() + 30
-        traces: set[str] = set()
-        while slow not in traces and time.monotonic() < deadline:
-            time.sleep(0.5)
-            traces = {
+
+        def traces() -> set[str]:
+            return {
                 exemplar["labels"]["trace_id"]
                 for series in _query_exemplars(url, query)
                 for exemplar in series["exemplars"]
             }
-        assert slow in traces, prometheus.output()[-2000:]
+
+        eventually(
+            lambda: slow in traces(),
+            timeout=30,
+            interval=0.5,
+            message=lambda: f"trace {slow} among the exemplars\n{prometheus.output()[-2000:]}",
+        )
     finally:
         prometheus.stop()
