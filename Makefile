@@ -44,11 +44,11 @@ up: $(DEMO_VENV)/.synced ## Start the demo stack (broker, sinks, notifier worker
 test: lint typecheck ## Lint, type-check and run the whole test suite
 	$(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
-unit: install ## Run the unit tests only (no servers needed)
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+unit: install ## Run the tests that need no servers (not marked integration), chart tests included
+	$(PY) -m pytest -m "not integration" $(PARALLEL) $(PYTEST_ARGS)
 
-integration: install ## Run the integration tests (Redis, RabbitMQ, workers, sinks)
-	$(PY) -m pytest tests/integration $(PARALLEL) $(PYTEST_ARGS)
+integration: install ## Run the integration tests (Redis, RabbitMQ, workers, sinks, images, KEDA)
+	$(PY) -m pytest -m integration $(PARALLEL) $(PYTEST_ARGS)
 
 lint: install ## ruff lint and format check; generated dashboards, chart files and manifests up to date
 	$(VENV)/bin/ruff check .

@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+INTEGRATION = Path(__file__).parent / "integration"
+UNIT = Path(__file__).parent / "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration is an integration test, marked or not; nothing under
+    tests/unit may be one. ``make unit`` and ``make integration`` select by this marker."""
+    for item in items:
+        path = Path(item.path)
+        if path.is_relative_to(INTEGRATION):
+            item.add_marker(pytest.mark.integration)
+        elif path.is_relative_to(UNIT) and item.get_closest_marker("integration"):
+            raise pytest.UsageError(f"{item.nodeid}: a unit test needs no servers; move it")
 
 
 @pytest.fixture(autouse=True)

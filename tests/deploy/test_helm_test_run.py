@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.deploy.conftest import Rendered, render
-from tests.integration.harness import BrokerEnv, WorkerProcess, cleanup
+from tests.support.harness import BrokerEnv, WorkerProcess, cleanup
 
 pytestmark = pytest.mark.integration
 

@@ -43,7 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tasklane.artifacts import open_store
 from tasklane.publish import Publisher
 from tasklane_dev.sinks import Reply, SiteServer, SmtpSink, WebhookSink, free_port
-from tests.integration.harness import BrokerEnv, cleanup
+from tests.support.harness import BrokerEnv, cleanup
 from tests.unit.media.videos import make_video
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -405,7 +405,7 @@ def _settled(
 
 
 def test_rabbitmq_backlog_counts_unacknowledged_messages(chart: Any, redis_url: str) -> None:
-    from tests.integration.harness import rabbitmq_reachable
+    from tests.support.harness import rabbitmq_reachable
 
     assert rabbitmq_reachable(), "RabbitMQ must answer at 127.0.0.1:5672"
     namespace = f"k{uuid.uuid4().hex[:10]}."

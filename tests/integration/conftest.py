@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tasklane_dev.sinks import SmtpSink, WebhookSink
-from tests.integration.harness import (
+from tests.support.harness import (
     RABBITMQ_URL,
     BrokerEnv,
     WorkerProcess,

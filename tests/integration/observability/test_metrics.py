@@ -1,0 +1,180 @@
+"""Worker metrics under the prefork pool: exact counts across recycled children, bounded labels."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kombu import Connection, Producer
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from tasklane.publish import Publisher
+from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
+from tasklane_dev.sinks import Reply, WebhookSink, free_port
+from tests.support import eventually
+from tests.support.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
+
+TASK = "notifier.im.send"
+#: Every label a notifier worker's series may carry; each has a fixed, small set of values.
+ALLOWED_LABELS = {"task", "queue", "reason", "service", "le", "channel", "outcome"}
+
+
+@pytest.fixture
+def metered(
+    broker: BrokerEnv, webhook_sink: WebhookSink, tmp_path: Path
+) -> Iterator[tuple[WorkerProcess, int, Path]]:
+    port = free_port()
+    files = tmp_path / "metrics"
+    env = {
+        **broker.env(),
+        "TASKLANE_METRICS_PORT": str(port),
+        "PROMETHEUS_MULTIPROC_DIR": str(files),
+        "TASKLANE_NOTIFIER_WEBHOOK_ALLOW": "127.0.0.1/32",
+    }
+    worker = WorkerProcess.recycling(
+        "notifier", env, tmp_path / "worker.log", max_tasks_per_child=4
+    )
+    worker.wait_ready()
+    yield worker, port, files
+    worker.stop()
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Samples:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def total(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return sum(
+        value
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and labels.items() <= dict(sample_labels).items()
+    )
+
+
+def test_counts_are_exact_across_recycled_pool_children_and_labels_stay_bounded(
+    broker: BrokerEnv, metered: tuple[WorkerProcess, int, Path], webhook_sink: WebhookSink
+) -> None:
+    worker, port, files = metered
+    payload = {"channel": "webhook", "url": f"{webhook_sink.url}/hook", "text": "count me"}
+    with Publisher(broker.settings) as publisher:
+        queue = publisher.contract(TASK).queue
+        published = {"task": TASK, "queue": f"{broker.namespace}{queue}"}
+        before = REGISTRY.get_sample_value("tasklane_tasks_published_total", published) or 0
+        handles = [publisher.publish(TASK, payload) for _ in range(30)]
+        after = REGISTRY.get_sample_value("tasklane_tasks_published_total", published)
+        assert after == before + 30  # the publishing process counts what it sent
+        # Three messages whose payload breaks the contract, as a non-Python upstream might send.
+        with Connection(broker.broker_url) as conn:
+            producer = Producer(conn.default_channel)
+            for _ in range(3):
+                message = task_message(TASK, str(uuid.uuid4()), {"channel": "fax", "text": "x"})
+                producer.publish(
+                    message.body,
+                    exchange="",
+                    routing_key=f"{broker.namespace}{queue}",
+                    headers=message.headers,
+                    content_type=CONTENT_TYPE,
+                    content_encoding=CONTENT_ENCODING,
+                    **message.properties,
+                )
+        for handle in handles:
+            handle.get(timeout=60)
+    wait_for_dead_letters(broker, queue, 3)
+    labels = {"task": TASK, "queue": f"{broker.namespace}{queue}"}
+    # A task's postrun handler, its last, records its runtime: then every count is final.
+    eventually(
+        lambda: total(scrape(port), "tasklane_task_runtime_seconds_count", **labels) >= 33,
+        timeout=10,
+        interval=0.2,
+        message="the postrun handlers of all 33 tasks",
+    )
+    samples = scrape(port)
+    assert total(samples, "tasklane_tasks_received_total", **labels) == 33
+    assert total(samples, "tasklane_tasks_started_total", **labels) == 33
+    assert total(samples, "tasklane_tasks_succeeded_total", **labels) == 30
+    assert total(samples, "tasklane_tasks_failed_total", **labels) == 3
+    assert total(samples, "tasklane_tasks_rejected_total", **labels) == 3
+    assert total(samples, "tasklane_tasks_dead_lettered_total", reason="invalid-payload") == 3
+    assert total(samples, "tasklane_task_runtime_seconds_count", **labels) == 33
+    assert total(samples, "tasklane_task_queue_wait_seconds_count", **labels) == 33
+    assert total(samples, "tasklane_tasks_in_flight", **labels) == 0
+    # The notifier's own metric: the 30 valid deliveries; the 3 refused never reached a channel.
+    deliveries = "tasklane_notifier_deliveries_total"
+    assert total(samples, deliveries, channel="webhook", outcome="delivered") == 30
+    assert total(samples, deliveries) == 30
+    assert total(samples, "tasklane_worker_up", service="notifier") == 1
+    # 33 tasks on two children that each stop after 4: many children came and went.
+    pids = {re.sub(r"\D", "", path.stem.split("_")[-1]) for path in files.glob("counter_*.db")}
+    assert len(pids) >= 6, pids
+    for (_, sample_labels), _ in samples.items():
+        names = {name for name, _ in sample_labels}
+        assert names <= ALLOWED_LABELS, names
+        for _, value in sample_labels:
+            assert "://" not in value and not re.search(r"[0-9a-f]{8}-[0-9a-f]{4}-", value)
+
+
+def wait_for_total(
+    port: int, name: str, expected: float, timeout: float = 30, **labels: str
+) -> None:
+    eventually(
+        lambda: total(scrape(port), name, **labels) == expected,
+        timeout=timeout,
+        interval=0.2,
+        message=f"{name}{labels} to reach {expected}",
+    )
+
+
+def test_a_pool_child_killed_mid_task_leaves_no_task_in_flight(
+    broker: BrokerEnv, metered: tuple[WorkerProcess, int, Path], webhook_sink: WebhookSink
+) -> None:
+    worker, port, _ = metered
+    webhook_sink.script(Reply(delay=20))  # holds the first delivery while its child is killed
+    payload = {"channel": "webhook", "url": f"{webhook_sink.url}/hook", "text": "in flight"}
+    with Publisher(broker.settings) as publisher:
+        handle = publisher.publish(TASK, payload)
+        webhook_sink.wait_for(1)
+        wait_for_total(port, "tasklane_tasks_in_flight", 1, task=TASK)
+        # As the kernel's OOM killer would: no exit handler runs in the child.
+        for pid in worker.children():
+            os.kill(pid, signal.SIGKILL)
+        handle.get(timeout=60)  # redelivered (acks_late, reject on worker lost) and delivered
+    wait_for_total(port, "tasklane_tasks_succeeded_total", 1, task=TASK)
+    samples = scrape(port)
+    assert total(samples, "tasklane_tasks_in_flight") == 0
+    # The killed child's counters are kept: both attempts started.
+    assert total(samples, "tasklane_tasks_started_total", task=TASK) == 2
+    assert worker.process.poll() is None
+
+
+def test_a_retry_is_counted_once_and_the_task_once_as_succeeded(
+    broker: BrokerEnv, metered: tuple[WorkerProcess, int, Path], webhook_sink: WebhookSink
+) -> None:
+    _, port, _ = metered
+    webhook_sink.script(Reply(status=503))
+    payload = {"channel": "webhook", "url": f"{webhook_sink.url}/hook", "text": "once more"}
+    with Publisher(broker.settings) as publisher:
+        publisher.publish(TASK, payload).get(timeout=60)
+    wait_for_total(port, "tasklane_tasks_succeeded_total", 1, task=TASK)
+    samples = scrape(port)
+    assert total(samples, "tasklane_tasks_retried_total", task=TASK) == 1
+    assert total(samples, "tasklane_tasks_failed_total", task=TASK) == 0
+    assert total(samples, "tasklane_tasks_started_total", task=TASK) == 2
+    assert total(samples, "tasklane_notifier_deliveries_total", outcome="delivered") == 1
+    assert total(samples, "tasklane_tasks_in_flight") == 0

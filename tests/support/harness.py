@@ -1,0 +1,241 @@
+"""Brokers and worker processes for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from kombu.connection import Connection
+
+from tasklane.contracts import REGISTRY, ContractRegistry
+from tasklane.settings import Settings, is_redis_url
+from tasklane.wire.deadletter import DeadLetter, DeadLetterQueue
+from tasklane.wire.routing import dead_letter_exchange, dlq_name, queue_name
+from tests.support import eventually
+
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+@dataclass(frozen=True)
+class BrokerEnv:
+    """The broker under test and the namespace isolating this test's queues."""
+
+    kind: str
+    broker_url: str
+    result_backend: str
+    namespace: str
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(
+            broker_url=self.broker_url,
+            result_backend=self.result_backend,
+            namespace=self.namespace,
+        )
+
+    def env(self) -> dict[str, str]:
+        return {
+            "TASKLANE_BROKER_URL": self.broker_url,
+            "TASKLANE_RESULT_BACKEND": self.result_backend,
+            "TASKLANE_NAMESPACE": self.namespace,
+        }
+
+
+def dead_letters(broker: BrokerEnv, queue: str) -> list[DeadLetter]:
+    """The dead letters of a contract queue (``notifier.email``) in the broker's namespace."""
+    with Connection(broker.broker_url) as conn:
+        return DeadLetterQueue(conn, dlq_name(broker.namespace + queue), broker.namespace).peek()
+
+
+def wait_for_dead_letters(
+    broker: BrokerEnv, queue: str, count: int, timeout: float = 30.0
+) -> list[DeadLetter]:
+    """Poll until ``queue``'s DLQ holds ``count`` letters; fails the test otherwise."""
+
+    def enough() -> tuple[list[DeadLetter]] | None:
+        letters = dead_letters(broker, queue)
+        return (letters,) if len(letters) >= count else None
+
+    (letters,) = eventually(
+        enough,
+        timeout=timeout,
+        interval=0.2,
+        message=lambda: f"{count} dead letters in {queue}, not {len(dead_letters(broker, queue))}",
+    )
+    return letters
+
+
+def rabbitmq_reachable() -> bool:
+    try:
+        with Connection(RABBITMQ_URL, connect_timeout=2) as conn:
+            conn.connect()
+        return True
+    except Exception:
+        return False
+
+
+def cleanup(env: BrokerEnv, registry: ContractRegistry = REGISTRY) -> None:
+    """Delete the namespace's Redis keys and, on RabbitMQ, the queues of ``registry``."""
+    for url in dict.fromkeys([env.result_backend, env.broker_url]):
+        if not is_redis_url(url):
+            continue
+        client = redis.Redis.from_url(url)
+        keys = list(client.scan_iter(f"{env.namespace}*")) + list(
+            client.scan_iter(f"_kombu.binding*{env.namespace}*")
+        )
+        if keys:
+            client.delete(*keys)
+    if env.kind != "rabbitmq":
+        return
+    with Connection(env.broker_url) as conn:
+        channel = conn.channel()
+        for contract in registry:
+            name = queue_name(contract, env.namespace)
+            for queue in (name, dlq_name(name)):
+                channel.queue_delete(queue)
+            channel.exchange_delete(name)
+        channel.exchange_delete(dead_letter_exchange(env.namespace).name)
+        channel.close()
+
+
+class WorkerProcess:
+    """A real ``celery worker`` of one service, started through ``tasklane worker``."""
+
+    #: The port of its /metrics endpoint, when the test turned metrics on.
+    metrics_port: int | None = None
+
+    def __init__(self, service: str, env: dict[str, str], log: Path, concurrency: int) -> None:
+        command = [
+            str(Path(sys.executable).with_name("tasklane")), "worker", service,
+            "--concurrency", str(concurrency), "--loglevel", "INFO",
+            "--", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "-n", f"{service}-{uuid.uuid4().hex[:6]}@%h",
+        ]  # fmt: skip
+        self._start(command, env, log)
+
+    @classmethod
+    def recycling(
+        cls, service: str, env: dict[str, str], log: Path, *, max_tasks_per_child: int
+    ) -> WorkerProcess:
+        """A ``-c 2`` worker whose pool children are replaced after ``max_tasks_per_child``."""
+        command = [
+            str(Path(sys.executable).with_name("tasklane")), "worker", service,
+            "--concurrency", "2", "--loglevel", "INFO",
+            "--", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--max-tasks-per-child", str(max_tasks_per_child),
+            "-n", f"{service}-{uuid.uuid4().hex[:6]}@%h",
+        ]  # fmt: skip
+        return cls.from_command(command, env, log)
+
+    @classmethod
+    def from_command(cls, command: list[str], env: dict[str, str], log: Path) -> WorkerProcess:
+        """A worker started with an explicit command (test-only services)."""
+        worker = cls.__new__(cls)
+        worker._start(command, env, log)
+        return worker
+
+    def _start(self, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._log_file = log.open("ab")
+        self.process = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            if " ready." in self.output():
+                return True
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{self.output()}")
+            return False
+
+        eventually(
+            ready,
+            timeout=timeout,
+            interval=0.1,
+            message=lambda: f"ready in {self.log}:\n{self.output()}",
+        )
+
+    def children(self) -> list[int]:
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True, check=False
+        )
+        return [int(pid) for pid in out.stdout.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children) at once."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self._log_file.close()
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on a free port, which a test may kill and start again.
+
+    Tests that cut the broker use one of these; the shared Redis is never stopped.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        from tasklane_dev.sinks import free_port
+
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        process = self.process
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {process.returncode}")
+            with redis.Redis.from_url(self.url, socket_connect_timeout=1) as client:
+                return bool(client.ping())
+
+        try:
+            eventually(
+                answers,
+                timeout=10,
+                message="redis-server to answer",
+                ignoring=(redis.ConnectionError,),
+            )
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
