@@ -178,8 +178,10 @@ def test_sigterm_lets_running_tasks_finish_and_takes_no_new_work(
 def test_sigterm_past_the_deadline_hands_tasks_back_before_the_sigkill(
     broker: BrokerEnv, tmp_path: Path
 ) -> None:
-    # Tasks outlast the grace period; the soft timeout leaves the cold shutdown 4 s before it.
-    soft_timeout, grace, task_seconds = 1.0, 5.0, 6.0
+    # Tasks outlast the soft timeout; the cold shutdown then has 11 s before the SIGKILL, more
+    # than the 5 s one broker call in it may block (its usual 1.5 s took over 4 s once in CI).
+    # Had nothing cut them short, a would finish its tasks itself: done("a") below says not.
+    soft_timeout, grace, task_seconds = 1.0, 12.0, 6.0
     ledger = Ledger(broker)
     # b is stopped right after its last task recorded itself done, which may be before the ack
     # of that task: b's own stop waits for it instead of handing it back.
@@ -196,7 +198,7 @@ def test_sigterm_past_the_deadline_hands_tasks_back_before_the_sigkill(
         assert not stopped.sigkilled and stopped.exit_code == 0, workers["a"].output()
         assert "cold shutdown, their messages go back to the broker" in workers["a"].output()
         # At once, not after Redis's visibility timeout: b runs them as soon as it is free.
-        ledger.wait("all tasks done", lambda: len(ledger.done()) >= len(labels), 30)
+        ledger.wait("all tasks done", lambda: len(ledger.done()) >= len(labels), 60)
         workers["b"].stop()
         assert_nothing_left(broker)
     finally:
