@@ -28,7 +28,7 @@ from tasklane.errors import PayloadValidationError, Problem
 from tasklane.observability.metrics import prepare_multiproc_dir
 from tasklane.publish import Publisher
 from tasklane.schema import export_schemas
-from tasklane.settings import Settings, load_settings
+from tasklane.settings import Settings, load, load_settings
 from tasklane.wire.broker import connect
 from tasklane.wire.deadletter import DeadLetter, DeadLetterQueue
 from tasklane.wire.queues import queue_depths
@@ -571,7 +571,7 @@ def exporter(
     ] = 15.0,
 ) -> None:
     """Serve Prometheus queue gauges read from the broker on /metrics until SIGTERM."""
-    from tasklane.observability.exporter import serve
+    from tasklane.observability.exporter import serve  # loaded by this command alone
 
     serve(load_settings(), port=port, interval=interval)
 
@@ -586,8 +586,11 @@ def flower(
     ] = False,
 ) -> None:
     """Run Flower on the fleet's broker, behind basic auth (TASKLANE_FLOWER_* settings)."""
-    from tasklane.observability.flower import FlowerSettings, flower_command, flower_environment
-    from tasklane.settings import load
+    from tasklane.observability.flower import (  # the optional "flower" extra
+        FlowerSettings,
+        flower_command,
+        flower_environment,
+    )
 
     settings, flower_settings = load_settings(), load(FlowerSettings)
     argv = flower_command(settings, flower_settings) + list(extra or [])

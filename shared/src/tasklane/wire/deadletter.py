@@ -25,6 +25,7 @@ from tasklane.wire.headers import (
     WORKER,
 )
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE
+from tasklane.wire.queues import depths
 from tasklane.wire.routing import DLQ_SUFFIX, dead_letter_exchange, dlq_name
 
 MAX_ERROR_CHARS = 2000
@@ -175,8 +176,6 @@ class DeadLetterQueue:
 
     def depth(self) -> int:
         """Messages waiting in the DLQ (without creating it)."""
-        from tasklane.wire.queues import depths
-
         return depths(self.connection, [self.name])[0]
 
     def peek(self, limit: int = 100) -> list[DeadLetter]:
