@@ -1,7 +1,7 @@
 """Tasklane: typed task contracts, a publisher for upstreams and a hardened Celery app for workers.
 
-``import tasklane`` loads what an upstream needs to publish (contracts, settings, the publisher);
-the worker side (``create_app``, ``TasklaneApp``) is loaded on first use (PEP 562).
+``import tasklane`` loads what an upstream needs to publish (contracts, the publisher); settings
+and the worker side (``create_app``, ``TasklaneApp``) are loaded on first use (PEP 562).
 """
 
 from __future__ import annotations
@@ -27,13 +27,19 @@ from tasklane.errors import (
     UnknownContractError,
 )
 from tasklane.publish import Publisher, TaskHandle, publish
-from tasklane.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from tasklane.settings import Settings, load_settings
     from tasklane.worker.app import TasklaneApp, create_app
 
-#: Names whose modules load Celery's worker side: imported when first asked for.
-_LAZY = {"TasklaneApp": "tasklane.worker.app", "create_app": "tasklane.worker.app"}
+#: Names imported when first asked for: Celery's worker side, and pydantic-settings (which costs
+#: more to import than the rest of the publisher together).
+_LAZY = {
+    "Settings": "tasklane.settings",
+    "load_settings": "tasklane.settings",
+    "TasklaneApp": "tasklane.worker.app",
+    "create_app": "tasklane.worker.app",
+}
 
 __all__ = [
     "ContractRegistry",

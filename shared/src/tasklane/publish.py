@@ -30,7 +30,6 @@ from tasklane.errors import (
     Problem,
     TaskFailedError,
 )
-from tasklane.settings import Settings, load_settings
 from tasklane.wire.broker import connect
 from tasklane.wire.config import base_config
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, TaskMessage, task_message
@@ -40,6 +39,8 @@ if TYPE_CHECKING:
     from celery import Celery
     from celery.result import AsyncResult
     from prometheus_client import Counter
+
+    from tasklane.settings import Settings
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 ResultT = TypeVar("ResultT", bound=BaseModel)
@@ -133,7 +134,12 @@ class Publisher:
     def __init__(
         self, settings: Settings | None = None, *, registry: ContractRegistry = REGISTRY
     ) -> None:
-        self.settings = settings or load_settings()
+        if settings is None:
+            # pydantic-settings is most of what this module would import: read when needed.
+            from tasklane.settings import load_settings
+
+            settings = load_settings()
+        self.settings = settings
         self.registry = registry
         self._connection: Connection = connect(self.settings)
         self._producer: Producer | None = None

@@ -15,16 +15,21 @@ PayloadT = TypeVar("PayloadT", bound=BaseModel)
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
 
+#: Each model's validator is built on its first use, not when its module is imported: an upstream
+#: imports every contract and publishes a few (bench/imports.py).
+_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+
 class Payload(BaseModel):
     """Base for payload models: unknown fields are refused so typos never pass silently."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _MODEL_CONFIG
 
 
 class Result(BaseModel):
     """Base for result models."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _MODEL_CONFIG
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kombu.connection import Connection
 
-from tasklane.settings import Settings, is_redis_url
+if TYPE_CHECKING:
+    from tasklane.settings import Settings
 
 #: Redis has no native priorities; Kombu emulates them with one list per step ("queue:5").
 PRIORITY_STEPS = list(range(10))
@@ -22,7 +23,7 @@ def transport_options(
         settings: platform settings.
         visibility_timeout: Redis only; seconds before an unacknowledged message is redelivered.
     """
-    if is_redis_url(settings.broker_url):
+    if settings.broker_is_redis:
         options: dict[str, Any] = {
             "queue_order_strategy": "priority",
             "priority_steps": PRIORITY_STEPS,

@@ -6,10 +6,12 @@ content accepted anywhere (pickle would run code on load).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tasklane.settings import Settings
 from tasklane.wire.broker import transport_options
+
+if TYPE_CHECKING:
+    from tasklane.settings import Settings
 
 #: The only serializer Tasklane writes or reads: tasks, results and events.
 JSON_ONLY: dict[str, Any] = {
