@@ -1,4 +1,5 @@
-"""The hardened Celery app factory: every Celery setting the platform sets is set here."""
+"""The worker's Celery app: TasklaneApp, create_app and the worker settings on top of the base
+configuration every process shares (:mod:`tasklane.wire.config`)."""
 
 from __future__ import annotations
 
