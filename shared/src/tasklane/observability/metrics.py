@@ -30,7 +30,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from tasklane.contracts import REGISTRY
+from tasklane.contracts import TaskContract
 from tasklane.observability.counters import (
     DEAD_LETTER_REASONS,
     QUEUE_WAIT,
@@ -232,12 +232,20 @@ def record_dead_letter(task: str, queue: str, reason: str) -> None:
 
 
 def install_metrics(
-    app: Celery, service: str, namespace: str, port: int, live_timeout: float
+    app: Celery,
+    service: str,
+    contracts: Iterable[TaskContract[Any, Any]],
+    namespace: str,
+    port: int,
+    live_timeout: float,
 ) -> tuple[WorkerHealth, TaskRecorder]:
-    """Record task metrics in this app's worker; serve them and its probes on ``port``."""
+    """Record task metrics in this app's worker; serve them and its probes on ``port``.
+
+    ``contracts`` are the app's own: their series start at zero before the first task.
+    """
     health = WorkerHealth(live_timeout=live_timeout)
     app.steps["consumer"].add(HealthStep)
-    labels = [(c.name, queue_name(c, namespace)) for c in REGISTRY.for_service(service)]
+    labels = [(c.name, queue_name(c, namespace)) for c in contracts]
     recorder = TaskRecorder(service, port, health, labels, exemplars=tracing_enabled())
     signals.worker_init.connect(recorder.worker_init, weak=False)
     signals.task_received.connect(recorder.received, weak=False)

@@ -130,11 +130,12 @@ class TasklaneApp(Celery):  # type: ignore[misc]
         self.service = service
         self.settings = settings
         self.registry = registry
-        contracts = registry.for_service(service)
-        self.soft_shutdown_timeout = soft_shutdown_timeout(settings, contracts)
+        #: The contracts this service implements, ping contracts included.
+        self.contracts = registry.for_service(service)
+        self.soft_shutdown_timeout = soft_shutdown_timeout(settings, self.contracts)
         #: The DLQs declared at start-up (tasklane.worker.consumer.DeclareDeadLetterQueues).
         self.dead_letter_queues = [
-            q.name for q in dead_letter_queues(contracts, settings.namespace)
+            q.name for q in dead_letter_queues(self.contracts, settings.namespace)
         ]
         #: Set when TASKLANE_METRICS_PORT is: the probes' state and the metrics recorder.
         self.health: WorkerHealth | None = None
@@ -205,12 +206,17 @@ def create_app(
     app.conf.update(celery_config(service, settings, registry))
     app.steps["consumer"].add(DeclareDeadLetterQueues)
     app.steps["worker"].add(ShutdownDeadline)
-    for contract in registry.for_service(service):
+    for contract in app.contracts:
         if is_ping(contract):
             app.implement(contract)(_answer_ping(contract))
     if settings.metrics_port is not None:
         app.health, app.metrics = install_metrics(
-            app, service, settings.namespace, settings.metrics_port, settings.liveness_timeout
+            app,
+            service,
+            app.contracts,
+            settings.namespace,
+            settings.metrics_port,
+            settings.liveness_timeout,
         )
     install_tracing(service)
     install_logging(settings.log_format)
