@@ -21,7 +21,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tasklane.artifacts import open_store
 from tasklane.publish import Publisher
 from tasklane_dev.sinks import Reply, SiteServer, SmtpSink, WebhookSink, free_port
-from tests.support.harness import BrokerEnv, cleanup
+from tests.support.harness import BrokerEnv, cleanup, stop_process_group
 from tests.unit.media.videos import make_video
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -583,13 +582,7 @@ class Container:
         )
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        stop_process_group(self.process)
         self._log.close()
 
 

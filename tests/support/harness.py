@@ -104,6 +104,17 @@ def cleanup(env: BrokerEnv, registry: ContractRegistry = REGISTRY) -> None:
         channel.close()
 
 
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a process started in a session of its own, its children too; SIGKILL after 20 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
 class WorkerProcess:
     """A real ``celery worker`` of one service, started through ``tasklane worker``."""
 
@@ -181,13 +192,7 @@ class WorkerProcess:
         self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        stop_process_group(self.process)
         self._log_file.close()
 
 

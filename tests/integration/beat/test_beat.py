@@ -14,7 +14,6 @@ import sys
 import textwrap
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,24 +30,11 @@ from tasklane.wire.broker import redis_queue_keys
 from tasklane.wire.headers import SCHEDULE, SLOT
 from tasklane_dev.sinks import free_port
 from tests.support import eventually
-from tests.support.harness import BrokerEnv, WorkerProcess, cleanup
+from tests.support.harness import BrokerEnv, WorkerProcess
 
 # Seconds for Beat processes to start and take the lock: imports take seconds on a busy machine.
 STARTUP = 60.0
 IM = {"channel": "webhook", "url": "https://hooks.example.org/beat", "text": "tick"}
-
-
-@pytest.fixture
-def env(redis_url: str) -> Iterator[BrokerEnv]:
-    broker = BrokerEnv("redis", redis_url, redis_url, f"t{uuid.uuid4().hex[:10]}.")
-    yield broker
-    cleanup(broker)
-
-
-@pytest.fixture
-def schedules(env: BrokerEnv) -> Iterator[Schedules]:
-    with Schedules(env.settings) as managed:
-        yield managed
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -32,7 +31,7 @@ from tasklane.wire.broker import redis_queue_keys
 from tasklane.wire.headers import SCHEDULE
 from tasklane.wire.routing import queue_name
 from tests.support import eventually
-from tests.support.harness import BrokerEnv, cleanup
+from tests.support.harness import BrokerEnv
 
 TOKEN = "test-token-" + "x" * 24
 PAYLOAD = {"channel": "webhook", "url": "https://hooks.example.org/x", "text": "hi"}
@@ -50,20 +49,6 @@ PROTECTED = [
 ]
 
 Serve = Callable[[Schedules], httpx.Client]
-
-
-@pytest.fixture
-def env(redis_url: str) -> Iterator[BrokerEnv]:
-    """Redis as broker, result backend and schedule store, in a namespace of this test's own."""
-    broker = BrokerEnv("redis", redis_url, redis_url, f"t{uuid.uuid4().hex[:10]}.")
-    yield broker
-    cleanup(broker)
-
-
-@pytest.fixture
-def schedules(env: BrokerEnv) -> Iterator[Schedules]:
-    with Schedules(env.settings) as facade:
-        yield facade
 
 
 @contextmanager
