@@ -28,6 +28,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,8 @@ class RedisFastPublisher(Publisher):
             try:
                 messages.append(self._encode(contract, payload, None, None))
             except PayloadValidationError as exc:
-                raise type(exc)(contract.name, [f"[{index}] {e}" for e in exc.errors]) from None
+                located = [replace(problem, item=f"[{index}]") for problem in exc.problems]
+                raise type(exc)(contract.name, located) from None
         with self._lock:
             self._producer_for(contract)
             for start in range(0, len(messages), batch_size):
