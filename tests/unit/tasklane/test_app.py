@@ -84,3 +84,34 @@ def test_soft_shutdown_timeout_can_be_set(seconds: float) -> None:
     app = create_app("notifier", settings=settings)
     assert app.soft_shutdown_timeout == seconds
     assert ShutdownDeadline in app.steps["worker"]
+
+
+def test_workers_beat_flower_and_the_result_reader_share_one_base_configuration() -> None:
+    from tasklane.beat.scheduler import create_beat_app
+    from tasklane.observability.flower import create_flower_app
+    from tasklane.publish import ResultReader
+    from tasklane.wire.config import JSON_ONLY
+
+    settings = Settings(broker_url=REDIS, timezone="Europe/Berlin")
+    reader = ResultReader(settings)
+    confs = {
+        "worker": create_app("notifier", settings=settings).conf,
+        "beat": create_beat_app(settings).conf,
+        "flower": create_flower_app(settings).conf,
+        "result reader": reader.result("some-id").app.conf,
+    }
+    for name, conf in confs.items():
+        for key, value in JSON_ONLY.items():
+            assert conf[key] == value, (name, key)
+        assert (conf.broker_url, conf.result_backend) == (REDIS, REDIS), name
+        assert (conf.timezone, conf.enable_utc) == ("Europe/Berlin", True), name
+    reader.close()
+
+
+def test_create_app_answers_the_pings_of_its_own_queues_only() -> None:
+    app = create_app("notifier", settings=Settings(broker_url=REDIS))
+    pings = sorted(name for name in app.tasks if name.endswith(".ping"))
+    assert pings == ["notifier.email.ping", "notifier.im.ping"]
+    # Run in this process (Celery's eager apply): the ping's own implementation answers.
+    answer = app.tasks["notifier.im.ping"].apply(kwargs={}).get()
+    assert answer == {"pong": True, "queue": "notifier.im"}
