@@ -17,6 +17,7 @@ from tasklane.contracts import (
     TaskContract,
 )
 from tasklane.errors import (
+    BrokerUnavailableError,
     PayloadTooLargeError,
     PayloadValidationError,
     PermanentError,
@@ -42,6 +43,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BrokerUnavailableError",
     "ContractRegistry",
     "Payload",
     "PayloadTooLargeError",

@@ -18,6 +18,24 @@ class SettingsError(TasklaneError):
     """The configuration is invalid or inconsistent."""
 
 
+class BrokerUnavailableError(TasklaneError, ConnectionError):
+    """The broker did not take a message within ``TASKLANE_PUBLISH_TIMEOUT`` seconds.
+
+    The publisher retried on a new connection until then. Of a ``publish_many`` call, the first
+    :attr:`sent` messages were sent; any later one may or may not have been.
+    """
+
+    def __init__(self, broker: str, timeout: float, attempts: int, sent: int, cause: str) -> None:
+        self.broker = broker
+        self.timeout = timeout
+        self.attempts = attempts
+        self.sent = sent
+        super().__init__(
+            f"broker {broker} unavailable: no publish succeeded in {timeout:g}s "
+            f"({attempts} attempts; last error: {cause})"
+        )
+
+
 class UnknownContractError(TasklaneError, KeyError):
     """No contract is registered under the given task name."""
 

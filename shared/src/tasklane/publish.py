@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
@@ -15,7 +16,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from kombu.connection import Connection
+from kombu.exceptions import BatchPublishError, OperationalError
 from kombu.messaging import Producer
+from kombu.utils.url import maybe_sanitize_url
 from opentelemetry import trace
 from opentelemetry.propagate import inject
 from opentelemetry.trace import SpanKind
@@ -25,6 +28,7 @@ from pydantic import BaseModel
 from tasklane.contracts import REGISTRY, ContractRegistry, TaskContract
 from tasklane.contracts.validation import validate_payload
 from tasklane.errors import (
+    BrokerUnavailableError,
     PayloadTooLargeError,
     PayloadValidationError,
     Problem,
@@ -45,7 +49,10 @@ if TYPE_CHECKING:
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
-_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
+#: Pauses between publish attempts through an outage double from the first to the last: a publish
+#: waiting for the broker resumes within the last pause (plus a connect) of its return.
+_FIRST_RETRY_PAUSE = 0.05
+_LAST_RETRY_PAUSE = 0.5
 
 
 class ResultReader:
@@ -141,7 +148,7 @@ class Publisher:
             settings = load_settings()
         self.settings = settings
         self.registry = registry
-        self._connection: Connection = connect(self.settings)
+        self._connection: Connection = self._connect()
         self._producer: Producer | None = None
         self._declared: set[str] = set()
         self._lock = threading.Lock()
@@ -160,6 +167,10 @@ class Publisher:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _connect(self) -> Connection:
+        # A publisher never waits for messages, so every socket call may time out.
+        return connect(self.settings, socket_timeout=self.settings.publish_timeout)
 
     def close(self) -> None:
         """Release the broker connection."""
@@ -217,9 +228,13 @@ class Publisher:
         replace a protocol header). The send is a PRODUCER span whose W3C context goes in the
         ``traceparent``/``tracestate`` headers, so the task's run joins the caller's trace.
 
+        Through a broker outage it retries on new connections for ``TASKLANE_PUBLISH_TIMEOUT``
+        seconds (a socket call that hangs counts as failed after the same time).
+
         Raises:
             UnknownContractError: no contract of that name.
             PayloadValidationError: the payload breaks the contract (the message names the field).
+            BrokerUnavailableError: the broker did not take the message in time.
         """
         contract = self.contract(task)
         message = self._encode(contract, payload, task_id, priority, countdown)
@@ -229,9 +244,7 @@ class Publisher:
             message.headers[name] = value
         with self._producer_span(contract, task_id=message.task_id) as trace_headers:
             message.headers.update(trace_headers)
-            with self._lock:
-                producer = self._producer_for(contract)
-                self._send(producer, contract, message, retry=True)
+            self._deliver(contract, [message], batch_size=1)
         return TaskHandle(message.task_id, contract, self._results)
 
     def handle(self, task: str | TaskContract[Any, ResultT], task_id: str) -> TaskHandle[ResultT]:
@@ -250,7 +263,13 @@ class Publisher:
 
         Nothing is sent when any payload is invalid: the error names its index and field.
         The call is one PRODUCER span, the parent of every task it sends: a span per message
-        would cost about as much as sending the message.
+        would cost about as much as sending the message. Through a broker outage the unsent
+        batches are retried as :meth:`publish` retries (a batch cut off midway is sent again
+        whole: its messages keep their task ids).
+
+        Raises:
+            BrokerUnavailableError: the broker did not take every message in time; ``.sent``
+                says how many of the first messages it did take.
         """
         contract = self.contract(task)
         messages = []
@@ -260,17 +279,77 @@ class Publisher:
             except PayloadValidationError as exc:
                 located = [replace(problem, item=f"[{index}]") for problem in exc.problems]
                 raise type(exc)(contract.name, located) from None
-        with self._producer_span(contract, batch=len(messages)) as trace_headers, self._lock:
-            producer = self._producer_for(contract)
-            for start in range(0, len(messages), batch_size):
-                chunk = messages[start : start + batch_size]
-                with producer.batch(max_size=batch_size):
-                    for message in chunk:
-                        message.headers.update(trace_headers)
-                        self._send(producer, contract, message, retry=False)
-                if progress is not None:
-                    progress(len(chunk))
+        with self._producer_span(contract, batch=len(messages)) as trace_headers:
+            for message in messages:
+                message.headers.update(trace_headers)
+            self._deliver(contract, messages, batch_size=batch_size, progress=progress)
         return [TaskHandle(m.task_id, contract, self._results) for m in messages]
+
+    def _deliver(
+        self,
+        contract: TaskContract[Any, Any],
+        messages: list[TaskMessage],
+        *,
+        batch_size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Send ``messages`` in batches, through outages, until ``publish_timeout`` is spent.
+
+        A failed attempt leaves the connection and its channel unusable (Kombu's own retry then
+        fails on the dead channel), so each retry starts from a new connection.
+        """
+        deadline = time.monotonic() + self.settings.publish_timeout
+        sent = attempts = 0
+        pause = _FIRST_RETRY_PAUSE
+        while True:
+            attempts += 1
+            try:
+                with self._lock:
+                    producer = self._producer_for(contract)
+                    while sent < len(messages):
+                        chunk = messages[sent : sent + batch_size]
+                        self._send_batch(producer, contract, chunk)
+                        sent += len(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+                return
+            except self._outage_errors() as exc:
+                self._reconnect()
+                _publish_retries().labels(
+                    contract.name, queue_name(contract, self.settings.namespace)
+                ).inc()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BrokerUnavailableError(
+                        str(maybe_sanitize_url(self.settings.require_broker())),
+                        self.settings.publish_timeout,
+                        attempts,
+                        sent,
+                        " ".join(f"{type(exc).__name__}: {exc}".split()),
+                    ) from exc
+                time.sleep(min(pause, remaining))
+                pause = min(pause * 2, _LAST_RETRY_PAUSE)
+
+    def _outage_errors(self) -> tuple[type[BaseException], ...]:
+        """What a lost or refused broker connection raises, on either transport."""
+        connection = self._connection
+        return (
+            OperationalError,
+            BatchPublishError,  # a pipeline cut off midway: sent again whole
+            OSError,  # refused, reset, timed out
+            *connection.connection_errors,
+            *connection.recoverable_connection_errors,
+            *connection.recoverable_channel_errors,
+        )
+
+    def _reconnect(self) -> None:
+        """Drop the broken connection (without a goodbye it could block on) for a new, lazy one."""
+        with self._lock:
+            self._producer = None
+            self._declared.clear()
+            with contextlib.suppress(Exception):
+                self._connection.collect(socket_timeout=0.1)
+            self._connection = self._connect()
 
     @contextlib.contextmanager
     def _producer_span(
@@ -363,28 +442,26 @@ class Publisher:
             self._declared.add(name)
         return self._producer
 
-    def _send(
-        self,
-        producer: Producer,
-        contract: TaskContract[Any, Any],
-        message: TaskMessage,
-        *,
-        retry: bool,
+    def _send_batch(
+        self, producer: Producer, contract: TaskContract[Any, Any], messages: list[TaskMessage]
     ) -> None:
+        """Send messages in one pipeline (Redis) or one round of confirms (RabbitMQ)."""
         queue = queue_name(contract, self.settings.namespace)
-        producer.publish(
-            message.body,
-            exchange="",
-            routing_key=queue,
-            content_type=CONTENT_TYPE,
-            content_encoding=CONTENT_ENCODING,
-            headers=message.headers,
-            delivery_mode=2,
-            retry=retry,
-            retry_policy=_RETRY_POLICY,
-            **message.properties,
-        )
-        _published_counter().labels(contract.name, queue).inc()
+        batch = producer.batch(max_size=len(messages)) if len(messages) > 1 else None
+        with batch or contextlib.nullcontext():
+            for message in messages:
+                producer.publish(
+                    message.body,
+                    exchange="",
+                    routing_key=queue,
+                    content_type=CONTENT_TYPE,
+                    content_encoding=CONTENT_ENCODING,
+                    headers=message.headers,
+                    delivery_mode=2,
+                    confirm_timeout=self.settings.publish_timeout,
+                    **message.properties,
+                )
+        _published_counter().labels(contract.name, queue).inc(len(messages))
 
 
 @functools.cache
@@ -394,6 +471,13 @@ def _published_counter() -> Counter:
     from tasklane.observability.counters import task_metrics
 
     return task_metrics().published
+
+
+@functools.cache
+def _publish_retries() -> Counter:
+    from tasklane.observability.counters import task_metrics
+
+    return task_metrics().publish_retries
 
 
 def _reuse_redis_client(channel: Any) -> None:

@@ -81,6 +81,15 @@ class Settings(BaseSettings):
         default=7 * 86_400, ge=60, description="Seconds a delivered idempotency key is remembered."
     )
     max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
+    publish_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds a publish keeps retrying through a broker outage, on new connections, "
+            "before it raises BrokerUnavailableError; also each broker socket's timeout."
+        ),
+    )
     timezone: TimeZoneName = "UTC"
     task_events: bool = Field(
         default=False,

@@ -305,6 +305,25 @@ def test_run_now_publishes_to_the_contract_queue(
     assert state["last_slot"] is None  # run-now owes nothing to the schedule
 
 
+def test_run_now_answers_503_when_the_broker_is_down(serve_api: Serve, env: BrokerEnv) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"amqp://guest:secret@127.0.0.1:{probe.getsockname()[1]}//"
+    settings = Settings(
+        broker_url=dead,
+        result_backend=env.result_backend,  # the schedule store answers
+        namespace=env.namespace,
+        publish_timeout=0.3,
+    )
+    with Schedules(settings) as schedules:
+        api = serve_api(schedules)
+        api.post("/schedules", json=body("ping", {"kind": "interval", "every": 3600}))
+        response = api.post("/schedules/ping/run")
+    # After the publish deadline: the broker's state, not a 500, and no password.
+    assert response.status_code == 503, response.text
+    assert response.json() == {"detail": "broker unreachable"}
+
+
 def test_file_managed_entries_cannot_be_removed_or_replaced(
     api: httpx.Client, schedules: Schedules
 ) -> None:

@@ -75,6 +75,7 @@ def layer(module: str) -> int:
 
 def test_the_public_names_are_exactly_these() -> None:
     assert tasklane.__all__ == [
+        "BrokerUnavailableError",
         "ContractRegistry",
         "Payload",
         "PayloadTooLargeError",

@@ -28,7 +28,12 @@ from pydantic.json_schema import SkipJsonSchema
 from tasklane.beat.client import Schedules
 from tasklane.beat.models import CrontabSchedule, EntryView, ScheduleEntry, Source
 from tasklane.beat.store import BeatStatus, ScheduleError, ScheduleNotFoundError
-from tasklane.errors import PayloadValidationError, SettingsError, UnknownContractError
+from tasklane.errors import (
+    BrokerUnavailableError,
+    PayloadValidationError,
+    SettingsError,
+    UnknownContractError,
+)
 from tasklane.settings import Settings
 
 #: The environment variable holding the bearer token.
@@ -186,6 +191,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(redis.ConnectionError, _message(503, "schedule store unreachable"))
     app.add_exception_handler(redis.TimeoutError, _message(503, "schedule store unreachable"))
     app.add_exception_handler(OperationalError, _message(503, "broker unreachable"))
+    app.add_exception_handler(BrokerUnavailableError, _message(503, "broker unreachable"))
     app.add_exception_handler(Exception, _message(500, "internal server error"))
 
 

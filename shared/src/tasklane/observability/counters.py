@@ -37,6 +37,7 @@ class TaskMetrics:
     """The metrics every worker records, per task name and queue."""
 
     published: Counter
+    publish_retries: Counter
     received: Counter
     started: Counter
     succeeded: Counter
@@ -56,6 +57,11 @@ def task_metrics() -> TaskMetrics:
     return TaskMetrics(
         published=Counter(
             "tasklane_tasks_published", "Tasks published by this process.", TASK_LABELS
+        ),
+        publish_retries=Counter(
+            "tasklane_publish_retries",
+            "Publish attempts that failed on a lost or refused broker connection.",
+            TASK_LABELS,
         ),
         received=Counter(
             "tasklane_tasks_received", "Tasks a worker received from its queue.", TASK_LABELS

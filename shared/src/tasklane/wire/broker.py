@@ -48,9 +48,28 @@ def redis_queue_keys(queue: str) -> list[str]:
     return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS[1:]]
 
 
-def connect(settings: Settings, visibility_timeout: float | None = None) -> Connection:
-    """A lazy Kombu connection to the configured broker."""
+def connect(
+    settings: Settings,
+    visibility_timeout: float | None = None,
+    *,
+    socket_timeout: float | None = None,
+) -> Connection:
+    """A lazy Kombu connection to the configured broker.
+
+    Args:
+        settings: platform settings.
+        visibility_timeout: Redis only; seconds before an unacknowledged message is redelivered.
+        socket_timeout: seconds a connect or a socket read may block. For connections that never
+            wait for messages (publishers): a consumer's blocking read must not time out.
+    """
+    options = transport_options(settings, visibility_timeout)
+    if socket_timeout is None:
+        return Connection(settings.require_broker(), transport_options=options)
+    # One connect try per use: the caller retries on its own deadline (Kombu's default would
+    # keep trying for the whole connect timeout inside the first call).
+    options["max_retries"] = 0
+    if settings.broker_is_redis:
+        options.update(socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
     return Connection(
-        settings.require_broker(),
-        transport_options=transport_options(settings, visibility_timeout),
+        settings.require_broker(), transport_options=options, connect_timeout=socket_timeout
     )
