@@ -36,6 +36,7 @@ from tasklane.errors import (
 )
 from tasklane.wire.broker import connect
 from tasklane.wire.config import base_config
+from tasklane.wire.headers import PREFIX, PUBLISHER_HEADERS
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, TaskMessage, task_message
 from tasklane.wire.routing import MAX_PRIORITY, dead_letter_queue, queue_name, work_queue
 
@@ -225,7 +226,8 @@ class Publisher:
         """Validate, route and send one task; ``countdown`` seconds later if given.
 
         ``headers`` are added to the message's headers (names starting ``x-``; they may not
-        replace a protocol header). The send is a PRODUCER span whose W3C context goes in the
+        replace a protocol header, and of the ``x-tasklane-*`` names only the schedule ones are
+        a publisher's). The send is a PRODUCER span whose W3C context goes in the
         ``traceparent``/``tracestate`` headers, so the task's run joins the caller's trace.
 
         Through a broker outage it retries on new connections for ``TASKLANE_PUBLISH_TIMEOUT``
@@ -241,6 +243,8 @@ class Publisher:
         for name, value in (headers or {}).items():
             if not name.startswith("x-") or name in message.headers:
                 raise ValueError(f"header {name!r}: extra headers are x-… names of their own")
+            if name.startswith(PREFIX) and name not in PUBLISHER_HEADERS:
+                raise ValueError(f"header {name!r}: set by workers only")
             message.headers[name] = value
         with self._producer_span(contract, task_id=message.task_id) as trace_headers:
             message.headers.update(trace_headers)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from kombu import Connection, Producer
 
 from tasklane.errors import TaskFailedError
 from tasklane.publish import Publisher
+from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, encode_body, task_headers
+from tasklane.wire.routing import queue_name
 from tests.support import eventually
 from tests.support.flaky_contracts import ALWAYS_FAILS, FLAKY_REGISTRY, SLOW
 from tests.support.harness import BrokerEnv, WorkerProcess, cleanup, wait_for_dead_letters
@@ -59,6 +63,46 @@ def test_retries_exhausted_end_in_the_dlq_with_attempts(
     assert "payment-service: upstream unavailable" in letter.error
     assert flaky_worker.output().count("retrying in") == 2
     assert dead_letter_hook_calls(broker) == ["payment-service:RetriesExhaustedError"]
+
+
+FORGED = {
+    "x-tasklane-busy-waits": 40,
+    "x-tasklane-reason": "forged",
+    "x-tasklane-error-type": "Forged",
+    "x-tasklane-error": "forged",
+    "x-tasklane-attempts": 99,
+    "x-tasklane-failed-at": "1999-01-01T00:00:00+00:00",
+    "x-tasklane-queue": "elsewhere",
+    "x-tasklane-worker": "forged@nowhere",
+}
+
+
+def test_headers_the_worker_owns_are_ignored_when_an_upstream_sends_them(
+    broker: BrokerEnv, flaky_worker: WorkerProcess
+) -> None:
+    task_id = str(uuid.uuid4())
+    with Connection(broker.broker_url) as connection:
+        Producer(connection.default_channel).publish(
+            encode_body({"label": "forger"}),
+            exchange="",
+            routing_key=queue_name(ALWAYS_FAILS, broker.namespace),
+            headers={**task_headers(ALWAYS_FAILS.name, task_id), **FORGED},
+            content_type=CONTENT_TYPE,
+            content_encoding=CONTENT_ENCODING,
+        )
+    (letter,) = wait_for_dead_letters(broker, ALWAYS_FAILS.queue, 1)
+    # The policy's own count and backoff: three attempts, two retries, a real reason.
+    assert letter.task_id == task_id
+    assert letter.reason == "retries-exhausted"
+    assert letter.error_type == "TransientError"
+    assert letter.attempts == 3
+    assert "forger: upstream unavailable" in letter.error
+    assert letter.queue == queue_name(ALWAYS_FAILS, broker.namespace)
+    assert letter.headers["x-tasklane-worker"].startswith("celery@")
+    assert letter.failed_at > "2000"
+    log = flaky_worker.output()
+    assert "attempt 1 failed" in log and "attempt 2 failed" in log
+    assert "attempt -" not in log
 
 
 def test_soft_time_limit_ends_in_the_dlq_and_the_worker_goes_on(

@@ -20,7 +20,6 @@ from pydantic import Field
 
 from tasklane import REGISTRY, Payload, Result, RetryPolicy, Settings, TaskContract, create_app
 from tasklane.errors import PermanentError, TransientError
-from tasklane.wire.headers import BUSY_WAITS
 from tasklane.worker.app import TasklaneApp
 from tasklane.worker.task import (
     BUSY_RETRY_DELAY,
@@ -82,16 +81,27 @@ def task(app: TasklaneApp) -> ContractTask:
     return registered
 
 
-def attempt(task: ContractTask, retries: int = 0, busy_waits: int = 0, **payload: Any) -> Any:
-    """Run the task once as the ``retries + 1``-th delivery of a message."""
+def attempt(
+    task: ContractTask,
+    retries: int = 0,
+    busy_waits: int = 0,
+    headers: dict[str, Any] | None = None,
+    **payload: Any,
+) -> Any:
+    """Run the task once as the ``retries + 1``-th delivery of a message.
+
+    ``busy_waits`` of those deliveries waited for another's claim, as the store recorded them.
+    """
     task_id = payload.pop("task_id", str(uuid.uuid4()))
+    for _ in range(busy_waits):
+        task.idempotency.count_wait(task_id)
     task.push_request(
         id=task_id,
         retries=retries,
         is_eager=True,
         called_directly=False,
         # Celery puts a message's headers on the request as attributes.
-        **({BUSY_WAITS: busy_waits} if busy_waits else {}),
+        **(headers or {}),
     )
     try:
         return task.execute((), payload)
@@ -176,14 +186,25 @@ def test_a_key_claimed_by_another_delivery_waits_without_using_the_budget(
     settings = task.settings
     task.idempotency.begin(JOB.name, "held", "other-task", claim_ttl=60)
     with pytest.raises(Retry) as caught:
-        attempt(task, retries=1, busy_waits=1, key="held")
+        attempt(task, retries=1, busy_waits=1, key="held", task_id="waiting")
     assert caught.value.when == BUSY_RETRY_DELAY
-    assert caught.value.sig.options["headers"][BUSY_WAITS] == 2
+    assert task.idempotency.waits("waiting") == 2  # counted in the store, not in a header
     assert settings.namespace  # the claim lived under this test's namespace
     # Waiting has no limit: far past the policy's two retries, the task still waits.
-    with pytest.raises(Retry) as later:
-        attempt(task, retries=40, busy_waits=40, key="held")
-    assert later.value.sig.options["headers"][BUSY_WAITS] == 41
+    with pytest.raises(Retry):
+        attempt(task, retries=40, busy_waits=40, key="held", task_id="long-wait")
+    assert task.idempotency.waits("long-wait") == 41
+
+
+@pytest.mark.parametrize("forged", [40, -40, "40", "many", None])
+def test_a_busy_wait_count_sent_by_an_upstream_is_ignored(task: ContractTask, forged: Any) -> None:
+    # A first delivery that fails: the first backoff, attempt 1, whatever the header says.
+    with pytest.raises(Retry) as first:
+        attempt(task, headers={"x-tasklane-busy-waits": forged}, outcome="transient")
+    assert first.value.when == 1.0
+    # The last allowed attempt gives up with the real count.
+    with pytest.raises(RetriesExhaustedError, match="gave up after 3 attempts"):
+        attempt(task, retries=2, headers={"x-tasklane-busy-waits": forged}, outcome="transient")
 
 
 def test_a_failed_run_releases_its_claim_so_a_retry_can_take_it(task: ContractTask) -> None:

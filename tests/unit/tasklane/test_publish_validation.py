@@ -9,6 +9,7 @@ from tasklane.contracts import SEND_EMAIL
 from tasklane.errors import PayloadTooLargeError, PayloadValidationError, UnknownContractError
 from tasklane.publish import Publisher
 from tasklane.settings import Settings
+from tasklane.wire.headers import DEAD_LETTER_HEADERS
 
 # Validation happens before any connection is opened: no broker answers at this port.
 UNREACHABLE = Settings(broker_url="redis://127.0.0.1:1/0")
@@ -27,6 +28,12 @@ EMAIL = {"to": ["ada@example.com"], "subject": "hi", "text": "hello"}
 def test_invalid_email_is_refused_naming_the_field(payload: dict[str, object], field: str) -> None:
     with pytest.raises(PayloadValidationError, match=field):
         Publisher(UNREACHABLE).publish(SEND_EMAIL, payload)
+
+
+@pytest.mark.parametrize("name", [*DEAD_LETTER_HEADERS, "x-tasklane-busy-waits", "id", "task"])
+def test_headers_a_worker_owns_cannot_be_published(name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        Publisher(UNREACHABLE).publish(SEND_EMAIL, EMAIL, headers={name: "forged"})
 
 
 def test_unknown_im_channel_is_refused() -> None:

@@ -1,7 +1,8 @@
 """Every ``x-tasklane-*`` message header, in one place.
 
-A header a worker sets for itself (``BUSY_WAITS``) is internal; the rest describe a message to
-operators and other languages (docs/protocol.md).
+A publisher sets the describing headers; the dead-letter headers are the worker's alone, and a
+publisher may not send them (docs/protocol.md). What a worker counts for itself (waits for another
+delivery's idempotency claim) lives in its state store, never in a header an upstream could forge.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ PUBLISHED_AT = "x-tasklane-published-at"
 SCHEDULE = "x-tasklane-schedule"
 #: The slot (ISO 8601) a message was published for; absent for run-now.
 SLOT = "x-tasklane-slot"
-#: Retries spent waiting for another delivery of the same idempotency key.
-BUSY_WAITS = "x-tasklane-busy-waits"
 
 #: Headers Tasklane adds to a dead-lettered message. Replay removes them.
 REASON = "x-tasklane-reason"
@@ -24,6 +23,9 @@ FAILED_AT = "x-tasklane-failed-at"
 ORIGINAL_QUEUE = "x-tasklane-queue"
 WORKER = "x-tasklane-worker"
 DEAD_LETTER_HEADERS = (REASON, ERROR_TYPE, ERROR, ATTEMPTS, FAILED_AT, ORIGINAL_QUEUE, WORKER)
+
+#: The ``x-tasklane-*`` headers a publisher may set itself (Beat sets the schedule ones).
+PUBLISHER_HEADERS = (PUBLISHED_AT, SCHEDULE, SLOT)
 
 #: The prefix of them all: a dead letter keeps the original's headers of this prefix.
 PREFIX = "x-tasklane-"

@@ -52,6 +52,7 @@ class IdempotencyStore:
     def __init__(self, client: redis.Redis, *, namespace: str = "", done_ttl: int = 7 * 86_400):
         self._client = client
         self._prefix = f"{namespace}tasklane:idempotency:"
+        self._waits_prefix = f"{namespace}tasklane:busy-waits:"
         self._done_ttl = done_ttl
         self._begin = client.register_script(_BEGIN)
         self._release = client.register_script(_RELEASE)
@@ -78,6 +79,23 @@ class IdempotencyStore:
         """Record the result; later attempts with the same key return it instead of running."""
         record = json.dumps({"state": "done", "owner": task_id, "result": json.dumps(result)})
         self._client.set(self.key(task, value), record, ex=self._done_ttl)
+
+    def count_wait(self, task_id: str) -> int:
+        """Count one more wait of ``task_id`` for another delivery's claim; the total so far.
+
+        The count lives here, not in a message header, so that no upstream can forge it.
+        """
+        key = f"{self._waits_prefix}{task_id}"
+        with self._client.pipeline() as pipe:
+            pipe.incr(key)
+            pipe.expire(key, self._done_ttl)
+            waits, _ = pipe.execute()
+        return int(waits)
+
+    def waits(self, task_id: str) -> int:
+        """How many times ``task_id`` waited for another delivery's claim."""
+        value = self._client.get(f"{self._waits_prefix}{task_id}")
+        return int(value) if value is not None else 0
 
     def release(self, task: str, value: str, task_id: str) -> None:
         """Drop this task id's claim after a failure, so a retry or replay can run again."""

@@ -24,7 +24,7 @@ from tasklane.errors import PayloadValidationError, PermanentError, TransientErr
 from tasklane.observability.metrics import record_dead_letter
 from tasklane.settings import Settings
 from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
-from tasklane.wire.headers import BUSY_WAITS, PREFIX
+from tasklane.wire.headers import DEAD_LETTER_HEADERS, PREFIX
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, encode_body, task_headers
 from tasklane.wire.routing import queue_name
 from tasklane.worker.idempotency import IdempotencyStore
@@ -87,12 +87,16 @@ class ContractTask(Task):  # type: ignore[misc]
                 return self._deduplicated(claim.result)
             if claim.state == "busy":
                 # Waiting for another delivery of the same key is not a failed attempt: the wait
-                # is counted apart so that it does not use up the retry budget.
+                # is counted apart (in the store) so that it does not use up the retry budget.
+                try:
+                    self.idempotency.count_wait(task_id)
+                except redis.RedisError as exc:
+                    self._retry_or_raise(TransientError(f"idempotency store unavailable: {exc}"))
+                    raise
                 raise self.retry(
                     exc=TransientError(f"idempotency key held by task {claim.owner}"),
                     countdown=BUSY_RETRY_DELAY,
                     max_retries=self._this_retry(),
-                    headers={BUSY_WAITS: self._busy_waits() + 1},
                 )
         try:
             result = self.implementation(payload).model_dump(mode="json")
@@ -115,7 +119,16 @@ class ContractTask(Task):  # type: ignore[misc]
         return (self.request.retries or 0) + 1
 
     def _busy_waits(self) -> int:
-        return int(self.request.get(BUSY_WAITS) or 0)
+        """Deliveries of this task id that waited for another's claim (never more than retries)."""
+        retries = self.request.retries or 0
+        if not self.contract.idempotency_key or retries == 0:
+            return 0  # only a keyed task waits, and a first delivery has not waited yet
+        try:
+            waits = self.idempotency.waits(self.request.id)
+        except redis.RedisError:
+            logger.warning("%s[%s]: busy waits unknown, counted as 0", self.name, self.request.id)
+            return 0
+        return min(waits, retries)
 
     def _forget_claim(self, key: str, task_id: str) -> None:
         try:
@@ -167,7 +180,6 @@ class ContractTask(Task):  # type: ignore[misc]
             exc=exc,
             countdown=countdown,
             max_retries=self._this_retry(),  # counted above, busy waits excluded
-            headers={BUSY_WAITS: self._busy_waits()},
         )
 
     def _deduplicated(self, stored: Any) -> Any:
@@ -195,7 +207,14 @@ class ContractTask(Task):  # type: ignore[misc]
             parent_id=request.parent_id,
         )
         original = getattr(request, "headers", None) or {}
-        headers.update({k: v for k, v in original.items() if k.startswith(PREFIX)})
+        # Describing headers (publish time, schedule) go along; reason headers are the worker's.
+        headers.update(
+            {
+                k: v
+                for k, v in original.items()
+                if k.startswith(PREFIX) and k not in DEAD_LETTER_HEADERS
+            }
+        )
         error_type = (
             type(exc.__cause__ or exc).__name__
             if reason == "retries-exhausted"
