@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shlex
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -35,6 +37,7 @@ from tasklane.wire.queues import queue_depths
 from tasklane.wire.routing import dlq_name, queue_name, queues_for_service, work_queue
 
 ERROR_PREVIEW_CHARS = 60
+HEX_ROW_BYTES = 16
 
 app = Commands(
     name="tasklane",
@@ -266,6 +269,77 @@ def _task_kwargs(letter: DeadLetter) -> Any:
     return body
 
 
+def hexdump(data: bytes) -> list[str]:
+    """Lines of ``offset  16 bytes in hex  |the printable ASCII ones|``, as ``hexdump -C``."""
+    lines: list[str] = []
+    for offset in range(0, len(data), HEX_ROW_BYTES):
+        row = data[offset : offset + HEX_ROW_BYTES]
+        hexes = " ".join(f"{byte:02x}" for byte in row)
+        ascii_ = "".join(chr(byte) if 0x20 <= byte < 0x7F else "." for byte in row)
+        lines.append(f"{offset:08x}  {hexes:<{HEX_ROW_BYTES * 3 - 1}}  |{ascii_}|")
+    return lines
+
+
+def _printable(label: object) -> str:
+    # Labels come from whoever published the message: escape control characters.
+    text = str(label)
+    return text if text.isprintable() else ascii(text)
+
+
+def _json_ascii(data: Any) -> bool:
+    """Whether ``data`` must be written as ASCII JSON: it holds lone surrogates, which no
+    terminal or UTF-8 stream can take."""
+    try:
+        json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _print_json(console: Console, data: Any) -> None:
+    console.print_json(data=data, default=str, ensure_ascii=_json_ascii(data))
+
+
+def _letter_json(name: str, letter: DeadLetter) -> dict[str, Any]:
+    """``dlq show --json``: every field of the letter and :meth:`DeadLetter.body_view`."""
+    return {
+        "dlq": name,
+        "task": letter.task,
+        "id": letter.task_id,
+        "queue": letter.queue,
+        "reason": letter.reason,
+        "error_type": letter.error_type,
+        "error": letter.error,
+        "attempts": letter.attempts,
+        "failed_at": letter.failed_at,
+        "published_at": letter.published_at,
+        "content_type": letter.content_type,
+        "content_encoding": letter.content_encoding,
+        **letter.body_view(),
+        "headers": letter.headers,
+    }
+
+
+def _print_body(console: Console, letter: DeadLetter) -> None:
+    """The payload section of ``dlq show``: JSON or text as decoded, other bytes in hex."""
+    view = letter.body_view()
+    form, note = view["body_format"], view["body_note"]
+    console.rule("payload")
+    if form == "json":
+        _print_json(console, _task_kwargs(letter))
+    elif form == "text":
+        if note:
+            console.print(Text(f"{note}; shown as text:"))
+        _print_json(console, view["body"])
+    elif form == "empty":
+        console.print(Text("empty body (0 bytes)"))
+    else:
+        shown, size = view["body_preview_bytes"], view["body_bytes"]
+        extent = f"first {shown} of {size}" if view["body_truncated"] else f"all {size}"
+        console.print(Text(f"binary body, not decoded ({note}); {extent} bytes in hex:"))
+        console.print(Text("\n".join(hexdump(letter.body[:shown]))), soft_wrap=True)
+
+
 @dlq_app.command("list")
 def dlq_list(
     queue: Annotated[
@@ -314,8 +388,14 @@ def dlq_show(
     index: Annotated[
         int, typer.Option("--index", min=0, help="Position in the DLQ, 0 = oldest.")
     ] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the dead letter as one JSON object.")
+    ] = False,
 ) -> None:
-    """Show one dead letter in full: reason, error, payload and headers."""
+    """Show one dead letter in full: reason, error, payload and headers.
+
+    A body that isn't text (a pickle, compressed bytes, a wrong label) is shown as bytes.
+    """
     settings = load_settings()
     name, _ = _resolve_dlq(settings, queue)
     with connect(settings) as connection:
@@ -323,6 +403,10 @@ def dlq_show(
     if len(letters) <= index:
         raise CliError(f"{name} holds {len(letters)} dead letters; there is none at index {index}")
     letter = letters[index]
+    if as_json:
+        data = _letter_json(name, letter)
+        typer.echo(json.dumps(data, indent=2, default=str, ensure_ascii=_json_ascii(data)))
+        return
     details = Table.grid(padding=(0, 2))
     details.add_column(style="bold")
     details.add_column()
@@ -337,15 +421,16 @@ def dlq_show(
         ("Attempts", str(letter.attempts)),
         ("Failed at", letter.failed_at),
         ("Published at", letter.published_at),
-        ("Content type", letter.content_type),
+        ("Content type", _printable(letter.content_type)),
+        ("Content encoding", _printable(letter.content_encoding)),
+        ("Body", f"{len(letter.body)} bytes"),
     ):
         details.add_row(label, Text(value))
     console = _console()
     console.print(details)
-    console.rule("payload")
-    console.print_json(data=_task_kwargs(letter), default=str)
+    _print_body(console, letter)
     console.rule("headers")
-    console.print_json(data=letter.headers, default=str)
+    _print_json(console, letter.headers)
 
 
 @dlq_app.command("replay")

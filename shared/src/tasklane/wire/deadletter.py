@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import codecs
 import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from kombu.connection import Connection
 from kombu.entity import Queue
@@ -46,6 +48,11 @@ class DeadLetter:
     headers: dict[str, Any]
     properties: dict[str, Any]
 
+    #: How many leading bytes of a body that is not shown as text a preview holds.
+    PREVIEW_BYTES: ClassVar[int] = 128
+    #: Content-encoding labels Kombu reads as raw bytes, never as text (its SKIP_DECODE).
+    BINARY_LABELS: ClassVar[frozenset[str]] = frozenset({"binary", "ascii-8bit"})
+
     @property
     def task(self) -> str | None:
         """The task name, when the message carried one."""
@@ -71,15 +78,82 @@ class DeadLetter:
             return ""
         return datetime.fromtimestamp(value, UTC).isoformat()
 
-    def payload(self) -> Any:
-        """The decoded body when it is JSON, else the raw text (never unpickled)."""
-        text = self.body.decode(self.content_encoding or "utf-8", errors="replace")
+    def text_encoding(self) -> str | None:
+        """The text codec the ``content-encoding`` label names, or ``None`` for bytes.
+
+        No label means UTF-8, as for Kombu. ``None`` for "binary", unknown labels and Python
+        codecs that are not text encodings (base64, zlib, hex, rot13, ...): ``bytes.decode`` of
+        those fails, or would transform the bytes instead of reading them.
+        """
+        label = str(self.content_encoding or "").strip() or "utf-8"
+        if label.lower() in self.BINARY_LABELS:
+            return None
+        try:
+            info = codecs.lookup(label)
+        except (LookupError, ValueError):
+            return None
+        if not getattr(info, "_is_text_encoding", True):
+            return None
+        return info.name
+
+    def _text(self) -> tuple[str | None, str]:
+        """The body as text, or ``None`` and why it is not shown as text."""
+        encoding = self.text_encoding()
+        if encoding is None:
+            return None, f"content encoding {self.content_encoding!r} is not a text encoding"
+        try:
+            text = self.body.decode(encoding)
+            # Lone surrogates (utf-16, unicode_escape) could be neither printed nor sent on.
+            text.encode("utf-8")
+        except Exception:  # a codec may fail its own way on foreign bytes: all mean "not text"
+            return None, f"not valid {encoding} text"
+        return text, ""
+
+    def decoded(self) -> tuple[str, Any, str]:
+        """The body's format, value and a note; never unpickled, never replaced characters.
+
+        Format "json" (value: the decoded JSON), "text" (value: the text; the note says when a
+        JSON body is not valid JSON), "binary" (value ``None``; the note says why) or "empty".
+        """
+        if not self.body:
+            return "empty", None, ""
+        text, note = self._text()
+        if text is None:
+            return "binary", None, note
         if self.content_type == CONTENT_TYPE:
             try:
-                return json.loads(text)
-            except ValueError:
-                return text
-        return text
+                return "json", json.loads(text), ""
+            except (ValueError, RecursionError):
+                return "text", text, "not valid JSON"
+        return "text", text, ""
+
+    def payload(self) -> Any:
+        """The decoded body when it is JSON, the text when its label is a text encoding it
+        decodes under, else the raw bytes (never unpickled)."""
+        form, value, _ = self.decoded()
+        return value if form in ("json", "text") else self.body
+
+    def body_view(self, preview: int | None = None) -> dict[str, Any]:
+        """The body described for display, JSON-safe, with a bounded preview of other bytes.
+
+        Keys: ``body_format`` (see :meth:`decoded`), ``body`` (the JSON value or text, else
+        ``None``), ``body_bytes`` (the size), ``body_base64`` (the first ``preview`` bytes,
+        :attr:`PREVIEW_BYTES` by default, of a binary or empty body, else ``None``),
+        ``body_preview_bytes`` (how many bytes that is), ``body_truncated`` and ``body_note``.
+        """
+        limit = self.PREVIEW_BYTES if preview is None else max(preview, 0)
+        form, value, note = self.decoded()
+        raw = form in ("binary", "empty")
+        shown = self.body[:limit] if raw else b""
+        return {
+            "body_format": form,
+            "body": value,
+            "body_bytes": len(self.body),
+            "body_base64": base64.b64encode(shown).decode("ascii") if raw else None,
+            "body_preview_bytes": len(shown),
+            "body_truncated": raw and len(shown) < len(self.body),
+            "body_note": note,
+        }
 
 
 def dead_letter_headers(
