@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Annotated, Literal, TypeVar
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -11,6 +15,10 @@ from pydantic import AfterValidator, AliasChoices, Field, field_validator, model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasklane.errors import SettingsError
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError as SourceError
 
 BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp"})
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
@@ -40,6 +48,22 @@ def known_timezone(value: str) -> str:
 
 #: A string field that must name an IANA time zone (``Europe/Berlin``, ``UTC``).
 TimeZoneName = Annotated[str, AfterValidator(known_timezone)]
+
+
+def checked_by(check: Callable[[str], object]) -> AfterValidator:
+    """A field validator running ``check``, whose :class:`SettingsError` becomes the field's error.
+
+    For settings checked by a parser of their own: ``Annotated[str, checked_by(parse)]``.
+    """
+
+    def validate(value: str) -> str:
+        try:
+            check(value)
+        except SettingsError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    return AfterValidator(validate)
 
 
 class Settings(BaseSettings):
@@ -192,24 +216,203 @@ class Settings(BaseSettings):
 
 
 def load(cls: type[SettingsT], **overrides: object) -> SettingsT:
-    """Read ``cls`` from the environment, turning validation errors into one clear message.
+    """Read ``cls`` from the environment, turning validation errors into one line.
 
     Raises:
-        SettingsError: names each offending variable and what is wrong with it.
+        SettingsError: names each offending variable, its value (never a secret's) and what is
+            expected (:func:`describe_invalid_settings`).
     """
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError as SourceError
 
-    prefix = str(cls.model_config.get("env_prefix", ""))
     try:
         return cls(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{prefix}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise SettingsError(f"invalid settings: {problems}") from None
+    except (ValidationError, SourceError) as exc:
+        raise SettingsError(describe_invalid_settings(cls, exc, overrides)) from None
 
 
 def load_settings(**overrides: object) -> Settings:
     """The platform settings from the environment (see :func:`load`)."""
     return load(Settings, **overrides)
+
+
+# --------------------------------------------------------------------------- bad settings
+#
+# One line per bad setting: the variable, the value it holds and what it should hold. load()
+# raises it as a SettingsError; processes end with it through one boundary each: the `tasklane`
+# CLI's error handler, and exit_on_bad_settings() around the settings of the modules `celery -A`
+# loads (workers, Beat, Flower), whose import errors Celery would print as a long traceback.
+
+#: Exit status of a process stopped by a bad setting: Click's usage error, as Celery's command
+#: line uses it and ``tasklane`` does for wrong input or configuration (``EXIT_USAGE``).
+EXIT_BAD_SETTINGS = 2
+
+#: Longer values are cut in the message: it stays one readable line.
+MAX_VALUE_CHARS = 80
+
+_PARSE_FAILURE = re.compile(r'field "([^"]+)"')
+
+
+def env_names(cls: type[BaseSettings], field: str) -> tuple[str, ...]:
+    """The environment variables ``field`` of ``cls`` is read from, preferred first.
+
+    The prefix (``env_prefix``) and the field name, or the field's aliases, which take no prefix.
+    """
+    from pydantic import AliasChoices, AliasPath
+
+    info = cls.model_fields[field]
+    alias = info.validation_alias if info.validation_alias is not None else info.alias
+    if alias is None:
+        return (f"{cls.model_config.get('env_prefix', '')}{field}".upper(),)
+    choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+    names = [
+        str(choice.path[0] if isinstance(choice, AliasPath) else choice).upper()
+        for choice in choices
+    ]
+    return tuple(dict.fromkeys(names))
+
+
+def is_secret(cls: type[BaseSettings], field: str) -> bool:
+    """Whether ``field`` holds secrets (``SecretStr``, ``dict[str, SecretStr]``, ...)."""
+    from pydantic import SecretBytes, SecretStr
+
+    def secret(annotation: Any) -> bool:
+        if isinstance(annotation, type) and issubclass(annotation, SecretStr | SecretBytes):
+            return True
+        return any(secret(arg) for arg in get_args(annotation))
+
+    return secret(cls.model_fields[field].annotation)
+
+
+def describe_invalid_settings(
+    cls: type[BaseSettings],
+    error: ValidationError | SourceError,
+    overrides: Mapping[str, object] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """One line saying, for each bad value, the variable, the value and what is expected.
+
+    ``invalid settings: TASKLANE_PREFETCH_MULTIPLIER: should be greater than or equal to 1
+    (got '0')``. Values of secret fields are never shown; passwords in URLs are masked.
+
+    Args:
+        cls: the settings class whose construction failed.
+        error: pydantic's validation error, or pydantic-settings' own error for a value it could
+            not parse as JSON (complex fields such as ``dict``).
+        overrides: the keyword arguments ``cls`` was called with; they win over the environment.
+        environ: the environment it read (``os.environ``).
+    """
+    from pydantic import ValidationError
+
+    variables = {name.upper(): value for name, value in (environ or os.environ).items()}
+    given = overrides or {}
+    problems: list[str] = []
+    if isinstance(error, ValidationError):
+        for item in error.errors():
+            loc = [str(part) for part in item["loc"]]
+            problems.append(
+                _problem(cls, loc, _expected(item["msg"]), item.get("input"), variables, given)
+            )
+    else:
+        # pydantic-settings raises its own error when a complex field's value is not JSON.
+        found = _PARSE_FAILURE.search(str(error))
+        cause = f": {error.__cause__}" if error.__cause__ else ""
+        loc = [found.group(1)] if found else []
+        problems.append(_problem(cls, loc, f"should be JSON{cause}", None, variables, given))
+    return "invalid settings: " + "; ".join(problems)
+
+
+def _problem(
+    cls: type[BaseSettings],
+    loc: list[str],
+    expected: str,
+    value: object,
+    variables: Mapping[str, str],
+    overrides: Mapping[str, object],
+) -> str:
+    field = _field(cls, loc[0]) if loc else None
+    if field is None:  # a check of the model as a whole
+        return f"{cls.__name__}: {expected}"
+    names = env_names(cls, field)
+    variable = next((name for name in names if name in variables), names[0])
+    where = "".join(f"{part}: " for part in loc[1:])
+    shown: object
+    if loc[0] in overrides or field in overrides:  # arguments win over the environment
+        shown = value
+    elif variable in variables:
+        shown = variables[variable]
+    else:
+        return f"{variable}: {where}{expected} (not set)"
+    got = "secret value not shown" if is_secret(cls, field) else f"got {_shown(shown)}"
+    return f"{variable}: {where}{expected} ({got})"
+
+
+def _field(cls: type[BaseSettings], key: str) -> str | None:
+    """The field an error location starts with: a field name, or one of its aliases."""
+    if key in cls.model_fields:
+        return key
+    return next((name for name in cls.model_fields if key.upper() in env_names(cls, name)), None)
+
+
+def _expected(message: str) -> str:
+    """Pydantic's message as what the value should be: no ``Value error,`` prefix, one line."""
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if message.startswith("Input should"):
+        message = message.removeprefix("Input ")
+    return " ".join(message.split())
+
+
+def _shown(value: object) -> str:
+    """``value`` quoted for the message: passwords in URLs masked, long values cut."""
+    text = value if isinstance(value, str) else str(value)
+    text = _mask_password(text)
+    if len(text) > MAX_VALUE_CHARS:
+        text = text[: MAX_VALUE_CHARS - 1] + "…"
+    return repr(text)
+
+
+def _mask_password(text: str) -> str:
+    try:
+        parts = urlsplit(text)
+        password = parts.password
+    except ValueError:
+        return text
+    if not password:
+        return text
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def running_celery_command() -> bool:
+    """Whether this process is Celery's command line (``celery -A module ...``) at work.
+
+    True while Celery loads the ``-A`` module and runs its subcommand: its Click group is the
+    root of the current Click context.
+    """
+    command = getattr(sys.modules.get("celery.bin.celery"), "celery", None)
+    click = sys.modules.get("click")
+    if command is None or click is None:
+        return False
+    context = click.get_current_context(silent=True)
+    return context is not None and context.find_root().command is command
+
+
+@contextmanager
+def exit_on_bad_settings() -> Iterator[None]:
+    """Under ``celery -A``, end the process on a :class:`SettingsError` with one line on stderr.
+
+    Celery imports the ``-A`` module inside a broad ``except Exception`` and prints any error as
+    a traceback after ``module has no attribute app``, so a module Celery loads wraps its settings
+    (and the checks made with them) in this: ``error: <message>`` and exit status
+    :data:`EXIT_BAD_SETTINGS`, through a :class:`SystemExit`, which Celery and Click let through.
+    Imported anywhere else (a test, a script), the module raises the :class:`SettingsError`.
+    """
+    try:
+        yield
+    except SettingsError as exc:
+        if not running_celery_command():
+            raise
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_BAD_SETTINGS) from None

@@ -9,10 +9,13 @@ from celery.signals import worker_init
 from media.settings import MediaSettings
 from media.workspace import remove_stale
 from tasklane.contracts import REGISTRY
-from tasklane.settings import load
+from tasklane.settings import exit_on_bad_settings, load
 from tasklane.worker.app import create_app
 
-app = create_app("media")
+# Under `celery -A`, a bad TASKLANE_* value stops the start with one line (exit status 2).
+with exit_on_bad_settings():
+    app = create_app("media")
+    load(MediaSettings)  # media.tasks reads them too, later: checked before the worker starts
 app.conf.include = ["media.tasks"]
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasklane.net.guard import NetGuardPolicy
+from tasklane.settings import checked_by
 
 
 class MediaSettings(BaseSettings):
@@ -13,7 +17,7 @@ class MediaSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TASKLANE_MEDIA_", extra="ignore", frozen=True)
 
-    allow: str = Field(
+    allow: Annotated[str, checked_by(NetGuardPolicy.from_setting)] = Field(
         default="",
         description=(
             "Comma-separated networks and host names remote sources may come from although "

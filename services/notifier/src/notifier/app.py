@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from notifier.settings import NotifierSettings
+from tasklane.settings import exit_on_bad_settings, load
 from tasklane.worker.app import create_app
 
-app = create_app("notifier")
+# Under `celery -A`, a bad TASKLANE_* value stops the start with one line (exit status 2).
+with exit_on_bad_settings():
+    app = create_app("notifier")
+    load(NotifierSettings)  # notifier.tasks reads them too, later: checked before the worker starts
 app.conf.include = ["notifier.tasks"]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasklane.net.guard import NetGuardPolicy
+from tasklane.settings import checked_by
 
 DEFAULT_TEMPLATES = Path(__file__).parent / "templates"
 
@@ -25,7 +28,7 @@ class NotifierSettings(BaseSettings):
     default_sender: str = "tasklane@localhost"
     templates_dir: Path = DEFAULT_TEMPLATES
     webhook_timeout: float = Field(default=10.0, gt=0)
-    webhook_allow: str = Field(
+    webhook_allow: Annotated[str, checked_by(NetGuardPolicy.from_setting)] = Field(
         default="",
         description=(
             "Comma-separated networks and host names webhooks may reach although they are private "

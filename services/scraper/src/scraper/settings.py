@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasklane.net.guard import NetGuardPolicy
+from tasklane.settings import checked_by
 
 
 class ScraperSettings(BaseSettings):
@@ -16,7 +21,7 @@ class ScraperSettings(BaseSettings):
         min_length=3,
         description="Sent with every request and matched against robots.txt groups.",
     )
-    allow: str = Field(
+    allow: Annotated[str, checked_by(NetGuardPolicy.from_setting)] = Field(
         default="",
         description=(
             "Comma-separated networks and host names that may be fetched although private "

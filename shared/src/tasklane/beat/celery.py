@@ -6,6 +6,12 @@ Schedules come from Redis and the schedule file; a Celery app of your own with a
 
 from __future__ import annotations
 
-from tasklane.beat.scheduler import create_beat_app
+from tasklane.beat.scheduler import BeatSettings, create_beat_app
+from tasklane.settings import exit_on_bad_settings, load
 
-app = create_beat_app()
+# Under `celery -A`, a bad TASKLANE_* value stops Beat with one line (exit status 2): checked here,
+# not where the scheduler reads them once Beat runs (a traceback in Beat's log).
+with exit_on_bad_settings():
+    app = create_beat_app()
+    app.settings.require_state()
+    load(BeatSettings)

@@ -7,5 +7,8 @@ Not a worker app: it registers no tasks and consumes nothing; see
 from __future__ import annotations
 
 from tasklane.observability.flower import create_flower_app
+from tasklane.settings import exit_on_bad_settings
 
-app = create_flower_app()
+# Under `celery -A`, a bad TASKLANE_* value stops Flower with one line (exit status 2).
+with exit_on_bad_settings():
+    app = create_flower_app()
