@@ -115,9 +115,20 @@ def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason(
         assert email[ids["malformed-json"]].body == b'[[], {"to": ['
         assert email[ids["bad-address"]].payload()[1]["to"] == ["nope"]
 
-        # Celery also records the unknown task's failure for anyone waiting on its result.
+        # Every message refused before it ran still fails its task for anyone waiting on it,
+        # with the reason: no caller polls a PENDING task forever.
         results = Celery(broker=broker.broker_url, backend=broker.result_backend)
-        assert results.AsyncResult(ids["unknown-task"]).state == "FAILURE"
+        refused = {
+            "unknown-task": "notifier.fax.send",
+            "pickle": "application/x-python-serialize",
+            "malformed-json": "",
+            "short-body": "[args, kwargs, embed]",
+            "object-body": "[args, kwargs, embed]",
+        }
+        for case, text in refused.items():
+            result = results.AsyncResult(ids[case])
+            assert result.state == "FAILURE", case
+            assert text in str(result.result), (case, result.result)
         results.close()
 
         # The worker kept running: a good message is still delivered.

@@ -13,6 +13,9 @@ from tasklane.wire.broker import transport_options
 if TYPE_CHECKING:
     from tasklane.settings import Settings
 
+#: Kombu's Redis transport with each popped envelope checked (tasklane.wire.redis_transport).
+REDIS_TRANSPORT = "tasklane.wire.redis_transport:Transport"
+
 #: The only serializer Tasklane writes or reads: tasks, results and events.
 JSON_ONLY: dict[str, Any] = {
     "task_serializer": "json",
@@ -32,6 +35,8 @@ def base_config(settings: Settings, *, visibility_timeout: float | None = None) 
     """
     return {
         "broker_url": settings.require_broker(),
+        # Redis: no popped message may be lost to an envelope Kombu cannot read.
+        **({"broker_transport": REDIS_TRANSPORT} if settings.broker_is_redis else {}),
         "broker_transport_options": transport_options(settings, visibility_timeout),
         "broker_connection_retry_on_startup": True,
         "result_backend": settings.result_backend,

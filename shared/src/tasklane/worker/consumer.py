@@ -19,6 +19,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 
 from tasklane.observability.metrics import record_dead_letter
 from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
+from tasklane.wire.redis_transport import ENVELOPE_PROBLEM
 from tasklane.wire.routing import dead_letter_exchange
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,36 @@ def body_problem(body: Any) -> str | None:
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     """Stock consumer plus dead-lettering of undecodable, unknown and invalid messages."""
 
+    def _consumed_from(self, message: Any) -> str:
+        """The queue this worker took ``message`` from, whatever routing key it was sent with.
+
+        RabbitMQ names the consumer, whose queue is known; on Redis the transport has set the
+        delivery info to the list the message was popped from (tasklane.wire.redis_transport).
+        """
+        info = message.delivery_info or {}
+        tag = info.get("consumer_tag")
+        consumer = getattr(self, "task_consumer", None)
+        if tag is not None and consumer is not None:
+            # Kombu's Consumer keeps its consumer tags by queue name.
+            for queue, active in getattr(consumer, "_active_tags", {}).items():
+                if active == tag:
+                    return str(queue)
+        return str(info.get("routing_key") or "unknown")
+
+    def _record_failure(self, message: Any, exc: BaseException) -> None:
+        """Mark the task failed in the result backend when the message names its id, so that a
+        caller waiting on it learns why instead of seeing PENDING forever."""
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        task_id = headers.get("id")
+        if not isinstance(task_id, str) or not task_id or self.app.conf.result_backend is None:
+            return
+        try:
+            self.app.backend.mark_as_failure(task_id, exc)
+        except Exception:
+            logger.exception("could not record the failure of task %s", task_id)
+
     def _dead_letter(self, message: Any, reason: str, exc: BaseException | None) -> None:
-        queue = (message.delivery_info or {}).get("routing_key") or "unknown"
+        queue = self._consumed_from(message)
         headers = dead_letter_headers(
             dict(message.headers or {}),
             queue=queue,
@@ -90,6 +119,9 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         )
 
         def on_task_received(message: Any) -> None:
+            problem = (message.properties or {}).get(ENVELOPE_PROBLEM)
+            if problem is not None:
+                return self.on_invalid_task(None, message, InvalidTaskError(str(problem)))
             headers = message.headers
             if isinstance(headers, dict) and "task" in headers:
                 try:
@@ -106,11 +138,13 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         """Undecodable body or refused content type (pickle): dead-letter, never deserialize."""
         logger.error("refused message with content type %r: %s", message.content_type, exc)
         self._dead_letter(message, "undecodable", exc)
+        self._record_failure(message, exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         """A message without task headers."""
         logger.error("message without a task name: %r", message.headers)
         self._dead_letter(message, "unknown-message", None)
+        self._record_failure(message, InvalidTaskError("message is not a Celery task message"))
         signals.task_rejected.send(sender=self, message=message, exc=None)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
@@ -119,8 +153,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         name, task_id = headers.get("task"), headers.get("id")
         logger.error("unknown task %r (id %s)", name, task_id)
         self._dead_letter(message, "unknown-task", NotRegistered(name))
-        if task_id:
-            self.app.backend.mark_as_failure(task_id, NotRegistered(name))
+        self._record_failure(message, NotRegistered(name))
         signals.task_unknown.send(sender=self, message=message, exc=exc, name=name, id=task_id)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
@@ -128,6 +161,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         logger.error("invalid task message: %s", exc)
         undecodable = isinstance(exc, ContentDisallowed | DecodeError)
         self._dead_letter(message, "undecodable" if undecodable else "invalid-message", exc)
+        self._record_failure(message, exc)
         signals.task_rejected.send(sender=self, message=message, exc=exc)
 
 

@@ -1,0 +1,80 @@
+"""Kombu's Redis transport, with every message a worker pops checked before Kombu reads it.
+
+On Redis a message leaves its list when a worker pops it (BRPOP). Kombu then reads the envelope's
+``properties.delivery_tag`` and ``properties.delivery_info``; when an upstream wrote the envelope
+without them, that raises before the message is held anywhere, and the message is lost. Here each
+envelope is completed first: what can be derived (a delivery tag, where it came from) is filled
+in, and an envelope that cannot be read becomes a message the consumer dead-letters with the
+problem (:data:`ENVELOPE_PROBLEM`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from typing import Any
+
+from kombu.transport import redis
+
+#: Property set on an envelope that could not be read as sent; its value says why.
+ENVELOPE_PROBLEM = "x-tasklane-envelope-problem"
+
+
+def complete_envelope(raw: Any, queue: str) -> dict[str, Any]:
+    """``raw`` as an envelope Kombu can read, with ``queue`` as where it was consumed from.
+
+    The delivery info always names ``queue``: Kombu restores an unacknowledged message to where
+    its delivery info points, and an upstream's typo there would move it to a queue nobody reads.
+    """
+    problem = _envelope_problem(raw)
+    if problem is not None:
+        # Kept whole as text, so the dead letter shows exactly what was sent.
+        headers = raw.get("headers") if isinstance(raw, dict) else None
+        raw = {
+            "body": json.dumps(raw),
+            "content-type": "application/json",
+            "content-encoding": "utf-8",
+            # Kept when readable: the task id lets the consumer record the failure for callers.
+            "headers": headers if isinstance(headers, dict) else {},
+            "properties": {ENVELOPE_PROBLEM: problem},
+        }
+    properties = raw["properties"]
+    properties.setdefault("delivery_tag", str(uuid.uuid4()))
+    properties["delivery_info"] = {"exchange": "", "routing_key": queue}
+    if raw.get("headers") is None:
+        raw["headers"] = {}
+    return raw  # type: ignore[no-any-return]
+
+
+def _envelope_problem(raw: Any) -> str | None:
+    """Why Kombu could not read ``raw`` as a message envelope, or ``None``."""
+    if not isinstance(raw, dict):
+        return f"the Redis envelope must be a JSON object, got {type(raw).__name__}"
+    if not isinstance(raw.get("properties"), dict):
+        return "the Redis envelope has no properties object"
+    if not isinstance(raw.get("headers", {}), dict | None):
+        return "the Redis envelope's headers must be an object"
+    body = raw.get("body")
+    if body is not None and not isinstance(body, str):
+        return "the Redis envelope's body must be a string"
+    for name in ("content-type", "content-encoding"):
+        if not isinstance(raw.get(name), str | None):
+            return f"the Redis envelope's {name} must be a string"
+    encoding = raw["properties"].get("body_encoding")
+    if encoding == "base64" and body:
+        try:
+            base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            return "the Redis envelope's body is not valid base64 (body_encoding)"
+    elif encoding not in (None, "base64"):
+        return f"the Redis envelope's body_encoding {encoding!r} is not base64"
+    return None
+
+
+class Transport(redis.Transport):
+    """The Redis transport whose deliveries pass :func:`complete_envelope` first."""
+
+    def _deliver(self, message: Any, queue: str) -> None:
+        super()._deliver(complete_envelope(message, queue), queue)  # type: ignore[no-untyped-call]
