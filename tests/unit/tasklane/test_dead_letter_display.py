@@ -25,6 +25,8 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -299,37 +301,27 @@ def test_dlq_show_renders_every_kind(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --------------------------------------------------------------------------- properties
 
-try:
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-except ImportError:  # pragma: no cover - Hypothesis is optional for this module
+labels = st.one_of(st.text(max_size=40), st.sampled_from(LABELS))
+bodies = st.one_of(
+    st.binary(max_size=400),
+    st.builds(
+        lambda text, encoding: text.encode(encoding, errors="ignore"),
+        st.text(max_size=100),
+        st.sampled_from(["utf-8", "utf-16", "latin-1", "utf-7", "cp1252"]),
+    ),
+    st.builds(encode_body, st.dictionaries(st.text(max_size=8), st.text(max_size=20))),
+)
 
-    @pytest.mark.skip(reason="the property tests need Hypothesis")
-    def test_any_bytes_under_any_label_never_crash() -> None:
-        pass
 
-else:
-    labels = st.one_of(st.text(max_size=40), st.sampled_from(LABELS))
-    bodies = st.one_of(
-        st.binary(max_size=400),
-        st.builds(
-            lambda text, encoding: text.encode(encoding, errors="ignore"),
-            st.text(max_size=100),
-            st.sampled_from(["utf-8", "utf-16", "latin-1", "utf-7", "cp1252"]),
-        ),
-        st.builds(encode_body, st.dictionaries(st.text(max_size=8), st.text(max_size=20))),
-    )
+@settings(max_examples=400, deadline=None)
+@given(body=bodies, label=labels, content_type=st.sampled_from(CONTENT_TYPES))
+def test_any_bytes_under_any_label_never_crash(body: bytes, label: str, content_type: str) -> None:
+    check_view(letter(body, label, content_type))
 
-    @settings(max_examples=400, deadline=None)
-    @given(body=bodies, label=labels, content_type=st.sampled_from(CONTENT_TYPES))
-    def test_any_bytes_under_any_label_never_crash(
-        body: bytes, label: str, content_type: str
-    ) -> None:
-        check_view(letter(body, label, content_type))
 
-    @given(st.binary(max_size=200))
-    def test_hexdump_holds_exactly_the_bytes(data: bytes) -> None:
-        rows = hexdump(data)
-        hexes = "".join(row[10:57].replace(" ", "") for row in rows)
-        assert bytes.fromhex(hexes) == data
-        assert all(row.isascii() and row.isprintable() for row in rows)
+@given(st.binary(max_size=200))
+def test_hexdump_holds_exactly_the_bytes(data: bytes) -> None:
+    rows = hexdump(data)
+    hexes = "".join(row[10:57].replace(" ", "") for row in rows)
+    assert bytes.fromhex(hexes) == data
+    assert all(row.isascii() and row.isprintable() for row in rows)
