@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -196,6 +197,21 @@ def test_invalid_payload_exits_2_naming_the_field(cli_env: CliEnv) -> None:
 def test_unknown_task_and_bad_json_exit_2(cli_env: CliEnv) -> None:
     assert "unknown task contract" in run("submit", "no.such.task", "--json", "{}", code=2).output
     assert "invalid JSON" in run("submit", "notifier.email.send", "--json", "{", code=2).output
+
+
+def test_submit_to_a_broker_that_is_down_exits_1_with_one_line(
+    cli_env: CliEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    scheme = "redis" if cli_env.kind == "redis" else "amqp"
+    monkeypatch.setenv("TASKLANE_BROKER_URL", f"{scheme}://u:secret@127.0.0.1:{port}/")
+    monkeypatch.setenv("TASKLANE_PUBLISH_TIMEOUT", "0.3")
+    output = run("submit", "notifier.email.send", "--json", GOOD, code=1).output
+    assert "unavailable" in output and "0.3s" in output
+    assert "secret" not in output
+    assert len(output.strip().splitlines()) == 1
 
 
 def test_submit_publishes_one_task(cli_env: CliEnv) -> None:

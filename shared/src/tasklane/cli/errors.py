@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from rich.console import Console
 from rich.text import Text
 
-from tasklane.errors import TaskFailedError, TasklaneError
+from tasklane.errors import BrokerUnavailableError, TaskFailedError, TasklaneError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -63,7 +63,7 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
-        except TaskFailedError as exc:
+        except (TaskFailedError, BrokerUnavailableError) as exc:
             fail(str(exc), EXIT_FAILED)
         except TasklaneError as exc:
             fail(str(exc), EXIT_USAGE)
