@@ -24,7 +24,7 @@ from tasklane.contracts.notifier import EmailPayload
 from tasklane.errors import PermanentError, TransientError
 
 SENDER = "Tasklane <noreply@example.com>"
-DOMAIN = "example.com"
+MESSAGE_ID = "<0123456789abcdef0123456789abcdef@example.com>"
 
 
 def free_port() -> int:
@@ -155,7 +155,9 @@ def payload(**fields: Any) -> EmailPayload:
 
 
 def deliver(port: int, email: EmailPayload, **config: Any) -> SmtpOutcome:
-    message = build_message(email, sender=SENDER, text=email.text, html=email.html, domain=DOMAIN)
+    message = build_message(
+        email, sender=SENDER, text=email.text, html=email.html, message_id=MESSAGE_ID
+    )
     return send(
         SmtpConfig(host="127.0.0.1", port=port, local_hostname="client.example.com", **config),
         message,
@@ -251,9 +253,8 @@ def test_message_id_date_reply_to_and_extra_headers(start_server: StartServer) -
     outcome = deliver(port, email)
 
     message = handler.received[0].message
-    assert message["Message-ID"].startswith("<")
-    assert message["Message-ID"].endswith(f"@{DOMAIN}>")
-    assert outcome.message_id == message["Message-ID"]
+    assert message["Message-ID"] == MESSAGE_ID
+    assert outcome.message_id == MESSAGE_ID
     sent = parsedate_to_datetime(message["Date"])
     assert sent.utcoffset() is not None and sent.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
     assert abs(sent.timestamp() - time.time()) < 60
@@ -261,18 +262,19 @@ def test_message_id_date_reply_to_and_extra_headers(start_server: StartServer) -
     assert message["List-Unsubscribe"] == "<mailto:unsubscribe@example.com>"
 
 
-def test_each_message_gets_a_new_message_id() -> None:
+def test_every_build_of_one_delivery_has_its_message_id() -> None:
+    # Not generated per attempt: a copy sent again after a crash must carry the same ID.
     email = payload()
-    first = build_message(email, sender=SENDER, text="a", html=None, domain=DOMAIN)
-    second = build_message(email, sender=SENDER, text="a", html=None, domain=DOMAIN)
-    assert first["Message-ID"] != second["Message-ID"]
+    first = build_message(email, sender=SENDER, text="a", html=None, message_id=MESSAGE_ID)
+    second = build_message(email, sender=SENDER, text="a", html=None, message_id=MESSAGE_ID)
+    assert first["Message-ID"] == second["Message-ID"] == MESSAGE_ID
 
 
 @pytest.mark.parametrize("name", ["Bcc", "from", "TO", "Cc", "Subject", "Date", "Message-ID"])
 def test_extra_headers_cannot_override_envelope_headers(name: str) -> None:
     email = payload(headers={name: "attacker@evil.com"})
     with pytest.raises(PermanentError, match="cannot be overridden"):
-        build_message(email, sender=SENDER, text="x", html=None, domain=DOMAIN)
+        build_message(email, sender=SENDER, text="x", html=None, message_id=MESSAGE_ID)
 
 
 @pytest.mark.parametrize(
@@ -287,18 +289,20 @@ def test_extra_headers_cannot_override_envelope_headers(name: str) -> None:
 )
 def test_header_injection_is_refused(headers: dict[str, str]) -> None:
     with pytest.raises(PermanentError):
-        build_message(payload(headers=headers), sender=SENDER, text="x", html=None, domain=DOMAIN)
+        build_message(
+            payload(headers=headers), sender=SENDER, text="x", html=None, message_id=MESSAGE_ID
+        )
 
 
 def test_line_break_in_subject_is_refused() -> None:
     email = payload(subject="Hi\r\nBcc: attacker@evil.com")
     with pytest.raises(PermanentError, match="invalid email header"):
-        build_message(email, sender=SENDER, text="x", html=None, domain=DOMAIN)
+        build_message(email, sender=SENDER, text="x", html=None, message_id=MESSAGE_ID)
 
 
 def test_message_without_body_is_refused() -> None:
     with pytest.raises(PermanentError, match="neither"):
-        build_message(payload(), sender=SENDER, text=None, html=None, domain=DOMAIN)
+        build_message(payload(), sender=SENDER, text=None, html=None, message_id=MESSAGE_ID)
 
 
 def test_recipients_keeps_order_and_drops_duplicates() -> None:

@@ -21,12 +21,15 @@ from notifier.webhooks import (
     dingtalk_signature,
     post,
     verify_signature,
+    verify_signature_v2,
+    webhook_signature_v2,
 )
 from tasklane.contracts.notifier import IMPayload
 from tasklane.errors import PermanentError, TransientError
 from tasklane_dev.sinks import Reply, WebhookSink
 
 NOW = 1_700_000_000.123
+KEY = "0123456789abcdef0123456789abcdef"
 DINGTALK_OK = b'{"errcode":0,"errmsg":"ok"}'
 
 
@@ -49,9 +52,13 @@ def im(
 
 
 def send(
-    client: httpx.Client, payload: IMPayload, secret: str | None = None, now: float = NOW
+    client: httpx.Client,
+    payload: IMPayload,
+    secret: str | None = None,
+    now: float = NOW,
+    key: str = KEY,
 ) -> WebhookOutcome:
-    return post(client, build_request(payload, secret, now=now))
+    return post(client, build_request(payload, secret, now=now, idempotency_key=key))
 
 
 def test_dingtalk_text_is_signed(server: WebhookSink, client: httpx.Client) -> None:
@@ -132,6 +139,7 @@ def test_slack_body_and_unsigned(server: WebhookSink, client: httpx.Client) -> N
     assert seen.body == b'{"text":"*Deploy*\\nall good"}'
     assert seen.raw_query == ""
     assert "x-tasklane-signature" not in seen.headers
+    assert "x-tasklane-signature-v2" not in seen.headers
 
 
 def test_slack_other_200_body_is_accepted(server: WebhookSink, client: httpx.Client) -> None:
@@ -168,6 +176,73 @@ def test_generic_webhook_is_signed_over_the_raw_body(
     }
 
 
+def test_generic_webhook_v2_signature_covers_the_idempotency_key(
+    server: WebhookSink, client: httpx.Client
+) -> None:
+    send(client, im("webhook", f"{server.url}/events", "Grüße"), secret="hook-key")
+
+    [seen] = server.requests
+    timestamp = seen.headers["x-tasklane-timestamp"]
+    key = seen.headers["idempotency-key"]
+    signature = seen.headers["x-tasklane-signature-v2"]
+    assert key == KEY
+    # The documented signed string, recomputed independently of the module under test.
+    signed = f"v2.{timestamp}.{key}.".encode() + seen.body
+    expected = hmac.new(b"hook-key", signed, hashlib.sha256).hexdigest()
+    assert signature == f"sha256={expected}"
+    assert verify_signature_v2("hook-key", timestamp, key, seen.body, signature)
+    assert not verify_signature_v2("hook-key", timestamp, KEY[::-1], seen.body, signature)
+    assert not verify_signature_v2("hook-key", timestamp, key + "0", seen.body, signature)
+    assert not verify_signature_v2("other-key", timestamp, key, seen.body, signature)
+    assert not verify_signature_v2("hook-key", "1700000001", key, seen.body, signature)
+    assert not verify_signature_v2("hook-key", timestamp, key, seen.body + b" ", signature)
+    assert not verify_signature_v2("hook-key", timestamp, "\udcff", seen.body, signature)
+    # v1 stays as it was: receivers verifying it keep working, and v1 is no v2.
+    v1 = seen.headers["x-tasklane-signature"]
+    assert verify_signature("hook-key", timestamp, seen.body, v1)
+    assert v1 != signature
+    assert not verify_signature_v2("hook-key", timestamp, key, seen.body, v1)
+
+
+def test_v2_signed_strings_split_one_way_only() -> None:
+    # Without the rules, ("1", "ab", b"c.d") and ("1", "ab.c", b"d") would sign one string.
+    with pytest.raises(ValueError, match="idempotency key"):
+        webhook_signature_v2("s", "1", "ab.c", b"d")
+    with pytest.raises(ValueError, match="timestamp"):
+        webhook_signature_v2("s", "1.ab", "c", b"d")
+    assert not verify_signature_v2(
+        "s", "1", "ab.c", b"d", webhook_signature_v2("s", "1", "ab", b"c.d")
+    )
+    assert webhook_signature_v2("s", "1", KEY, b"{}") == webhook_signature_v2("s", "1", KEY, b"{}")
+
+
+@pytest.mark.parametrize(
+    ("channel", "path", "secret"),
+    [
+        ("dingtalk", "/robot/send?access_token=t", "SEC"),
+        ("slack", "/services/T0/B0/x", None),
+        ("webhook", "/events", None),
+        ("webhook", "/events", "hook-key"),
+    ],
+)
+def test_every_channel_carries_the_idempotency_key(
+    server: WebhookSink, client: httpx.Client, channel: str, path: str, secret: str | None
+) -> None:
+    send(client, im(channel, f"{server.url}{path}"), secret=secret)
+    send(client, im(channel, f"{server.url}{path}"), secret=secret, now=NOW + 30)
+
+    first, retried = server.requests
+    assert first.headers["idempotency-key"] == retried.headers["idempotency-key"] == KEY
+
+
+@pytest.mark.parametrize("key", ["", "has.dot", "line\r\nbreak", "spa ce", "ü", "x" * 256])
+def test_an_idempotency_key_that_is_no_dotless_token_is_refused(key: str) -> None:
+    with pytest.raises(ValueError, match="idempotency key"):
+        build_request(
+            im("webhook", "https://hooks.example.com/e"), "s", now=NOW, idempotency_key=key
+        )
+
+
 def test_generic_webhook_without_secret_is_unsigned(
     server: WebhookSink, client: httpx.Client
 ) -> None:
@@ -175,7 +250,9 @@ def test_generic_webhook_without_secret_is_unsigned(
 
     [seen] = server.requests
     assert "x-tasklane-signature" not in seen.headers
+    assert "x-tasklane-signature-v2" not in seen.headers
     assert "x-tasklane-timestamp" not in seen.headers
+    assert seen.headers["idempotency-key"] == KEY
     assert json.loads(seen.body)["title"] is None
 
 

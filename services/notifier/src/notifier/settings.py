@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from notifier.identity import message_id_domain
 from tasklane.net.guard import NetGuardPolicy
 from tasklane.settings import checked_by
 
@@ -26,6 +27,14 @@ class NotifierSettings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_timeout: float = Field(default=10.0, gt=0)
     default_sender: str = "tasklane@localhost"
+    message_id_domain: str | None = Field(
+        default=None,
+        validate_default=True,
+        description=(
+            "Domain of every Message-ID (<sha256 of the delivery key>@<domain>); the domain of "
+            "default_sender when unset."
+        ),
+    )
     templates_dir: Path = DEFAULT_TEMPLATES
     webhook_timeout: float = Field(default=10.0, gt=0)
     webhook_allow: Annotated[str, checked_by(NetGuardPolicy.from_setting)] = Field(
@@ -45,4 +54,14 @@ class NotifierSettings(BaseSettings):
     def _existing_directory(cls, value: Path) -> Path:
         if not value.is_dir():
             raise ValueError(f"{value} is not a directory")
+        return value
+
+    @field_validator("message_id_domain")
+    @classmethod
+    def _usable_message_id_domain(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Checked (unset too) so that a worker whose Message-IDs would be malformed does not start;
+        # the error names this variable, the one to set when the sender's domain does not fit.
+        sender = info.data.get("default_sender")
+        if sender is not None:
+            message_id_domain(value, sender)
         return value

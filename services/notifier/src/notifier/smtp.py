@@ -8,7 +8,7 @@ import ssl
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate
 from typing import Literal
 
 from opentelemetry import trace
@@ -63,9 +63,13 @@ class SmtpOutcome:
 
 
 def build_message(
-    payload: EmailPayload, *, sender: str, text: str | None, html: str | None, domain: str
+    payload: EmailPayload, *, sender: str, text: str | None, html: str | None, message_id: str
 ) -> EmailMessage:
-    """Build the MIME message for ``payload``; Bcc recipients stay out of the headers."""
+    """Build the MIME message for ``payload``; Bcc recipients stay out of the headers.
+
+    ``message_id`` is the same for every copy of one delivery (:mod:`notifier.identity`), so that
+    a receiver recognises a duplicate from the at-least-once window.
+    """
     if text is None and html is None:
         raise PermanentError("email has neither a text nor an HTML body")
     extra = _checked_headers(payload.headers)
@@ -79,7 +83,7 @@ def build_message(
             message["Reply-To"] = payload.reply_to
         message["Subject"] = payload.subject
         message["Date"] = formatdate(localtime=False, usegmt=True)
-        message["Message-ID"] = make_msgid(domain=domain)
+        message["Message-ID"] = message_id
         message["MIME-Version"] = "1.0"
         for name, value in extra.items():
             message[name] = value

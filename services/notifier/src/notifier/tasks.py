@@ -3,17 +3,25 @@
 Both tasks retry on transient errors (connection problems, timeouts, SMTP 4xx, HTTP 5xx and 429
 with ``Retry-After`` honoured) with exponential backoff and jitter, up to the contract's limit;
 anything else is dead-lettered at once. Both deliver at most once per ``idempotency_key``.
+
+Delivery is still at least once in one window (the server took the message, the worker died before
+the idempotency record was written), so every copy of one delivery carries the same identity for
+the receiver: the email's ``Message-ID``, the webhook's signed ``Idempotency-Key``. It is derived
+(:mod:`notifier.identity`) from the key the idempotency store uses, the contract's
+``idempotency_value`` (the payload's ``idempotency_key`` unless missing or empty), else from the
+task id, which retries, redeliveries and DLQ replays keep.
 """
 
 from __future__ import annotations
 
 import time
-from email.utils import parseaddr
 from functools import cache
+from typing import Any
 
 import httpx
+from celery import current_task
 
-from notifier import observe, smtp, webhooks
+from notifier import identity, observe, smtp, webhooks
 from notifier.app import app
 from notifier.settings import NotifierSettings
 from notifier.templates import TemplateRenderer
@@ -24,6 +32,7 @@ from tasklane.contracts import (
     EmailResult,
     IMPayload,
     IMResult,
+    TaskContract,
 )
 from tasklane.errors import PermanentError
 from tasklane.net.guard import NetGuardPolicy, guarded_client
@@ -34,6 +43,9 @@ settings = app.settings
 notifier_settings = load(NotifierSettings)
 renderer = TemplateRenderer(notifier_settings.templates_dir)
 webhook_policy = NetGuardPolicy.from_setting(notifier_settings.webhook_allow)
+message_id_domain = identity.message_id_domain(
+    notifier_settings.message_id_domain, notifier_settings.default_sender
+)
 
 
 @cache
@@ -42,6 +54,17 @@ def _http() -> httpx.Client:
     # upstream payloads: the guard refuses internal addresses (SSRF) and redirects are not followed.
     return guarded_client(
         webhook_policy, timeout=notifier_settings.webhook_timeout, follow_redirects=False
+    )
+
+
+def _delivery_key(contract: TaskContract[Any, Any], payload: EmailPayload | IMPayload) -> str:
+    # The idempotency store's own value for this payload, so that the identity and the
+    # deduplication agree on what "the same delivery" is.
+    return identity.delivery_key(
+        namespace=settings.namespace,
+        task=contract.name,
+        idempotency_key=contract.idempotency_value(payload.model_dump()),
+        task_id=current_task.request.id,
     )
 
 
@@ -64,8 +87,10 @@ def send_email(payload: EmailPayload) -> EmailResult:
     else:
         text, html = payload.text, payload.html
     sender = payload.sender or config.default_sender
-    domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
-    message = smtp.build_message(payload, sender=sender, text=text, html=html, domain=domain)
+    message_id = identity.message_id(_delivery_key(SEND_EMAIL, payload), message_id_domain)
+    message = smtp.build_message(
+        payload, sender=sender, text=text, html=html, message_id=message_id
+    )
     with observe.delivery("email"):
         outcome = smtp.send(
             smtp.SmtpConfig(
@@ -87,7 +112,12 @@ def send_email(payload: EmailPayload) -> EmailResult:
 @app.implement(SEND_IM)
 def send_im(payload: IMPayload) -> IMResult:
     """Post one IM webhook. Retries 5xx, 429 and timeouts; at most once per idempotency key."""
-    request = webhooks.build_request(payload, _secret(payload.secret_ref), now=time.time())
+    request = webhooks.build_request(
+        payload,
+        _secret(payload.secret_ref),
+        now=time.time(),
+        idempotency_key=_delivery_key(SEND_IM, payload),
+    )
     with observe.delivery(payload.channel):
         outcome = webhooks.post(_http(), request)
     return IMResult(

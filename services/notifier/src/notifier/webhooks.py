@@ -1,4 +1,14 @@
-"""Instant messages over webhooks: DingTalk robots, Slack incoming webhooks, generic JSON."""
+"""Instant messages over webhooks: DingTalk robots, Slack incoming webhooks, generic JSON.
+
+Every request carries ``Idempotency-Key``, the same for every copy of one delivery. A generic
+webhook with a secret is signed twice, over the exact bytes sent:
+
+- ``X-Tasklane-Timestamp``: Unix seconds when the request was built (new on every attempt);
+- ``X-Tasklane-Signature`` (v1): ``sha256=`` + hex HMAC-SHA256(secret, ``<ts>.<body>``),
+  unchanged, so that receivers verifying it keep working; it does not cover the key;
+- ``X-Tasklane-Signature-V2``: ``sha256=`` + hex HMAC-SHA256(secret, ``v2.<ts>.<key>.<body>``),
+  which lets a receiver trust ``Idempotency-Key`` (:func:`verify_signature_v2`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -17,6 +28,8 @@ from tasklane.errors import PermanentError, TransientError
 from tasklane.net.retry_after import retry_after_seconds
 
 _EXCERPT = 500
+# RFC 9110 token characters except the dot, which separates the parts of the v2 signed string.
+_IDEMPOTENCY_KEY = re.compile(r"[!#$%&'*+\-^_`|~0-9A-Za-z]{1,255}")
 # DingTalk's "sending too fast" error: the robot is throttled for a while, retrying later works.
 _DINGTALK_THROTTLED = 130101
 
@@ -50,21 +63,70 @@ def dingtalk_signature(secret: str, timestamp_ms: int) -> str:
 
 
 def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
-    """Generic webhook signature header value: ``sha256=<hex HMAC(secret, "<ts>.<body>")>``."""
+    """``X-Tasklane-Signature`` (v1): ``sha256=<hex HMAC-SHA256(secret, "<ts>.<body>")>``.
+
+    Does not cover ``Idempotency-Key``; kept unchanged for receivers that verify it.
+    """
     mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
     return f"sha256={mac.hexdigest()}"
 
 
 def verify_signature(secret: str, timestamp: str, body: bytes, header: str) -> bool:
-    """Check an ``X-Tasklane-Signature`` header against the raw body and timestamp header."""
+    """Check an ``X-Tasklane-Signature`` (v1) header against the raw body and timestamp header."""
     expected = webhook_signature(secret, timestamp, body)
     return hmac.compare_digest(expected.encode(), header.encode("utf-8", "surrogateescape"))
 
 
-def build_request(payload: IMPayload, secret: str | None, *, now: float) -> WebhookRequest:
-    """Build the request for ``payload``, signed with ``secret`` when given (Slack ignores it)."""
+def webhook_signature_v2(secret: str, timestamp: str, idempotency_key: str, body: bytes) -> str:
+    """``X-Tasklane-Signature-V2``: ``sha256=<hex HMAC-SHA256(secret, "v2.<ts>.<key>.<body>")>``.
+
+    ``key`` is the ``Idempotency-Key`` header as sent. The timestamp (digits) and the key (a token
+    without dots) cannot hold the separator, so the signed string splits one way only; its ``v2.``
+    start sets it apart from every v1 string, which starts with a digit.
+
+    Raises:
+        ValueError: the timestamp is not digits, or the key is not a dotless token.
+    """
+    if not timestamp.isascii() or not timestamp.isdigit():
+        raise ValueError(f"timestamp {timestamp!r} is not Unix seconds")
+    _check_idempotency_key(idempotency_key)
+    signed = b"v2." + timestamp.encode() + b"." + idempotency_key.encode() + b"." + body
+    mac = hmac.new(secret.encode(), signed, hashlib.sha256)
+    return f"sha256={mac.hexdigest()}"
+
+
+def verify_signature_v2(
+    secret: str, timestamp: str, idempotency_key: str, body: bytes, header: str
+) -> bool:
+    """Check an ``X-Tasklane-Signature-V2`` header; the ``Idempotency-Key`` is trusted only then.
+
+    Pass the ``X-Tasklane-Timestamp`` and ``Idempotency-Key`` headers and the raw body as received.
+    Whether the timestamp is recent enough (replays) is the receiver's call.
+    """
+    try:
+        expected = webhook_signature_v2(secret, timestamp, idempotency_key, body)
+    except ValueError:  # headers the notifier never sends
+        return False
+    return hmac.compare_digest(expected.encode(), header.encode("utf-8", "surrogateescape"))
+
+
+def _check_idempotency_key(key: str) -> None:
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise ValueError(f"idempotency key {key!r} is not a header token without dots")
+
+
+def build_request(
+    payload: IMPayload, secret: str | None, *, now: float, idempotency_key: str
+) -> WebhookRequest:
+    """Build the request for ``payload``, signed with ``secret`` when given (Slack ignores it).
+
+    ``idempotency_key`` goes in the ``Idempotency-Key`` header of every channel; it is the same for
+    every copy of one delivery (:mod:`notifier.identity`). A signed generic webhook carries two
+    signatures: v1 over timestamp and body (unchanged), v2 over timestamp, key and body.
+    """
+    _check_idempotency_key(idempotency_key)
     params: dict[str, str] = {}
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
     body: dict[str, Any]
     if payload.channel == "dingtalk":
         if payload.title is None:
@@ -93,6 +155,9 @@ def build_request(payload: IMPayload, secret: str | None, *, now: float) -> Webh
             timestamp = str(int(now))
             headers["X-Tasklane-Timestamp"] = timestamp
             headers["X-Tasklane-Signature"] = webhook_signature(secret, timestamp, content)
+            headers["X-Tasklane-Signature-V2"] = webhook_signature_v2(
+                secret, timestamp, idempotency_key, content
+            )
     return WebhookRequest(
         channel=payload.channel,
         url=str(payload.url),
