@@ -1,7 +1,9 @@
 """Fetch one page through the SSRF guard with hard limits on size, time and redirects.
 
 Plain domain code: no Celery here. Failures are :class:`~tasklane.errors.TransientError` or
-:class:`~tasklane.errors.PermanentError`; redirects and content-encoding are handled here.
+:class:`~tasklane.errors.PermanentError`; redirects and content-encoding are handled here, and
+every request of a fetch (the first and each redirect hop) is admitted by the caller's
+:data:`Admit` first: robots.txt and the per-host turn (see :mod:`scraper.page`).
 Design: docs/scraper.md#redirects-and-compression.
 """
 
@@ -10,9 +12,11 @@ from __future__ import annotations
 import re
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import TypeAlias
 
 import httpx
 
@@ -54,6 +58,11 @@ _MANAGED_HEADERS = frozenset(
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE_CHAR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_BODY_STATUSES = frozenset({204, 205, 304})
+
+Admit: TypeAlias = Callable[[str, float], AbstractContextManager[object]]
+"""``(url, max_wait) -> context`` around one request of a fetch: entering it may wait up to
+``max_wait`` seconds (for the host's turn) or raise to refuse ``url`` (robots.txt); the request
+is sent, and its response read and closed, inside it."""
 
 
 class PageTooLargeError(PermanentError):
@@ -98,9 +107,9 @@ class FetchLimits:
             means ``4 * max_bytes``, at most 64 MiB but never below ``max_bytes``.
         connect_timeout: seconds to connect (and to wait for a pooled connection).
         read_timeout: seconds of silence allowed while reading (and writing).
-        total_timeout: seconds for the whole fetch, redirects and body included; checked
-            between hops and after every chunk read, so the worst case is this plus one
-            ``read_timeout``.
+        total_timeout: seconds for the whole fetch from its first request on: redirect hops,
+            waiting for their turns and the body included; checked between hops and after every
+            chunk read, so the worst case is this plus one ``read_timeout``.
         max_redirects: redirect hops followed before giving up.
         accepted_types: media types (lower case, no parameters) whose bodies are read.
     """
@@ -134,7 +143,7 @@ class FetchedPage:
     encoding: str | None
     body: bytes
     wire_bytes: int
-    elapsed_ms: float
+    elapsed_ms: float  # the requests' time, waits for redirect hops' turns left out
     retry_after: float | None
     redirects: int
 
@@ -161,6 +170,8 @@ def fetch(
     headers: Mapping[str, str],
     limits: FetchLimits,
     user_agent: str,
+    admit: Admit | None = None,
+    max_wait: float = 0.0,
 ) -> FetchedPage:
     """GET ``url`` with ``client`` (from :func:`make_client`) within ``limits``.
 
@@ -168,6 +179,14 @@ def fetch(
     (``Host``, ``Content-Length``, hop-by-hop headers, ``Accept-Encoding`` and
     ``User-Agent``, which is always ``user_agent``): those are dropped silently, since a
     payload copied from a browser commonly carries some of them and they are harmless to ignore.
+
+    Args:
+        admit: entered before every request, the first and each redirect hop alike, with the
+            URL about to be requested; whatever it raises ends the fetch as it is. None admits
+            everything at once.
+        max_wait: seconds ``admit`` may wait before the first request. A hop may wait what is
+            left of ``total_timeout``, which starts with the first request: a fetch that has
+            begun ends in time however long its hops' turns take.
 
     Returns:
         The final response (2xx, 3xx without ``Location``, 4xx): a 404 is data, not an error.
@@ -181,8 +200,8 @@ def fetch(
         UnsafeURLError: the guard refused the URL or a redirect target.
         PermanentError: invalid URL or header, undecodable or unsupported content-encoding.
     """
-    started = time.monotonic()
-    deadline = started + limits.total_timeout
+    enter = admit or _admit_all
+    started = deadline = waited = 0.0
     try:
         request = client.build_request(
             "GET",
@@ -195,29 +214,37 @@ def fetch(
     redirects = 0
     try:
         while True:
-            response = client.send(request, stream=True, follow_redirects=False)
-            try:
-                next_request = response.next_request
-                if next_request is None:
-                    body = _read_final(response, limits, deadline)
-                    return FetchedPage(
-                        url=url,
-                        final_url=str(response.url),
-                        status=response.status_code,
-                        content_type=_media_type(response.headers.get("Content-Type")),
-                        encoding=response.charset_encoding,
-                        body=body,
-                        wire_bytes=response.num_bytes_downloaded,
-                        elapsed_ms=(time.monotonic() - started) * 1000,
-                        retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-                        redirects=redirects,
-                    )
-            finally:
-                response.close()  # unread bodies close the connection instead of draining it
+            asked = time.monotonic()
+            with enter(str(request.url), _remaining(deadline) if redirects else max_wait):
+                admitted = time.monotonic()
+                if redirects:
+                    waited += admitted - asked
+                    timeout = _timeout(limits, _remaining(deadline))
+                    request.extensions["timeout"] = timeout.as_dict()
+                else:  # the clock starts with the first request, not while it waited its turn
+                    started, deadline = admitted, admitted + limits.total_timeout
+                response = client.send(request, stream=True, follow_redirects=False)
+                try:
+                    next_request = response.next_request
+                    if next_request is None:
+                        body = _read_final(response, limits, deadline)
+                        return FetchedPage(
+                            url=url,
+                            final_url=str(response.url),
+                            status=response.status_code,
+                            content_type=_media_type(response.headers.get("Content-Type")),
+                            encoding=response.charset_encoding,
+                            body=body,
+                            wire_bytes=response.num_bytes_downloaded,
+                            elapsed_ms=(time.monotonic() - started - waited) * 1000,
+                            retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+                            redirects=redirects,
+                        )
+                finally:
+                    response.close()  # unread bodies close the connection instead of draining
             if redirects >= limits.max_redirects:
                 raise TooManyRedirectsError(f"more than {limits.max_redirects} redirects")
             redirects += 1
-            next_request.extensions["timeout"] = _timeout(limits, _remaining(deadline)).as_dict()
             request = next_request
     except httpx.TimeoutException as exc:
         raise TransientError(f"timed out: {type(exc).__name__}: {exc}") from exc
@@ -225,6 +252,10 @@ def fetch(
         raise TransientError(f"connection failed: {type(exc).__name__}: {exc}") from exc
     except httpx.InvalidURL as exc:
         raise PermanentError(f"invalid redirect URL: {exc}") from None
+
+
+def _admit_all(url: str, max_wait: float) -> AbstractContextManager[object]:
+    return nullcontext()
 
 
 def _request_headers(headers: Mapping[str, str], user_agent: str) -> dict[str, str]:

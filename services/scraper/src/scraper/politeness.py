@@ -6,6 +6,9 @@ crashed worker frees itself) and the earliest time the next request may start. O
 checks both and, when both allow, records the lease and moves the next start forward, so no two
 workers can slip through between a check and its update. Waiters poll; there is no queue, so
 there is no fairness among them.
+
+Every request to a host takes a turn (:meth:`DomainGate.turn`): robots.txt and each redirect
+hop as much as a page. Design: docs/scraper.md#politeness-redirects-and-robotstxt.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Self
+from urllib.parse import urlsplit
 
 import redis
 
@@ -70,6 +76,12 @@ redis.call('SET', KEYS[1], target, 'PX', ARGV[1])
 return 1
 """
 )
+
+
+def host_key(url: str) -> str:
+    """The host whose turns a request to ``url`` takes: its host name, whatever the scheme and
+    port (``http://h`` and ``https://h:8443`` share one), lower case, IDNA as sent (punycode)."""
+    return (urlsplit(url).hostname or "").rstrip(".")
 
 
 class Lease:
@@ -143,7 +155,7 @@ class DomainGate:
                 when to try again.
         """
         leases, next_start = self._keys(host)
-        delay = math.ceil(max(self._min_delay, min_delay or 0.0) * 1000)  # never shorter
+        delay = math.ceil(self._delay(min_delay) * 1000)
         lease_id = uuid.uuid4().hex
         args: list[str | int] = [lease_id, self._lease_ms, self._max_concurrency, delay]
         deadline = time.monotonic() + max_wait
@@ -163,6 +175,30 @@ class DomainGate:
                 )
             time.sleep(sleep)
 
+    @contextmanager
+    def turn(
+        self, host: str, *, max_wait: float, min_delay: float | None = None
+    ) -> Iterator[Lease]:
+        """One request's turn at ``host``: :meth:`acquire`, make the request inside, and on the
+        way out keep every worker from starting the next request for the delay, then release.
+
+        The delay is thus counted from this request's end as well as from its start: requests
+        reach the host at least the delay apart whatever happens between a slot being granted
+        and the request arriving (a slow connect, a thread descheduled), and a slow response
+        is not followed by the next request at once (Crawl-delay read as the pause between
+        one response and the next request, as some search engines document it).
+
+        Args and Raises: as :meth:`acquire`.
+        """
+        lease = self.acquire(host, max_wait=max_wait, min_delay=min_delay)
+        try:
+            yield lease
+        finally:
+            try:
+                self.defer(host, self._delay(min_delay))
+            finally:
+                lease.release()
+
     def defer(self, host: str, seconds: float) -> None:
         """Let no worker start a request to ``host`` for ``seconds`` (429/503 Retry-After).
 
@@ -170,6 +206,9 @@ class DomainGate:
         """
         if seconds > 0:
             self._defer(keys=[self._keys(host)[1]], args=[math.ceil(seconds * 1000)])
+
+    def _delay(self, min_delay: float | None) -> float:
+        return max(self._min_delay, min_delay or 0.0)  # a per-call delay never shortens ours
 
     def _keys(self, host: str) -> tuple[str, str]:
         name = host.strip().lower().rstrip(".")

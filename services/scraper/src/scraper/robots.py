@@ -1,8 +1,9 @@
 """robots.txt rules (RFC 9309), fetched once per origin and shared by every worker through Redis.
 
 A refused URL is :class:`RobotsDisallowedError` from :meth:`RobotsCache.check`; an unreachable
-robots.txt disallows everything for :data:`UNREACHABLE_TTL`.
-Design: docs/scraper.md#reading-robotstxt.
+robots.txt disallows everything for :data:`UNREACHABLE_TTL`. Given the per-host gate, fetching
+robots.txt takes its host's turn like any other request, and its Crawl-delay holds the host
+from then on. Design: docs/scraper.md#reading-robotstxt.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import threading
 import time
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ import httpx
 import redis
 from protego import Protego
 
+from scraper.politeness import DomainGate, Lease, host_key
 from tasklane.errors import PermanentError
 
 UNREACHABLE_TTL = 60
@@ -30,8 +33,8 @@ _ALLOW_ALL, _DISALLOW_ALL, _RULES = "allow", "disallow", "rules"
 # The product token leads the User-Agent header ("TasklaneBot/1.0 (+https://...)"); matching
 # the whole header would let a group named after any word in it (such as "https") apply.
 _PRODUCT_TOKEN = re.compile(r"[A-Za-z_-]+")
-# Bounds one fetch (a server trickling bytes defeats per-read timeouts) and, as the lock's
-# lifetime, how long other workers wait for it before fetching themselves.
+# Bounds one fetch (a server trickling bytes defeats per-read timeouts) and, with the wait for
+# the host's turn, the lock's lifetime: how long other workers wait before fetching themselves.
 _FETCH_SECONDS = 30.0
 _POLL_SECONDS = 0.05
 _LOCAL_ENTRIES = 256  # parsed rule sets kept per process; robots.txt may be up to max_bytes
@@ -74,6 +77,11 @@ class RobotsCache:
         prefix: prepended to every Redis key.
         ttl: seconds a fetched robots.txt is reused.
         max_bytes: robots.txt beyond this size is cut (RFC 9309 asks for at least 500 KiB).
+        gate: when given, each robots.txt request (each redirect hop of it too) takes its
+            host's turn, and a Crawl-delay read holds the host for that long after the answer.
+
+    The methods taking ``max_wait`` may have to fetch robots.txt: with a gate they wait up to
+    that long for the host's turn, and raise ``TransientError`` (host busy) beyond it.
     """
 
     def __init__(
@@ -85,6 +93,7 @@ class RobotsCache:
         prefix: str = "",
         ttl: int = 3600,
         max_bytes: int = 512 * 1024,
+        gate: DomainGate | None = None,
     ) -> None:
         token = _PRODUCT_TOKEN.match(user_agent.strip())
         if token is None:
@@ -98,30 +107,32 @@ class RobotsCache:
         self._prefix = f"{prefix}scraper:robots:"
         self._ttl = ttl
         self._max_bytes = max_bytes
+        self._gate = gate
         self._unlock = client.register_script(_UNLOCK)
         self._local: dict[str, tuple[float, _Rules]] = {}  # origin -> (monotonic deadline, rules)
         self._lock = threading.Lock()
 
-    def allowed(self, url: str) -> bool:
+    def allowed(self, url: str, *, max_wait: float = 0.0) -> bool:
         """Whether robots.txt of ``url``'s origin lets our user agent fetch it.
 
         Raises:
             PermanentError: ``url`` is not an absolute http(s) URL; ``UnsafeURLError`` from the
                 guarded client when the origin may not be contacted at all.
+            TransientError: robots.txt must be fetched and its host's turn did not come within
+                ``max_wait`` seconds.
         """
-        rules = self._rules(url)
+        rules = self._rules(url, max_wait)
         if rules.parser is None:
             return rules.outcome == _ALLOW_ALL
         return rules.parser.can_fetch(url, self._token)
 
-    def crawl_delay(self, url: str) -> float | None:
+    def crawl_delay(self, url: str, *, max_wait: float = 0.0) -> float | None:
         """The Crawl-delay (seconds) robots.txt of ``url``'s origin asks of us, if any."""
-        rules = self._rules(url)
-        return None if rules.parser is None else rules.parser.crawl_delay(self._token)
+        return _crawl_delay(self._rules(url, max_wait), self._token)
 
-    def check(self, url: str) -> None:
+    def check(self, url: str, *, max_wait: float = 0.0) -> None:
         """Raise :class:`RobotsDisallowedError` unless :meth:`allowed`."""
-        if not self.allowed(url):
+        if not self.allowed(url, max_wait=max_wait):
             raise RobotsDisallowedError(url, self._user_agent)
 
     def key(self, url: str) -> str:
@@ -131,14 +142,14 @@ class RobotsCache:
     def _key(self, origin: str) -> str:
         return self._prefix + hashlib.sha256(origin.encode()).hexdigest()
 
-    def _rules(self, url: str) -> _Rules:
+    def _rules(self, url: str, max_wait: float) -> _Rules:
         origin = _origin(url)
         now = time.monotonic()
         with self._lock:
             cached = self._local.get(origin)
         if cached is not None and cached[0] > now:
             return cached[1]
-        rules, ttl = self._load(origin)
+        rules, ttl = self._load(origin, max_wait)
         with self._lock:
             self._local.pop(origin, None)
             if len(self._local) >= _LOCAL_ENTRIES:
@@ -146,23 +157,24 @@ class RobotsCache:
             self._local[origin] = (now + ttl, rules)
         return rules
 
-    def _load(self, origin: str) -> tuple[_Rules, float]:
+    def _load(self, origin: str, max_wait: float) -> tuple[_Rules, float]:
         """Rules and their remaining lifetime: from Redis, else fetched by one worker."""
         key = self._key(origin)
         lock = f"{key}:fetching"
         token = uuid.uuid4().hex
+        lifetime = int((_FETCH_SECONDS + max_wait) * 1000)
         while True:
             stored = self._read(key)
             if stored is not None:
                 return stored
             # One worker fetches; the others poll for its result. If it dies, its lock expires.
-            if self._redis.set(lock, token, nx=True, px=int(_FETCH_SECONDS * 1000)):
+            if self._redis.set(lock, token, nx=True, px=lifetime):
                 try:
-                    record, ttl = self._fetch(origin)
+                    record, ttl, rules = self._fetch(origin, max_wait)
                     self._redis.set(key, json.dumps(record), ex=ttl)
                 finally:
                     self._unlock(keys=[lock], args=[token])
-                return _parse(record), ttl
+                return rules, ttl
             time.sleep(_POLL_SECONDS)
 
     def _read(self, key: str) -> tuple[_Rules, float] | None:
@@ -175,29 +187,62 @@ class RobotsCache:
         # A negative PTTL means the key expired between the two commands: use it this once.
         return _parse(json.loads(raw)), max(pttl, 0) / 1000
 
-    def _fetch(self, origin: str) -> tuple[dict[str, Any], int]:
-        """Fetch robots.txt; return the record to store and its TTL.
+    def _fetch(self, origin: str, max_wait: float) -> tuple[dict[str, Any], int, _Rules]:
+        """Fetch robots.txt; return the record to store, its TTL and the rules it holds.
 
         ``status`` is stored only for people reading Redis: it tells why a host is refused.
         """
         unreachable = min(self._ttl, UNREACHABLE_TTL)
-        started = time.monotonic()
         try:
-            with self._http.stream(
-                "GET", f"{origin}/robots.txt", headers={"User-Agent": self._user_agent}
-            ) as response:
-                status = response.status_code
-                if 200 <= status < 300:
-                    text = self._read_capped(response, started)
-                    return {"outcome": _RULES, "status": status, "text": text}, self._ttl
-        except httpx.TooManyRedirects:
-            return {"outcome": _ALLOW_ALL, "status": None, "text": ""}, self._ttl
+            answer = self._get(origin, time.monotonic() + max_wait)
         except (httpx.HTTPError, TimeoutError):
-            return {"outcome": _DISALLOW_ALL, "status": None, "text": ""}, unreachable
+            return _record(_DISALLOW_ALL, None), unreachable, _Rules(_DISALLOW_ALL)
+        if answer is None:  # too many redirects
+            return _record(_ALLOW_ALL, None), self._ttl, _Rules(_ALLOW_ALL)
+        status, text, rules = answer
+        if rules is not None:
+            return _record(_RULES, status, text), self._ttl, rules
         # 429 is a 4xx but asks us to slow down, so it is treated like 5xx (as Google does).
         if status >= 500 or status == 429:
-            return {"outcome": _DISALLOW_ALL, "status": status, "text": ""}, unreachable
-        return {"outcome": _ALLOW_ALL, "status": status, "text": ""}, self._ttl
+            return _record(_DISALLOW_ALL, status), unreachable, _Rules(_DISALLOW_ALL)
+        return _record(_ALLOW_ALL, status), self._ttl, _Rules(_ALLOW_ALL)
+
+    def _get(self, origin: str, wait_until: float) -> tuple[int, str, _Rules | None] | None:
+        """GET robots.txt of ``origin`` hop by hop, each request in its host's turn.
+
+        Returns:
+            The final status, and for a 2xx the text and its rules, whose Crawl-delay then holds
+            ``origin``'s host (before the turn ends, so no request slips in meanwhile); None
+            after more redirects than the client's ``max_redirects``.
+        """
+        request = self._http.build_request(
+            "GET", f"{origin}/robots.txt", headers={"User-Agent": self._user_agent}
+        )
+        for _ in range(self._http.max_redirects + 1):
+            with self._turn(str(request.url), wait_until):
+                started = time.monotonic()
+                response = self._http.send(request, stream=True, follow_redirects=False)
+                try:
+                    next_request = response.next_request
+                    if next_request is None:
+                        status = response.status_code
+                        if not 200 <= status < 300:
+                            return status, "", None
+                        text = self._read_capped(response, started)
+                        rules = _Rules(_RULES, Protego.parse(text))
+                        delay = _crawl_delay(rules, self._token)
+                        if self._gate is not None and delay:
+                            self._gate.defer(host_key(origin), delay)
+                        return status, text, rules
+                finally:
+                    response.close()
+            request = next_request
+        return None
+
+    def _turn(self, url: str, wait_until: float) -> AbstractContextManager[Lease | None]:
+        if self._gate is None:
+            return nullcontext()
+        return self._gate.turn(host_key(url), max_wait=max(0.0, wait_until - time.monotonic()))
 
     def _read_capped(self, response: httpx.Response, started: float) -> str:
         body = bytearray()
@@ -211,6 +256,14 @@ class RobotsCache:
             if time.monotonic() - started > _FETCH_SECONDS:
                 raise TimeoutError(f"robots.txt took over {_FETCH_SECONDS} s")
         return body.decode("utf-8-sig", errors="replace")  # RFC 9309: UTF-8, BOM ignored
+
+
+def _record(outcome: str, status: int | None, text: str = "") -> dict[str, Any]:
+    return {"outcome": outcome, "status": status, "text": text}
+
+
+def _crawl_delay(rules: _Rules, token: str) -> float | None:
+    return None if rules.parser is None else rules.parser.crawl_delay(token)
 
 
 def _parse(record: dict[str, Any]) -> _Rules:

@@ -89,19 +89,20 @@ def _http() -> httpx.Client:
 
 @cache
 def _fetcher() -> PageFetcher:
-    robots = RobotsCache(
-        _redis(),
-        _http(),
-        user_agent=scraper_settings.user_agent,
-        prefix=settings.namespace,
-        ttl=scraper_settings.robots_ttl,
-    )
     gate = DomainGate(
         _redis(),
         prefix=settings.namespace,
         min_delay=scraper_settings.min_delay,
         max_concurrency=scraper_settings.max_concurrency,
         lease_seconds=CRAWL_FETCH.time_limit,
+    )
+    robots = RobotsCache(
+        _redis(),
+        _http(),
+        user_agent=scraper_settings.user_agent,
+        prefix=settings.namespace,
+        ttl=scraper_settings.robots_ttl,
+        gate=gate,  # a robots.txt request takes its host's turn like any other
     )
     return PageFetcher(
         http=_http(),
