@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 from kombu.transport import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 #: Property set on an envelope that could not be read as sent; its value says why.
 ENVELOPE_PROBLEM = "x-tasklane-envelope-problem"
@@ -73,8 +74,34 @@ def _envelope_problem(raw: Any) -> str | None:
     return None
 
 
+class Channel(redis.Channel):
+    """A Redis channel whose acknowledgements fail as connection errors once it was closed.
+
+    A task that outlives its worker's lost broker connection is acknowledged on the old channel
+    when it ends. Kombu would raise an ``AttributeError`` there, which stops the whole worker; a
+    connection error is logged instead, and the message, still in Redis's unacknowledged set,
+    comes back after the visibility timeout (the task's idempotency record then answers it).
+    """
+
+    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        self._require_open()
+        super().basic_ack(delivery_tag, multiple=multiple)  # type: ignore[no-untyped-call]
+
+    def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        self._require_open()
+        super().basic_reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
+
+    def _require_open(self) -> None:
+        if self.connection is None:
+            raise RedisConnectionError(
+                "channel closed with its lost connection; the message stays unacknowledged"
+            )
+
+
 class Transport(redis.Transport):
     """The Redis transport whose deliveries pass :func:`complete_envelope` first."""
+
+    Channel = Channel
 
     def _deliver(self, message: Any, queue: str) -> None:
         super()._deliver(complete_envelope(message, queue), queue)  # type: ignore[no-untyped-call]

@@ -99,7 +99,11 @@ def celery_config(
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # RabbitMQ hands a lost connection's unacknowledged messages out again at once, so a task
+        # still running would run twice side by side: cancel it. Redis keeps them until the
+        # visibility timeout: let the task finish and record its idempotency key, so that the
+        # redelivery deduplicates instead of being cut off right after its side effect.
+        "worker_cancel_long_running_tasks_on_connection_loss": not settings.broker_is_redis,
         # SIGTERM stays Celery's warm shutdown; ShutdownDeadline bounds it and then starts the
         # cold shutdown, which must not wait again: Celery's own soft wait sleeps its full
         # timeout even after the tasks ended.

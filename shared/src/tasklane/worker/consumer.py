@@ -105,6 +105,20 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             known = task if task in self.app.tasks else "unknown"
             record_dead_letter(known, queue, reason)
 
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        """Redis: leave the running tasks' messages in Redis's unacknowledged set.
+
+        Kombu would put them back in their queues when it closes the lost connection, where
+        another worker could take them while they still run here; and it tries that on a
+        transport it has already collected, which raises and stops the whole worker. They come
+        back after the visibility timeout instead, when the tasks have finished.
+        """
+        if self.app.settings.broker_is_redis and self.connection is not None:
+            transport = self.connection._transport  # the live one only: never create one here
+            for channel in getattr(transport, "channels", ()):
+                channel.do_restore = False
+        super().on_connection_error_after_connected(exc)
+
     def create_task_handler(self, promise: Any = None) -> Callable[[Any], None]:
         """Check a protocol v2 body's shape before Celery's strategy sees it.
 
