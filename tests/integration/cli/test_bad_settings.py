@@ -55,6 +55,11 @@ ENTRY_POINTS = [
         id="tasklane-worker",
     ),
     pytest.param([TASKLANE, "beat"], {"TASKLANE_BEAT_MAX_INTERVAL": "0"}, id="tasklane-beat"),
+    pytest.param(
+        [TASKLANE, "beat", "--app", "tests.support.beat_hang_app"],
+        {"TASKLANE_BEAT_LOCK_TTL": "forever"},
+        id="tasklane-beat-own-app",
+    ),
     pytest.param([TASKLANE, "flower"], {"TASKLANE_FLOWER_PORT": "http"}, id="tasklane-flower"),
     pytest.param(
         [TASKLANE, "exporter"], {"TASKLANE_PREFETCH_MULTIPLIER": "0"}, id="tasklane-exporter"

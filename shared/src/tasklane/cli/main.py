@@ -605,7 +605,12 @@ def beat(
     ] = False,
 ) -> None:
     """Run Beat: one active scheduler (a Redis lock), any number in standby."""
-    load_settings().require_state()  # a clear error now rather than in celery's banner
+    from tasklane.beat.scheduler import BeatSettings
+    from tasklane.settings import load
+
+    # Clear errors now rather than in celery's banner, whichever app --app names.
+    load_settings().require_state()
+    load(BeatSettings)
     argv = [sys.executable, "-m", "celery", "-A", celery_app, "beat"]
     argv += ["--scheduler", "tasklane.beat.scheduler:TasklaneScheduler", "--loglevel", loglevel]
     argv += list(extra or [])
