@@ -31,15 +31,19 @@ def send_raw(
     *,
     task: str = "notifier.email.send",
     content_type: str = "application/json",
+    without_task_name: bool = False,
 ) -> str:
     """Publish bytes straight to a work queue, bypassing the publisher's validation."""
     task_id = str(uuid.uuid4())
+    headers = task_headers(task, task_id)
+    if without_task_name:
+        del headers["task"]
     with Connection(broker.broker_url) as conn:
         Producer(conn.default_channel).publish(
             body,
             exchange="",
             routing_key=f"{broker.namespace}{queue}",
-            headers=task_headers(task, task_id),
+            headers=headers,
             content_type=content_type,
             content_encoding="binary" if isinstance(body, bytes) else "utf-8",
             correlation_id=task_id,
@@ -69,6 +73,15 @@ def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason(
         "malformed-json": send_raw(broker, "notifier.email", b'[[], {"to": ['),
         "short-body": send_raw(broker, "notifier.email", json.dumps([[], EMAIL])),
         "object-body": send_raw(broker, "notifier.email", json.dumps(EMAIL)),
+        "yaml": send_raw(
+            broker,
+            "notifier.email",
+            "- []\n- {to: [a@example.com]}\n",
+            content_type="application/x-yaml",
+        ),  # fmt: skip
+        "no-task-name": send_raw(
+            broker, "notifier.email", encode_body(EMAIL), without_task_name=True
+        ),
         "unknown-channel": send_raw(
             broker,
             "notifier.im",
@@ -85,7 +98,7 @@ def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason(
         with pytest.raises(TaskFailedError, match="product"):
             missing_variable.get(timeout=20)
 
-        email = {x.task_id: x for x in wait_for_dead_letters(broker, "notifier.email", 9)}
+        email = {x.task_id: x for x in wait_for_dead_letters(broker, "notifier.email", 11)}
         im = {x.task_id: x for x in wait_for_dead_letters(broker, "notifier.im", 1)}
 
         expected = {
@@ -97,6 +110,8 @@ def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason(
             "malformed-json": ("undecodable", ""),
             "short-body": ("invalid-message", "[args, kwargs, embed]"),
             "object-body": ("invalid-message", "[args, kwargs, embed]"),
+            "yaml": ("undecodable", "application/x-yaml"),
+            "no-task-name": ("unknown-message", "not a Celery task message"),
         }
         for case, (reason, text) in expected.items():
             letter = email[ids[case]]
@@ -124,6 +139,8 @@ def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason(
             "malformed-json": "",
             "short-body": "[args, kwargs, embed]",
             "object-body": "[args, kwargs, embed]",
+            "yaml": "application/x-yaml",
+            "no-task-name": "not a Celery task message",
         }
         for case, text in refused.items():
             result = results.AsyncResult(ids[case])
