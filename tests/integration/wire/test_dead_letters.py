@@ -78,7 +78,7 @@ def test_every_kind_of_bad_message_is_dead_lettered_with_its_reason(
             "notifier.email",
             "- []\n- {to: [a@example.com]}\n",
             content_type="application/x-yaml",
-        ),  # fmt: skip
+        ),
         "no-task-name": send_raw(
             broker, "notifier.email", encode_body(EMAIL), without_task_name=True
         ),
