@@ -124,6 +124,23 @@ UNREADABLE = {
 }
 
 
+def test_a_list_item_that_is_not_json_is_dead_lettered_with_its_bytes(
+    redis_broker: BrokerEnv, client: redis.Redis, smtp_sink: SmtpSink, start_worker: Any
+) -> None:
+    worker: WorkerProcess = start_worker()
+    items = [b"hello, worker", b"\xff\xfe not utf-8", b'{"body": "cut off']
+    for item in items:
+        client.lpush(queue_name(SEND_EMAIL, redis_broker.namespace), item)
+    letters = wait_for_dead_letters(redis_broker, "notifier.email", len(items))
+    assert sorted(letter.body for letter in letters) == sorted(items)
+    assert {letter.error for letter in letters} == {"the Redis list item is not JSON"}
+    assert {letter.reason for letter in letters} == {"invalid-message"}
+    # The worker goes on.
+    push(client, redis_broker, envelope(str(uuid.uuid4())))
+    assert len(smtp_sink.wait_for(1, timeout=30)) == 1
+    assert worker.process.poll() is None
+
+
 def test_unreadable_envelopes_are_dead_lettered_with_the_problem_and_fail_their_task(
     redis_broker: BrokerEnv, client: redis.Redis, smtp_sink: SmtpSink, start_worker: Any
 ) -> None:

@@ -14,9 +14,12 @@ import base64
 import binascii
 import json
 import uuid
+from queue import Empty
 from typing import Any
 
 from kombu.transport import redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 #: Property set on an envelope that could not be read as sent; its value says why.
@@ -74,6 +77,23 @@ def _envelope_problem(raw: Any) -> str | None:
     return None
 
 
+def _parse_item(item: bytes) -> Any:
+    """The popped list item as JSON, or an unreadable envelope carrying its bytes."""
+    try:
+        return loads(bytes_to_str(item))  # as Kombu parses it (its JSON types included)
+    except ValueError:  # not UTF-8 or not JSON
+        return {
+            "body": base64.b64encode(item).decode(),
+            "content-type": "application/octet-stream",
+            "content-encoding": "binary",
+            "headers": {},
+            "properties": {
+                "body_encoding": "base64",
+                ENVELOPE_PROBLEM: "the Redis list item is not JSON",
+            },
+        }
+
+
 class Channel(redis.Channel):
     """A Redis channel whose acknowledgements fail as connection errors once it was closed.
 
@@ -82,6 +102,30 @@ class Channel(redis.Channel):
     connection error is logged instead, and the message, still in Redis's unacknowledged set,
     comes back after the visibility timeout (the task's idempotency record then answers it).
     """
+
+    def _brpop_read(self, **options: Any) -> bool:
+        """Kombu's BRPOP read, except that an item that is not JSON becomes a dead letter.
+
+        Kombu parses the popped item in the same statement that delivers it, so an item that is
+        not JSON would be gone before any hook sees it; this is that method with the parse
+        guarded (Kombu 5.7).
+        """
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()  # reconnect on the next read
+                raise
+            if not reply:
+                raise Empty()
+            dest, item = reply
+            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            self.connection._deliver(_parse_item(item), dest)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            self._flush_brpop_reauth()  # type: ignore[no-untyped-call]
 
     def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
         self._require_open()
