@@ -65,6 +65,7 @@ def test_a_running_task_survives_a_redis_restart_and_its_redelivery_deduplicates
                 result = handle.get(timeout=60)
                 assert result.accepted == ["ada@example.com"]
                 assert "Terminating it instead" not in worker.output()
+                assert "breaking change" not in worker.output()  # kept on purpose, said once
 
                 # The broker delivers the message again (here: pushed as Redis would restore it
                 # after the visibility timeout), and the worker, still running, answers it from

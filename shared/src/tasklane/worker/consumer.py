@@ -8,11 +8,12 @@ the queue it came from, with the reason, before acknowledging; the worker keeps 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps, signals
-from celery.exceptions import InvalidTaskError, NotRegistered
+from celery.exceptions import CPendingDeprecationWarning, InvalidTaskError, NotRegistered
 from celery.worker.consumer import Consumer
 from kombu.entity import Queue
 from kombu.exceptions import ContentDisallowed, DecodeError
@@ -117,7 +118,11 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             transport = self.connection._transport  # the live one only: never create one here
             for channel in getattr(transport, "channels", ()):
                 channel.do_restore = False
-        super().on_connection_error_after_connected(exc)
+        with warnings.catch_warnings():
+            # Redis workers keep running tasks on purpose (tasklane.worker.app): Celery's
+            # warning that its default will change would be logged at every outage.
+            warnings.simplefilter("ignore", CPendingDeprecationWarning)
+            super().on_connection_error_after_connected(exc)
 
     def create_task_handler(self, promise: Any = None) -> Callable[[Any], None]:
         """Check a protocol v2 body's shape before Celery's strategy sees it.
