@@ -8,10 +8,14 @@ files, oversize inputs, overlong videos) raise permanent errors: dead-lettered, 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
 import httpx
+from billiard.exceptions import SoftTimeLimitExceeded
+from celery import current_task
 
 from media import images, observe, video
 from media.app import app
@@ -193,6 +197,29 @@ def thumbnail_video(payload: VideoThumbnailPayload) -> VideoImageResult:
         )
 
 
+def _soft_limit_watch() -> Callable[[], bool]:
+    """A per-frame check that raises ``SoftTimeLimitExceeded`` once this task's soft limit passed.
+
+    The pool delivers the soft limit as a signal, timed from when its main process saw the job
+    start, and raised wherever Python code runs next (possibly inside a callback of PyAV's,
+    which may not pass it on). Once, on a loaded machine, a transcode with a 0.2 s soft limit ran
+    to the end; checking this process's own clock per frame makes the stop certain.
+    """
+    request = current_task.request if current_task else None
+    limits = getattr(request, "timelimit", None) or (None, None)
+    soft = limits[1] if len(limits) > 1 and limits[1] else TRANSCODE_VIDEO.soft_time_limit
+    if not soft:
+        return lambda: False
+    deadline = time.monotonic() + float(soft)
+
+    def passed() -> bool:
+        if time.monotonic() >= deadline:
+            raise SoftTimeLimitExceeded()
+        return False
+
+    return passed
+
+
 @app.implement(TRANSCODE_VIDEO)
 def transcode_video(payload: TranscodePayload) -> TranscodeResult:
     """H.264/AAC MP4 at a target height; stopped (temporary files removed) by the soft limit."""
@@ -206,6 +233,7 @@ def transcode_video(payload: TranscodePayload) -> TranscodeResult:
             video_bit_rate=payload.video_bit_rate,
             audio_bit_rate=payload.audio_bit_rate,
             limits=video_limits,
+            should_stop=_soft_limit_watch(),
         )
         key = output_key(TRANSCODE_VIDEO.name, source, _options(payload), ".mp4")
         uri = _store().put_file(key, target, content_type="video/mp4")
