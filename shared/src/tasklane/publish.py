@@ -53,7 +53,7 @@ ResultT = TypeVar("ResultT", bound=BaseModel)
 #: Pauses between publish attempts through an outage double from the first to the last: a publish
 #: waiting for the broker resumes within the last pause (plus a connect) of its return.
 _FIRST_RETRY_PAUSE = 0.05
-_LAST_RETRY_PAUSE = 0.5
+_LAST_RETRY_PAUSE = 0.25
 
 
 class ResultReader:

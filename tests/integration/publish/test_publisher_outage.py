@@ -166,7 +166,7 @@ def test_a_publish_during_an_outage_waits_for_the_broker_and_sends_once(
             eventually(broker.answers, timeout=10, message="the broker to answer again")
             retries_at_return = _retries(env)
             waiting.result(timeout=60)
-        # The pause between attempts is at most 0.5 s: at most the attempt that was under way
+        # The pause between attempts is at most 0.25 s: at most the attempt that was under way
         # when the broker came back fails, and the next one sends.
         assert _retries(env) - retries_at_return <= 1
     assert _queued(env, broker) == _kept(env) + 1
