@@ -69,6 +69,8 @@ bench: install ## Run the benchmarks in bench/ (prints ratios against their base
 	$(PY) bench/crawl.py
 	$(PY) bench/images.py
 	$(PY) bench/video.py
+	$(PY) bench/imports.py
+	$(PY) bench/publisher_recovery.py
 
 dashboards: install ## Regenerate the Grafana dashboards in deploy/grafana/dashboards from code
 	$(PY) deploy/grafana/generate.py
