@@ -6,8 +6,9 @@ killed; a TCP proxy in front of the local RabbitMQ cut), a ``publish`` waits thr
 again to that ``publish`` returning is the **recovery**. The baseline, measured right after in the
 same trial, is what an upstream that restarts would pay instead: a new Publisher's first publish
 to the answering broker (connect, declare, send). For Redis the return is taken when the restarted
-server first answered a ping, polled every 50 ms, so a recovery may read up to 50 ms short. Prints median and maximum of both and the ratio
-of the medians. Target: recovery under 1 s on both brokers.
+server first answered a ping, polled every 50 ms, so a recovery may read up to 50 ms short.
+Prints median and maximum of both and the ratio of the medians. Target: recovery under 1 s on
+both brokers.
 
     .venv/bin/python bench/publisher_recovery.py
 """
