@@ -26,9 +26,14 @@ from typer.testing import CliRunner, Result
 
 from tasklane.cli.main import app
 from tasklane.contracts import SEND_EMAIL
-from tasklane.wire.deadletter import DeadLetter, dead_letter_headers, send_to_dlq
+from tasklane.wire.deadletter import (
+    DeadLetter,
+    DeadLetterQueue,
+    dead_letter_headers,
+    send_to_dlq,
+)
 from tasklane.wire.protocol import encode_body, task_headers
-from tasklane.wire.routing import queue_name, work_queue
+from tasklane.wire.routing import dlq_name, queue_name, work_queue
 from tasklane_dev.sinks import SmtpSink
 from tests.support.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
 
@@ -296,3 +301,22 @@ def test_worker_dead_letters_and_cli_shows_what_it_refused(
         # Shown decoded under its own label, though the worker parsed it as UTF-8.
         assert view["body"][1]["subject"] == "Café"
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("label", ["latin-1", "utf-16", "cp1252"])
+def test_a_body_labelled_with_a_text_codec_is_read_back_byte_for_byte(
+    broker: BrokerEnv, label: str
+) -> None:
+    # py-amqp decodes such a body to text before Kombu sees it; the bytes must survive anyway.
+    body = '[[], {"text": "café €"}, {}]'.encode(label, errors="replace")
+    task_id = write_dead_letter(broker, Odd(label, body, "application/json", label))
+    name = dlq_name(queue_name(SEND_EMAIL, broker.namespace))
+    with Connection(broker.broker_url) as connection:
+        dlq = DeadLetterQueue(connection, name, broker.namespace)
+        [peeked] = [letter for letter in dlq.peek() if letter.task_id == task_id]
+        assert peeked.body == body
+        drained = []
+        for letter, message in dlq.drain(limit=1):
+            drained.append(letter.body)
+            message.ack()
+        assert drained == [body]

@@ -7,6 +7,7 @@ import codecs
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -237,6 +238,19 @@ def _x_death(headers: dict[str, Any]) -> str:
     return ""
 
 
+@contextmanager
+def _raw_channel(connection: Connection) -> Iterator[Any]:
+    """A channel that hands out bodies as the bytes that were sent.
+
+    py-amqp decodes a body whose ``content-encoding`` names a Python text codec (``latin-1``)
+    into text first; read back as UTF-8, those would not be the bytes that were sent.
+    """
+    with connection.channel() as channel:
+        if hasattr(channel, "auto_decode"):
+            channel.auto_decode = False
+        yield channel
+
+
 class DeadLetterQueue:
     """Operations on one DLQ over a Kombu connection."""
 
@@ -254,7 +268,7 @@ class DeadLetterQueue:
 
     def peek(self, limit: int = 100) -> list[DeadLetter]:
         """Up to ``limit`` dead letters, oldest first, left in the queue."""
-        with self.connection.channel() as channel:
+        with _raw_channel(self.connection) as channel:
             if self.connection.transport.driver_type == "redis":
                 # Kombu pushes on the left and consumes from the right: the right end is oldest.
                 raw = channel.client.lrange(self.name, -limit, -1)
@@ -275,7 +289,7 @@ class DeadLetterQueue:
 
     def drain(self, limit: int | None = None) -> Iterator[tuple[DeadLetter, Any]]:
         """Take dead letters one by one; the caller acks each message it has handled."""
-        with self.connection.channel() as channel:
+        with _raw_channel(self.connection) as channel:
             queue = self._queue().bind(channel)
             queue.declare()
             taken = 0
@@ -318,7 +332,7 @@ class DeadLetterQueue:
 
     def purge(self) -> int:
         """Delete every dead letter; returns how many there were."""
-        with self.connection.channel() as channel:
+        with _raw_channel(self.connection) as channel:
             queue = self._queue().bind(channel)
             queue.declare()
             return int(queue.purge() or 0)
