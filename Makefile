@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile
 
-.PHONY: help install demo up test unit integration lint format typecheck bench bench-crawl bench-media bench-observability dashboards manifests
+.PHONY: help install demo up test unit integration lint format typecheck bench bench-crawl bench-media bench-observability dashboards manifests chaos
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ format: install ## Apply ruff's formatting and safe fixes
 
 typecheck: install ## mypy --strict on every package
 	$(VENV)/bin/mypy
+
+chaos: install ## Fault suite: N emails per scenario on both brokers; prints the table for docs/chaos.md
+	$(PY) -m tests.chaos
 
 bench: install ## Run the benchmarks in bench/ (prints ratios against their baselines)
 	$(PY) bench/run.py

@@ -200,13 +200,20 @@ class RedisServer:
     """A throwaway ``redis-server`` on a free port, which a test may kill and start again.
 
     Tests that cut the broker use one of these; the shared Redis is never stopped.
+
+    Args:
+        directory: the server's working directory (its append-only file, when it keeps one).
+        appendonly: keep an append-only file (``--appendonly yes``, fsync every second), so that
+            what it held survives a kill and a start again in the same directory; by default it
+            keeps nothing and starts empty.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
         from tasklane_dev.sinks import free_port
 
         self.port = free_port()
         self.directory = directory
+        self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -216,7 +223,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
+             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
