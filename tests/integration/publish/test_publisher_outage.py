@@ -6,7 +6,6 @@ a TCP proxy in front of RabbitMQ that it cuts. The shared servers are never stop
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -179,19 +178,11 @@ def test_publish_many_through_an_outage_sends_every_message(
     with Publisher(_settings(broker, env, publish_timeout=120)) as publisher:
         publisher.publish(SEND_EMAIL, EMAIL)
         broker.stop()
-        done = threading.Event()
-        handles: list[Any] = []
-
-        def publish_all() -> None:
-            handles.extend(publisher.publish_many(SEND_EMAIL, [EMAIL] * 50, batch_size=20))
-            done.set()
-
-        thread = threading.Thread(target=publish_all)
-        thread.start()
-        eventually(lambda: _retries(env) >= 1, timeout=30, message="publish_many to retry")
-        broker.start()
-        thread.join(60)
-        assert done.is_set()
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(publisher.publish_many, SEND_EMAIL, [EMAIL] * 50, batch_size=20)
+            eventually(lambda: _retries(env) >= 1, timeout=30, message="publish_many to retry")
+            broker.start()
+            handles = waiting.result(timeout=60)
     assert len({handle.id for handle in handles}) == 50
     assert _queued(env, broker) == _kept(env) + 50
 
