@@ -80,11 +80,10 @@ def test_every_email_is_accounted_for_and_duplicates_share_their_message_id(
         assert report.faults == CONFIG.kills, summary
     assert report.published == CONFIG.n, summary
     assert report.foreign == 0, summary
-    # Each email once or more, or dead-lettered: the only loss allowed is the known gap.
-    unexplained = sorted(set(report.lost_ids) - set(report.lost_unreceived))
-    assert unexplained == [], summary
-    # All accounted for (unless lost to the gap), and in the end nothing left in the broker.
-    assert report.drain is not None or report.lost_unreceived, summary
+    # Each email once or more, or dead-lettered: none lost.
+    assert report.lost_ids == [], summary
+    # All accounted for, and in the end nothing left in the broker.
+    assert report.drain is not None, summary
     assert report.settled is not None, summary
     assert report.once + report.twice + report.lost + report.dead - report.dead_delivered == (
         CONFIG.n
@@ -95,8 +94,3 @@ def test_every_email_is_accounted_for_and_duplicates_share_their_message_id(
     assert report.same_message_id is not False, summary
     assert report.duplicate_message_ids == report.twice, summary
     assert report.in_window == report.twice, summary
-    if report.lost_unreceived:
-        pytest.xfail(
-            f"known gap (Kombu's Redis transport): {len(report.lost_unreceived)} email(s) popped "
-            f"from Redis and lost before being recorded as unacknowledged: {summary}"
-        )
