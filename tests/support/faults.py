@@ -15,7 +15,8 @@ class TcpProxy:
 
     A cut closes every forwarded connection and the listening socket, so clients see their
     connections end and new connects refused, as when a broker goes away; :meth:`restore`
-    listens on the same port again. The server behind it is never touched.
+    listens on the same port again. :meth:`drop_clients` closes only the clients' ends, as a
+    network partition the server has not noticed yet. The server behind it is never touched.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -24,6 +25,9 @@ class TcpProxy:
         self.connections_made = 0
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        #: Server-side ends kept open after :meth:`drop_clients`, closed by :meth:`cut`.
+        self._held: set[socket.socket] = set()
         self._listener: socket.socket | None = None
 
     def __enter__(self) -> TcpProxy:
@@ -54,11 +58,26 @@ class TcpProxy:
         """Refuse new connections and close every open one."""
         with self._lock:
             listener, self._listener = self._listener, None
-            sockets, self._sockets = self._sockets, set()
+            sockets, self._sockets = self._sockets | self._held, set()
+            self._pairs, self._held = [], set()
         if listener is not None:
             _close(listener)
         for sock in sockets:
             _close(sock)
+
+    def drop_clients(self) -> None:
+        """Close the clients' ends of the open connections and keep the server's ends open.
+
+        The server still sees each old connection alive (until its heartbeat check), as after
+        a partition it has not noticed; the clients see theirs end and connect again.
+        """
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+            for client, upstream in pairs:
+                self._held.add(upstream)
+                self._sockets.difference_update((client, upstream))
+        for client, _ in pairs:
+            _close(client)
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -78,6 +97,7 @@ class TcpProxy:
                     _close(upstream)
                     return
                 self._sockets.update((client, upstream))
+                self._pairs.append((client, upstream))
                 self.connections_made += 1
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
@@ -88,10 +108,11 @@ class TcpProxy:
                 sink.sendall(data)
         except OSError:
             pass
-        _close(source)
-        _close(sink)
         with self._lock:
+            ends = [sock for sock in (source, sink) if sock not in self._held]
             self._sockets.difference_update((source, sink))
+        for sock in ends:
+            _close(sock)
 
 
 def _close(sock: socket.socket) -> None:

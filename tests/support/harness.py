@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -122,11 +123,14 @@ class WorkerProcess:
     metrics_port: int | None = None
 
     def __init__(self, service: str, env: dict[str, str], log: Path, concurrency: int) -> None:
+        name = f"{service}-{uuid.uuid4().hex[:6]}"
+        #: The worker's node name, as remote control replies name it.
+        self.node = f"{name}@{socket.gethostname()}"
         command = [
             str(Path(sys.executable).with_name("tasklane")), "worker", service,
             "--concurrency", str(concurrency), "--loglevel", "INFO",
             "--", "--without-gossip", "--without-mingle", "--without-heartbeat",
-            "-n", f"{service}-{uuid.uuid4().hex[:6]}@%h",
+            "-n", f"{name}@%h",
         ]  # fmt: skip
         self._start(command, env, log)
 

@@ -35,10 +35,17 @@ def base_config(settings: Settings, *, visibility_timeout: float | None = None) 
     """
     return {
         "broker_url": settings.require_broker(),
-        # Redis: no popped message may be lost to an envelope Kombu cannot read.
+        # Redis: no message lost between its pop and its record, nor to an unreadable envelope.
         **({"broker_transport": REDIS_TRANSPORT} if settings.broker_is_redis else {}),
         "broker_transport_options": transport_options(settings, visibility_timeout),
         "broker_connection_retry_on_startup": True,
+        # A worker's remote-control queue is not exclusive to one connection: after a silent
+        # partition the worker reconnects while RabbitMQ still holds the old connection, and an
+        # exclusive queue stopped it with RESOURCE_LOCKED. Durable rather than transient (which
+        # RabbitMQ 4 deprecates for non-exclusive queues); it expires once no worker uses it
+        # (``control_queue_expires``, Celery's 10 s).
+        "control_queue_exclusive": False,
+        "control_queue_durable": True,
         "result_backend": settings.result_backend,
         "result_expires": settings.result_expires,
         "result_backend_always_retry": True,
