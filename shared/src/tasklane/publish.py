@@ -239,17 +239,54 @@ class Publisher:
             BrokerUnavailableError: the broker did not take the message in time.
         """
         contract = self.contract(task)
-        message = self._encode(contract, payload, task_id, priority, countdown)
-        for name, value in (headers or {}).items():
-            if not name.startswith("x-") or name in message.headers:
-                raise ValueError(f"header {name!r}: extra headers are x-… names of their own")
-            if name.startswith(PREFIX) and name not in PUBLISHER_HEADERS:
-                raise ValueError(f"header {name!r}: set by workers only")
-            message.headers[name] = value
+        message = self._encode(contract, payload, task_id, priority, countdown, headers)
         with self._producer_span(contract, task_id=message.task_id) as trace_headers:
             message.headers.update(trace_headers)
             self._deliver(contract, [message], batch_size=1)
         return TaskHandle(message.task_id, contract, self._results)
+
+    def encode(
+        self,
+        task: str | TaskContract[Any, Any],
+        payload: BaseModel | Mapping[str, Any],
+        *,
+        task_id: str | None = None,
+        priority: int | None = None,
+        countdown: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> TaskMessage:
+        """Validate and encode one task as :meth:`publish` would, without sending it.
+
+        For messages sent later by :meth:`send` (a transactional outbox stores them in between).
+        The encode is a ``<task> publish`` PRODUCER span, and its context goes in the message, so
+        the task's run joins the caller's trace however late it is sent. The message is encoded
+        for this publisher's broker kind (Redis serves priorities in reverse).
+
+        Raises:
+            UnknownContractError: no contract of that name.
+            PayloadValidationError: the payload breaks the contract (the message names the field).
+        """
+        contract = self.contract(task)
+        message = self._encode(contract, payload, task_id, priority, countdown, headers)
+        with self._producer_span(contract, task_id=message.task_id) as trace_headers:
+            message.headers.update(trace_headers)
+        return message
+
+    def send(
+        self,
+        task: str | TaskContract[Any, Any],
+        messages: list[TaskMessage],
+        *,
+        batch_size: int = 1000,
+    ) -> None:
+        """Send messages :meth:`encode` made, in order, through outages as :meth:`publish` does.
+
+        Raises:
+            UnknownContractError: no contract of that name.
+            BrokerUnavailableError: the broker did not take every message in time; ``.sent``
+                says how many of the first messages it did take.
+        """
+        self._deliver(self.contract(task), messages, batch_size=batch_size)
 
     def handle(self, task: str | TaskContract[Any, ResultT], task_id: str) -> TaskHandle[ResultT]:
         """A handle on a task published earlier (by this process or any other), by its id."""
@@ -400,6 +437,7 @@ class Publisher:
         task_id: str | None,
         priority: int | None,
         countdown: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> TaskMessage:
         model = validate_payload(contract, payload)
         level = contract.priority if priority is None else priority
@@ -426,6 +464,12 @@ class Publisher:
                     )
                 ],
             )
+        for name, value in (headers or {}).items():
+            if not name.startswith("x-") or name in message.headers:
+                raise ValueError(f"header {name!r}: extra headers are x-… names of their own")
+            if name.startswith(PREFIX) and name not in PUBLISHER_HEADERS:
+                raise ValueError(f"header {name!r}: set by workers only")
+            message.headers[name] = value
         return message
 
     def _producer_for(self, contract: TaskContract[Any, Any]) -> Producer:

@@ -34,6 +34,25 @@ class TaskMessage:
     headers: dict[str, Any]
     properties: dict[str, Any]
 
+    def to_json(self) -> dict[str, Any]:
+        """This message as JSON data, to be stored (an outbox row); :meth:`from_json` reverses."""
+        return {
+            "task_id": self.task_id,
+            "body": self.body.decode(CONTENT_ENCODING),
+            "headers": self.headers,
+            "properties": self.properties,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskMessage:
+        """The message :meth:`to_json` stored."""
+        return cls(
+            str(data["task_id"]),
+            str(data["body"]).encode(CONTENT_ENCODING),
+            dict(data["headers"]),
+            dict(data["properties"]),
+        )
+
 
 def encode_body(kwargs: dict[str, Any], args: list[Any] | None = None) -> bytes:
     """The protocol v2 body: ``[args, kwargs, embed]`` as UTF-8 JSON."""

@@ -1,0 +1,48 @@
+"""A message encoded now and sent later (an outbox's path) runs as if it had been published."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tasklane.contracts import SEND_EMAIL
+from tasklane.errors import PayloadValidationError
+from tasklane.publish import Publisher
+from tasklane.wire.protocol import TaskMessage
+from tasklane_dev.sinks import SmtpSink
+from tests.support import eventually
+from tests.support.harness import BrokerEnv
+
+pytestmark = pytest.mark.integration
+
+EMAIL = {"to": ["ada@example.com"], "subject": "Order 12", "text": "stored, then sent"}
+
+
+def test_an_encoded_message_stored_as_json_and_sent_later_is_delivered(
+    broker: BrokerEnv, smtp_sink: SmtpSink, start_worker: Any
+) -> None:
+    with Publisher(broker.settings) as publisher:
+        message = publisher.encode(SEND_EMAIL, EMAIL, task_id="order-12-email")
+        stored = json.dumps(message.to_json())  # what an outbox row keeps
+    start_worker()
+    with Publisher(broker.settings) as relay:
+        relay.send(SEND_EMAIL.name, [TaskMessage.from_json(json.loads(stored))])
+        result = relay.handle(SEND_EMAIL, "order-12-email").get(timeout=30)
+    assert result.accepted == ["ada@example.com"]
+    eventually(lambda: smtp_sink.messages, timeout=10, message="the email at the sink")
+    assert smtp_sink.messages[0].message["Subject"] == "Order 12"
+
+
+def test_encode_refuses_a_bad_payload_naming_the_field(broker: BrokerEnv) -> None:
+    with Publisher(broker.settings) as publisher:
+        with pytest.raises(PayloadValidationError, match="subject"):
+            publisher.encode(SEND_EMAIL, {"to": ["ada@example.com"], "text": "no subject"})
+        with pytest.raises(ValueError, match="set by workers only"):
+            publisher.encode(SEND_EMAIL, EMAIL, headers={"x-tasklane-busy-waits": "4"})
+
+
+def test_a_task_message_survives_its_json_form() -> None:
+    message = TaskMessage("t-1", '[[],{"a":"é"},{}]'.encode(), {"id": "t-1"}, {"priority": 4})
+    assert TaskMessage.from_json(json.loads(json.dumps(message.to_json()))) == message
