@@ -36,7 +36,15 @@ def test_first_claims_second_waits_then_both_see_the_result(store: IdempotencySt
 
 def test_a_redelivered_task_takes_its_own_claim_back(store: IdempotencyStore) -> None:
     assert store.begin("t.a.b", "key", "task-1", claim_ttl=30).state == "claimed"
+    again = store.begin("t.a.b", "key", "task-1", claim_ttl=30, redelivered=True)
+    assert again.state == "claimed"
+
+
+def test_a_second_message_of_the_same_task_id_waits(store: IdempotencyStore) -> None:
+    """Not a redelivery (an upstream's second publish): the claim is not its to take."""
     assert store.begin("t.a.b", "key", "task-1", claim_ttl=30).state == "claimed"
+    second = store.begin("t.a.b", "key", "task-1", claim_ttl=30)
+    assert (second.state, second.owner) == ("busy", "task-1")
 
 
 def test_release_only_drops_the_owners_claim(store: IdempotencyStore) -> None:

@@ -98,7 +98,15 @@ def complete_envelope(raw: Any, queue: str, delivery_tag: str | None = None) -> 
     if delivery_tag is not None:
         properties["delivery_tag"] = delivery_tag
     properties.setdefault("delivery_tag", str(uuid.uuid4()))
+    # Kombu marks a restored message redelivered (in its headers, and in the delivery info when
+    # the envelope had one); the worker lets only a redelivery take its own idempotency claim over.
+    earlier = properties.get("delivery_info")
+    redelivered = (isinstance(earlier, dict) and earlier.get("redelivered") is True) or (
+        isinstance(raw.get("headers"), dict) and raw["headers"].get("redelivered") is True
+    )
     properties["delivery_info"] = {"exchange": "", "routing_key": queue}
+    if redelivered:
+        properties["delivery_info"]["redelivered"] = True
     if raw.get("headers") is None:
         raw["headers"] = {}
     return raw  # type: ignore[no-any-return]

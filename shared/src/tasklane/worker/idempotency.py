@@ -1,8 +1,9 @@
 """At-most-once execution per idempotency key, recorded in Redis.
 
 A key moves from *claimed* (by one task id, with a TTL covering the hard time limit) to *done*
-(with the stored result). A redelivery of the same task id takes its own claim over; another task
-id with the same key waits for the claim to end and then gets the stored result.
+(with the stored result). A redelivery of the same task id takes its own claim over; any other
+delivery with the same key (another task id, or a second publish of the same one) waits for the
+claim to end and then gets the stored result.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from typing import Any
 
 import redis
 
-# KEYS[1]: record key; ARGV: task id, claim TTL in ms.
-# Returns {"done", result}, {"claimed", ""} or {"busy", owner}.
+# KEYS[1]: record key; ARGV: task id, claim TTL in ms, "1" when the delivery may take over a
+# claim of its own task id (a redelivery). Returns {"done", result}, {"claimed", ""} or
+# {"busy", owner}.
 _BEGIN = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local record = cjson.decode(current)
   if record.state == 'done' then return {'done', record.result} end
-  if record.owner ~= ARGV[1] then return {'busy', record.owner} end
+  if record.owner ~= ARGV[1] or ARGV[3] ~= '1' then return {'busy', record.owner} end
 end
 redis.call('SET', KEYS[1], cjson.encode({state='claimed', owner=ARGV[1]}), 'PX', ARGV[2])
 return {'claimed', ''}
@@ -62,10 +64,18 @@ class IdempotencyStore:
         digest = hashlib.sha256(value.encode()).hexdigest()
         return f"{self._prefix}{task}:{digest}"
 
-    def begin(self, task: str, value: str, task_id: str, claim_ttl: float) -> Claim:
-        """Claim the key for ``task_id``, or report that it is done or busy."""
+    def begin(
+        self, task: str, value: str, task_id: str, claim_ttl: float, *, redelivered: bool = False
+    ) -> Claim:
+        """Claim the key for ``task_id``, or report that it is done or busy.
+
+        A claim held by ``task_id`` itself is taken over only by a ``redelivered`` message (its
+        earlier delivery died with the claim held); a second message of the same task id, such as
+        an upstream's second publish after a lost confirm, waits like any other.
+        """
         state, detail = self._begin(
-            keys=[self.key(task, value)], args=[task_id, int(claim_ttl * 1000)]
+            keys=[self.key(task, value)],
+            args=[task_id, int(claim_ttl * 1000), "1" if redelivered else "0"],
         )
         state = state.decode() if isinstance(state, bytes) else state
         detail = detail.decode() if isinstance(detail, bytes) else detail

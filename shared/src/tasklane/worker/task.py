@@ -78,7 +78,11 @@ class ContractTask(Task):  # type: ignore[misc]
         if key is not None:
             try:
                 claim = self.idempotency.begin(
-                    self.contract.name, key, task_id, claim_ttl=self.contract.time_limit + 30
+                    self.contract.name,
+                    key,
+                    task_id,
+                    claim_ttl=self.contract.time_limit + 30,
+                    redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
                 )
             except redis.RedisError as exc:
                 self._retry_or_raise(TransientError(f"idempotency store unavailable: {exc}"))
