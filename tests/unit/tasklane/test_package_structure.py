@@ -26,10 +26,11 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"observability"}),
     frozenset({"publish", "worker"}),
     frozenset({"beat"}),
+    frozenset({"contrib"}),
     frozenset({"cli"}),
 )
 #: Top-level parts that import nothing of the worker side, ever.
-WORKER_FREE = ("publish", "beat", "contracts", "wire", "schema")
+WORKER_FREE = ("publish", "beat", "contracts", "wire", "schema", "contrib")
 
 
 def module_name(path: Path) -> str:

@@ -1,0 +1,1 @@
+"""Integrations of Tasklane with application frameworks: ``tasklane.contrib.django``."""

@@ -1,0 +1,1 @@
+"""``manage.py tasklane_relay``: the outbox relay."""
