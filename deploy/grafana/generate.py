@@ -18,9 +18,11 @@ Dashboards:
   queue may carry a namespace prefix such as ``staging.``), and to its workers' ``service`` label.
 * ``tasklane-beat``: ticks, the lock, schedules, fired and missed slots.
 
+The fleet dashboard also has an Outbox row: the Django outbox and its relays.
+
 Metric sources: workers (``tasklane.observability.metrics``), ``tasklane exporter``
-(``tasklane.observability.exporter``) and
-Beat (``tasklane.beat.scheduler.BeatMetrics``); see docs/observability.md.
+(``tasklane.observability.exporter``), Beat (``tasklane.beat.scheduler.BeatMetrics``) and the
+outbox relay (``tasklane.contrib.django.relay_metrics``); see docs/observability.md.
 """
 
 from __future__ import annotations
@@ -588,6 +590,72 @@ def media_panels() -> list[Panel]:
     ]
 
 
+def outbox() -> list[Panel]:
+    """The Django outbox: what waits in it and what the relays send (fleet dashboard only).
+
+    Every relay reads the same table, so the table's gauges are taken once (``max`` over relays);
+    sends, lag and errors are the relays' own and add up.
+    """
+    return [
+        graph(
+            "Outbox pending rows",
+            "Rows committed and not yet sent, by contract, and rows parked for good (they need "
+            "the admin's action 'send again' once fixed).",
+            COUNT,
+            [
+                query("max by (contract) (tasklane_outbox_pending_rows)", "{{contract}}"),
+                query("max(tasklane_outbox_parked_rows)", "parked"),
+            ],
+            width=8,
+        ),
+        graph(
+            "Outbox oldest pending age",
+            "Seconds the oldest pending row has waited; TasklaneOutboxNotDraining fires when it "
+            "stays over 300 s for 10 minutes.",
+            SECONDS,
+            [query("max(tasklane_outbox_oldest_pending_age_seconds)", "oldest pending")],
+            width=8,
+        ),
+        graph(
+            "Outbox sent by contract",
+            "Rows the relays sent to the broker per second, by contract.",
+            OPS,
+            [
+                query(
+                    f"sum by (contract) (rate(tasklane_outbox_sent_total[{RATE}]))",
+                    "{{contract}}",
+                )
+            ],
+            width=8,
+        ),
+        graph(
+            "Relay lag p95",
+            "95th percentile of the time from a row's creation to its send (commit, wake-up, "
+            "batch, broker).",
+            SECONDS,
+            [
+                query(
+                    "histogram_quantile(0.95, sum by (le) "
+                    f"(rate(tasklane_outbox_relay_lag_seconds_bucket[{RATE}])))",
+                    "p95",
+                )
+            ],
+        ),
+        graph(
+            "Relay errors by reason",
+            "Relay errors per second: broker-unavailable (the batch stays pending, the relay "
+            "backs off) and database.",
+            OPS,
+            [
+                query(
+                    f"sum by (reason) (rate(tasklane_outbox_relay_errors_total[{RATE}]))",
+                    "{{reason}}",
+                )
+            ],
+        ),
+    ]
+
+
 #: Each service's own metrics (docs/observability.md, "Service metrics"), on its dashboard.
 SERVICE_PANELS = {"notifier": notifier_panels, "scraper": scraper_panels, "media": media_panels}
 
@@ -618,6 +686,9 @@ def task_dashboard(scope: Scope) -> dashboard.Dashboard:
     own = SERVICE_PANELS.get(scope.service or "")
     if own is not None:
         board.row(f"{(scope.service or '').capitalize()} service").add(*own())
+    if scope.service is None:
+        # Contracts of any service leave a project's outbox; its age and errors have no contract.
+        board.row("Outbox").add(*outbox())
     return board.builder
 
 

@@ -174,6 +174,10 @@ _CONSTRAINTS: dict[str, Schema] = {
     "internetPorts": {"items": _PORT},
     "ipv4": {"items": {"type": "string"}},
     "ipv6": {"items": {"type": "string"}},
+    "outboxRelay.command": {"items": {"type": "string"}, "minItems": 1},
+    "batchSize": {"minimum": 0},
+    # SIGTERM lets the relay finish its batch: never an immediate SIGKILL.
+    "outboxRelay.terminationGracePeriodSeconds": {"minimum": 1},
 }
 
 _SCHEDULE_ENTRY: Schema = {

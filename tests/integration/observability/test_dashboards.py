@@ -1,10 +1,12 @@
 """The Grafana dashboards (deploy/grafana) and the alert rules against a real Prometheus.
 
 A real ``/usr/bin/prometheus`` scrapes, every second, real notifier, scraper and media workers, a
-real ``tasklane exporter`` and a real ``tasklane beat`` on a Redis broker, and loads the alert
+real ``tasklane exporter``, a real ``tasklane beat`` on a Redis broker and a real outbox relay
+(``manage.py tasklane_relay`` of a throwaway Django project on PostgreSQL), and loads the alert
 rules. A small workload makes every metric exist: successes, a retry, a permanent failure, a
 payload that breaks its contract (all dead-lettered) in each service, a Beat schedule that fires
-and misses slots while Beat is frozen, and messages left waiting behind a slow webhook.
+and misses slots while Beat is frozen, messages left waiting behind a slow webhook, and a task
+published through the outbox and sent by the relay.
 
 Then every panel query of every dashboard, every variable query, every metric selector of every
 alert expression and every label they group, join or name a legend by must find series, so a
@@ -32,11 +34,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 from kombu.connection import Connection
 from kombu.messaging import Producer
 from PIL import Image
+from psycopg import sql
 
 from tasklane.beat.client import Schedules
 from tasklane.beat.models import IntervalSchedule, ScheduleEntry
@@ -57,6 +61,20 @@ TASKLANE = str(Path(sys.executable).with_name("tasklane"))
 WINDOW = "1m"
 #: Seconds the checks may wait for Prometheus to see what the workload did.
 SETTLE = 30.0
+#: Where the outbox project's database is created and dropped.
+POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+#: The Django project whose outbox the relay drains: the contrib app and nothing else.
+OUTBOX_SETTINGS = """\
+import os
+
+SECRET_KEY = "tasklane-dashboard-tests"
+USE_TZ = True
+INSTALLED_APPS = ["tasklane.contrib.django"]
+DATABASES = {{"default": {{"ENGINE": "django.db.backends.postgresql", "NAME": {database!r},
+                           "HOST": "127.0.0.1", "PORT": "5432", "USER": "postgres"}}}}
+# The broker comes from TASKLANE_*; the contract is known, so its gauge exists from the start.
+TASKLANE = {{"OUTBOX": True, "CONTRACTS": ["scraper.page.fetch"], "RELAY_POLL_INTERVAL": 0.5}}
+"""
 #: Selectors that cannot find series on the Redis broker this test runs on; keep it minimal.
 OTHER_BROKER_ONLY = {
     # RabbitMQ only: a passive queue_declare counts consumers; Redis's BRPOP leaves no trace.
@@ -402,6 +420,7 @@ class Services:
 
     processes: dict[str, WorkerProcess] = field(default_factory=dict)
     sinks: list[WebhookSink | SiteServer] = field(default_factory=list)
+    databases: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
         for sink in self.sinks:  # first: a worker stuck on the slow webhook is released
@@ -410,6 +429,12 @@ class Services:
             if process.process.poll() is None:  # a frozen Beat would not see SIGTERM
                 os.killpg(process.process.pid, signal.SIGCONT)
             process.stop()
+        if not self.databases:
+            return
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+            for database in self.databases:  # after the relay, its last user
+                drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                admin.execute(drop.format(sql.Identifier(database)))
 
     def logs(self, lines: int = 25) -> str:
         """The end of every process's output, to explain a failed start."""
@@ -419,9 +444,49 @@ class Services:
         )
 
 
+def outbox_env(broker: BrokerEnv, tmp: Path) -> dict[str, str]:
+    """The environment of ``python -m django`` in the outbox project (tmp/outbox_settings.py)."""
+    return {
+        **broker.env(),
+        "DJANGO_SETTINGS_MODULE": "outbox_settings",
+        "PYTHONPATH": os.pathsep.join([str(tmp), str(ROOT)]),
+    }
+
+
+def _start_relay(services: Services, broker: BrokerEnv, tmp: Path, port: int) -> None:
+    """A database of the test's own, migrated, and ``manage.py tasklane_relay`` on it."""
+    database = f"tasklane_dashboards_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    services.databases.append(database)
+    (tmp / "outbox_settings.py").write_text(OUTBOX_SETTINGS.format(database=database))
+    env = outbox_env(broker, tmp)
+    django = [sys.executable, "-m", "django"]
+    subprocess.run([*django, "migrate", "--no-input"], env={**os.environ, **env}, check=True,
+                   capture_output=True)  # fmt: skip
+    services.processes["outbox-relay"] = WorkerProcess.from_command(
+        [*django, "tasklane_relay", "--metrics-port", str(port)], env, tmp / "outbox-relay.log"
+    )
+
+
+def _publish_through_the_outbox(broker: BrokerEnv, tmp: Path, site: SiteServer) -> None:
+    """One fetch written to the outbox in a committed transaction, for the relay to send."""
+    code = (
+        "from django.db import transaction\n"
+        "from tasklane.contrib.django import publish_on_commit\n"
+        "with transaction.atomic():\n"
+        f"    publish_on_commit('scraper.page.fetch', {{'url': '{site.url}/ok'}})\n"
+    )
+    subprocess.run([sys.executable, "-m", "django", "shell", "-c", code],
+                   env={**os.environ, **outbox_env(broker, tmp)}, check=True,
+                   capture_output=True)  # fmt: skip
+
+
 def _start(services: Services, broker: BrokerEnv, tmp: Path) -> dict[str, list[int]]:
-    """Start the workers, the exporter and Beat; the ports Prometheus scrapes, by job."""
-    ports = {name: free_port() for name in ("notifier", "scraper", "media", "exporter", "beat")}
+    """Start the workers, the exporter, Beat and the outbox relay; the ports Prometheus scrapes,
+    by job."""
+    names = ("notifier", "scraper", "media", "exporter", "beat", "outbox-relay")
+    ports = {name: free_port() for name in names}
     service_env = {
         "notifier": {
             "TASKLANE_NOTIFIER_WEBHOOK_ALLOW": "127.0.0.1/32",
@@ -451,10 +516,12 @@ def _start(services: Services, broker: BrokerEnv, tmp: Path) -> dict[str, list[i
     services.processes["beat"] = WorkerProcess.from_command(
         [TASKLANE, "beat"], {**broker.env(), **beat_env}, tmp / "beat.log"
     )
+    _start_relay(services, broker, tmp, ports["outbox-relay"])
     return {
         "tasklane-workers": [ports["notifier"], ports["scraper"], ports["media"]],
         "tasklane-exporter": [ports["exporter"]],
         "tasklane-beat": [ports["beat"]],
+        "tasklane-outbox-relay": [ports["outbox-relay"]],
     }
 
 
@@ -498,10 +565,14 @@ def _notifier(publisher: Publisher, broker: BrokerEnv, hooks: WebhookSink) -> No
     wait_for_dead_letters(broker, "notifier.im", 2)
 
 
-def _workload(services: Services, broker: BrokerEnv, hooks: WebhookSink, site: SiteServer) -> None:
+def _workload(
+    services: Services, broker: BrokerEnv, hooks: WebhookSink, site: SiteServer, tmp: Path
+) -> None:
     beat_hooks = WebhookSink().start()  # Beat's messages must not take the scripted replies
     services.sinks.append(beat_hooks)
     beat = services.processes["beat"]
+    # First, so the relay has the whole workload's time to send it.
+    _publish_through_the_outbox(broker, tmp, site)
     with Schedules(broker.settings) as schedules, Publisher(broker.settings) as publisher:
         schedules.add(
             ScheduleEntry(
@@ -544,6 +615,7 @@ SETTLED = (
     "sum(tasklane_tasks_in_flight) > 0",
     'sum(tasklane_queue_messages{kind="work"}) > 0',
     "max(tasklane_queue_oldest_message_age_seconds) > 0",
+    "sum(tasklane_outbox_sent_total) > 0",
 )
 
 
@@ -579,7 +651,7 @@ def _bring_up(services: Services, broker: BrokerEnv, tmp: Path) -> tuple[Prometh
     url = f"http://127.0.0.1:{port}"
     eventually(lambda: _ready(url), timeout=30, interval=0.2, message="Prometheus ready")
     api = PrometheusApi(url)
-    _workload(services, broker, hooks, site)
+    _workload(services, broker, hooks, site, tmp)
     targets = sum(len(ports) for ports in jobs.values())
     eventually(
         lambda: _settled(api, targets),

@@ -45,10 +45,19 @@ app.kubernetes.io/part-of: tasklane
 {{/* An image reference from the images map. Args: root, key. By digest when one is given. */}}
 {{- define "tasklane.image" -}}
 {{- $image := index .root.Values.images .key -}}
+{{- include "tasklane.imageRef" (dict "image" $image "defaultTag" .root.Chart.AppVersion) -}}
+{{- end -}}
+
+{{/*
+An image reference from one image map (repository, tag, digest). Args: image, defaultTag.
+A missing map renders (badly) rather than failing, so check-values.yaml can say what is wrong.
+*/}}
+{{- define "tasklane.imageRef" -}}
+{{- $image := .image | default dict -}}
 {{- if $image.digest -}}
 {{- printf "%s@%s" $image.repository $image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" $image.repository (default .root.Chart.AppVersion $image.tag) -}}
+{{- printf "%s:%s" (default "" $image.repository) (default .defaultTag $image.tag) -}}
 {{- end -}}
 {{- end -}}
 
