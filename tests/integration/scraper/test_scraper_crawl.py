@@ -153,8 +153,10 @@ def test_crawl_stops_at_max_depth_and_fetches_each_page_once_across_two_workers(
     assert final.queued == len(expected) and final.level == 3
     assert final.out_of_bounds == len(beyond)  # the links found on the deepest level
     assert final.pending_batches == 0 and final.finished_at is not None
-    # Both workers fetched batches: the de-duplication held across processes.
-    assert all("scraper.crawl.fetch[" in worker.output() for worker in scrapers)
+    # Which worker takes which batch is the broker's and the scheduler's choice (under load one
+    # may take them all), so it is not asserted: each page once, above, holds either way, since
+    # the crawl store claims atomically in Redis whichever process asks (test_crawl_state.py).
+    assert any("scraper.crawl.fetch[" in worker.output() for worker in scrapers)
     store = open_store(artifacts_url)
     assert final.data_uri is not None
     lines = store.get(final.data_uri).decode().splitlines()
