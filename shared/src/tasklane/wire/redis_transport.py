@@ -241,7 +241,9 @@ class Channel(redis.Channel):
             self._queue_cycle.rotate(queue)
             self.claimed_tags.add(tag)
             envelope = complete_envelope(_parse_item(item), queue, delivery_tag=tag)
-            self.connection._deliver(envelope, queue)
+            # Completed here with its tag: Kombu's delivery, not this transport's second pass
+            # (which validates a base64 body all over again).
+            redis.Transport._deliver(self.connection, envelope, queue)
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]
@@ -294,7 +296,11 @@ def _markable(payload: Any) -> bool:
 
 
 class Transport(redis.Transport):
-    """The Redis transport whose deliveries pass :func:`complete_envelope` first."""
+    """The Redis transport whose deliveries pass :func:`complete_envelope` first.
+
+    Messages a :class:`Channel` claims are completed as they are read; this covers the others
+    (fanout deliveries).
+    """
 
     Channel = Channel
 
