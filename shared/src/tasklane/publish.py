@@ -198,6 +198,7 @@ class Publisher:
         task_id: str | None = None,
         priority: int | None = None,
         countdown: float | None = None,
+        expires: float | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> TaskHandle[ResultT]: ...
 
@@ -210,6 +211,7 @@ class Publisher:
         task_id: str | None = None,
         priority: int | None = None,
         countdown: float | None = None,
+        expires: float | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> TaskHandle[Any]: ...
 
@@ -221,9 +223,13 @@ class Publisher:
         task_id: str | None = None,
         priority: int | None = None,
         countdown: float | None = None,
+        expires: float | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> TaskHandle[Any]:
         """Validate, route and send one task; ``countdown`` seconds later if given.
+
+        ``expires`` (seconds): a worker that has not started the task by then drops it (Celery
+        revokes it as expired) instead of running it late.
 
         ``headers`` are added to the message's headers (names starting ``x-``; they may not
         replace a protocol header, and of the ``x-tasklane-*`` names only the schedule ones are
@@ -239,7 +245,7 @@ class Publisher:
             BrokerUnavailableError: the broker did not take the message in time.
         """
         contract = self.contract(task)
-        message = self._encode(contract, payload, task_id, priority, countdown, headers)
+        message = self._encode(contract, payload, task_id, priority, countdown, expires, headers)
         with self._producer_span(contract, task_id=message.task_id) as trace_headers:
             message.headers.update(trace_headers)
             self._deliver(contract, [message], batch_size=1)
@@ -253,6 +259,7 @@ class Publisher:
         task_id: str | None = None,
         priority: int | None = None,
         countdown: float | None = None,
+        expires: float | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> TaskMessage:
         """Validate and encode one task as :meth:`publish` would, without sending it.
@@ -267,7 +274,7 @@ class Publisher:
             PayloadValidationError: the payload breaks the contract (the message names the field).
         """
         contract = self.contract(task)
-        message = self._encode(contract, payload, task_id, priority, countdown, headers)
+        message = self._encode(contract, payload, task_id, priority, countdown, expires, headers)
         with self._producer_span(contract, task_id=message.task_id) as trace_headers:
             message.headers.update(trace_headers)
         return message
@@ -437,6 +444,7 @@ class Publisher:
         task_id: str | None,
         priority: int | None,
         countdown: float | None = None,
+        expires: float | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> TaskMessage:
         model = validate_payload(contract, payload)
@@ -452,6 +460,7 @@ class Publisher:
             # Contracts use AMQP's order (9 most urgent); Kombu's Redis lists serve 0 first.
             priority=MAX_PRIORITY - level if self.settings.broker_is_redis else level,
             countdown=countdown,
+            expires=expires,
         )
         if len(message.body) > self.settings.max_payload_bytes:
             raise PayloadTooLargeError(

@@ -24,8 +24,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasklane.beat.client import Schedules
+from tasklane.beat.errors import ScheduleInvalidError
 from tasklane.beat.models import ClockedSchedule, IntervalSchedule, ScheduleEntry
-from tasklane.beat.store import ScheduleError
 from tasklane.wire.broker import redis_queue_keys
 from tasklane.wire.headers import SCHEDULE, SLOT
 from tasklane_dev.sinks import free_port
@@ -209,8 +209,9 @@ def test_one_off_fires_once_expired_never_and_a_lost_contract_is_reported(
     past = ScheduleEntry(
         name="too-late", task="notifier.im.send", payload=IM, schedule=ClockedSchedule(at=now)
     )
-    with pytest.raises(ScheduleError, match="in the past"):
+    with pytest.raises(ScheduleInvalidError, match="in the past") as refused:
         schedules.add(past)
+    assert refused.value.field == "schedule.at"
     schedules.add(
         ScheduleEntry(
             name="once",
@@ -219,7 +220,12 @@ def test_one_off_fires_once_expired_never_and_a_lost_contract_is_reported(
             schedule=ClockedSchedule(at=now + timedelta(seconds=2)),
         )
     )
-    schedules.add(every(1, "expired", start_at=now - timedelta(hours=1), expires_at=now))
+    expired = every(1, "expired", start_at=now - timedelta(hours=1), expires_at=now)
+    with pytest.raises(ScheduleInvalidError, match="in the past") as refused:
+        schedules.add(expired)
+    assert refused.value.field == "expires_at"
+    # Stored below the client's check, as an entry made earlier that has expired since.
+    schedules.store.add(expired)
     # An entry whose contract no longer exists (stored as an older release would have).
     ghost = every(1, "ghost").model_copy(update={"task": "billing.invoice.send", "created_at": now})
     redis.Redis.from_url(env.result_backend).hset(

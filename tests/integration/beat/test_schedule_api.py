@@ -44,6 +44,10 @@ PROTECTED = [
     ("POST", "/schedules/any/disable"),
     ("DELETE", "/schedules/any"),
     ("POST", "/schedules/any/run"),
+    ("PATCH", "/schedules/any"),
+    ("GET", "/schedules/any/history"),
+    ("GET", "/schedules/any/audit"),
+    ("GET", "/audit"),
     ("GET", "/beat"),
     ("GET", "/openapi.json"),
 ]
@@ -232,6 +236,20 @@ def test_duplicate_name_is_409_and_replace_replaces(api: httpx.Client) -> None:
         ({"name": "bad name!"}, "name", "pattern"),
         ({"colour": "red"}, "colour", "Extra inputs"),
         ({"start_at": "2030-01-01T00:00:00"}, "start_at", "time zone"),
+        # Entries that could never fire: 422 like every invalid entry, not 409.
+        (
+            {"schedule": {"kind": "clocked", "at": "2020-01-01T09:00:00Z"}},
+            "schedule.at",
+            "in the past",
+        ),
+        ({"expires_at": "2020-01-01T00:00:00Z"}, "expires_at", "in the past"),
+        (
+            {"start_at": "2031-01-01T00:00:00Z", "expires_at": "2030-01-01T00:00:00Z"},
+            "expires_at",
+            "not after start_at",
+        ),
+        ({"priority": 10}, "priority", "less than or equal to 9"),
+        ({"expires_after": 0}, "expires_after", "greater than 0"),
     ],
 )
 def test_invalid_entries_are_422_naming_the_field(
@@ -403,3 +421,52 @@ def test_tasklane_schedule_api_command_serves_with_the_env_token(
         process.wait(10)
         log.close()
     assert "Traceback" not in (tmp_path / "api.log").read_text()
+
+
+def test_patch_changes_only_the_fields_given_and_keeps_the_history(api: httpx.Client) -> None:
+    assert api.post("/schedules", json=body("report", {"kind": "interval", "every": 60})).is_success
+    task_id = api.post("/schedules/report/run").json()["task_id"]
+
+    patched = api.patch(
+        "/schedules/report",
+        json={"schedule": {"kind": "crontab", "minute": "0", "hour": "7"}, "priority": 8},
+        headers={"X-Tasklane-Actor": "ops@example.org"},
+    )
+
+    assert patched.status_code == 200, patched.text
+    entry = patched.json()["entry"]
+    assert entry["schedule"]["kind"] == "crontab" and entry["priority"] == 8
+    assert {k: entry["payload"][k] for k in PAYLOAD} == PAYLOAD
+    assert patched.json()["state"]["total_run_count"] == 1
+    history = api.get("/schedules/report/history").json()
+    assert [h["firing"]["task_id"] for h in history] == [task_id]
+    assert history[0]["firing"]["manual"] is True
+    trail = api.get("/schedules/report/audit").json()
+    assert [(r["action"], r["actor"]["via"], r["actor"]["who"]) for r in trail] == [
+        ("changed", "http", "ops@example.org"),
+        ("ran", "http", "api-token"),
+        ("created", "http", "api-token"),
+    ]
+    assert sorted(trail[0]["changes"]) == ["priority", "schedule"]
+    assert api.get("/audit", params={"limit": 1}).json() == trail[:1]
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "field"),
+    [
+        ({"payload": {"channel": "fax"}}, 422, "payload.channel"),
+        ({"expires_at": "2020-01-01T00:00:00Z"}, 422, "expires_at"),
+        ({"name": "other"}, 422, "name"),
+        ({"schedule": {"kind": "interval", "every": -1}}, 422, "schedule.every"),
+        ({"priority": "high"}, 422, "priority"),
+    ],
+)
+def test_patch_refuses_bad_changes_naming_the_field(
+    api: httpx.Client, change: dict[str, Any], status: int, field: str
+) -> None:
+    assert api.post("/schedules", json=body("report", {"kind": "interval", "every": 60})).is_success
+    response = api.patch("/schedules/report", json=change)
+    assert response.status_code == status, response.text
+    assert field in [p["field"] for p in response.json()["detail"]], response.text
+    assert api.get("/schedules/report").json()["entry"]["schedule"]["every"] == 60
+    assert api.patch("/schedules/missing", json={"description": "x"}).status_code == 404

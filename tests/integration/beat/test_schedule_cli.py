@@ -232,3 +232,38 @@ def test_beats_shows_live_beat_processes(env: BrokerEnv) -> None:
     lines = {line.split("│")[1].strip(): line for line in output.splitlines() if "host:" in line}
     assert re.search(r"host:1:aaa\s+│\s+2\.\ds ago\s+│\s+4\s+│\s+yes\s+│\s+-", lines["host:1:aaa"])
     assert re.search(r"│\s+no\s+│\s+broken", lines["host:2:bbb"])
+
+
+def test_edit_keeps_history_and_the_audit_names_the_cli_user(env: BrokerEnv) -> None:
+    add("report", "--every", "60")
+    task_id = UUID.search(run("run-now", "report").output)
+    assert task_id is not None
+
+    output = run(
+        "edit", "report", "--cron", "0 7 * * *", "--tz", "Europe/Berlin", "--priority", "8"
+    )
+
+    assert "changed report (priority, schedule)" in output.output
+    view = show("report")
+    assert view["entry"]["schedule"]["timezone"] == "Europe/Berlin"
+    assert view["entry"]["priority"] == 8 and view["state"]["total_run_count"] == 1
+    assert task_id.group(1) in run("history", "report").output
+    trail = run("audit", "report").output
+    assert [line.split("│")[3].strip() for line in trail.splitlines() if "│ report" in line] == [
+        "changed",
+        "ran",
+        "created",
+    ]
+    assert "(cli)" in trail
+    run("edit", "report", "--clear", "priority")
+    assert show("report")["entry"]["priority"] is None
+
+
+def test_edit_errors_name_the_option(env: BrokerEnv) -> None:
+    add("report", "--every", "60")
+    assert "nothing to change" in fails("edit", "report")
+    assert "--clear: 'name'" in fails("edit", "report", "--clear", "name")
+    assert "expires_at" in fails("edit", "report", "--expires", "2020-01-01T00:00:00+00:00")
+    assert "--priority" in fails("edit", "report", "--priority", "12")
+    assert "no schedule 'missing'" in fails("edit", "missing", "--every", "5")
+    assert show("report")["entry"]["schedule"]["every"] == 60

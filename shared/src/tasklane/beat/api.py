@@ -16,18 +16,28 @@ from typing import Annotated, Any, NoReturn
 
 import redis
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kombu.exceptions import OperationalError
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from tasklane.beat.client import Schedules
-from tasklane.beat.models import CrontabSchedule, EntryView, ScheduleEntry, Source
-from tasklane.beat.store import BeatStatus, ScheduleError, ScheduleNotFoundError
+from tasklane.beat.errors import ScheduleError, ScheduleInvalidError, ScheduleNotFoundError
+from tasklane.beat.models import (
+    Actor,
+    AuditRecord,
+    CrontabSchedule,
+    EntryView,
+    FiringOutcome,
+    Schedule,
+    ScheduleEntry,
+    Source,
+)
+from tasklane.beat.store import BeatStatus
 from tasklane.errors import (
     BrokerUnavailableError,
     PayloadValidationError,
@@ -38,6 +48,10 @@ from tasklane.settings import Settings
 
 #: The environment variable holding the bearer token.
 TOKEN_ENV = "TASKLANE_SCHEDULE_API_TOKEN"
+#: The header naming who calls (a person or a service), kept in the audit trail.
+ACTOR_HEADER = "X-Tasklane-Actor"
+#: The audit trail's name for a caller that sends no actor header.
+DEFAULT_HTTP_ACTOR = "api-token"
 #: Shorter tokens are refused: they can be guessed.
 MIN_TOKEN_CHARS = 16
 #: Seconds /healthz waits for Redis: a load balancer's probe must not hang.
@@ -62,6 +76,30 @@ class NewEntry(ScheduleEntry):
     def _server_owned(cls, value: object) -> NoReturn:
         # Runs only for a field the client sent: defaults are not validated.
         raise ValueError("set by the server; do not send it")
+
+
+class EntryChanges(BaseModel):
+    """The fields of an entry to change (PATCH); the others keep their values.
+
+    ``schedule`` is replaced whole; ``name`` and ``source`` cannot change. A field set to
+    ``null`` is cleared (``start_at``, ``expires_at``, ``priority``, ``expires_after``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str | None = None
+    payload: dict[str, Any] | None = None
+    schedule: Schedule | None = None
+    enabled: bool | None = None
+    start_at: datetime | None = None
+    expires_at: datetime | None = None
+    description: str | None = None
+    priority: int | None = None
+    expires_after: float | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The fields the client sent, as the entry takes them."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 class TaskAccepted(BaseModel):
@@ -150,9 +188,10 @@ def _add_schedule_routes(router: APIRouter, schedules: Schedules) -> None:
     def add_schedule(
         entry: NewEntry,
         response: Response,
+        actor: Annotated[Actor, Depends(_actor)],
         replace: Annotated[bool, Query(description="Replace an entry of that name.")] = False,
     ) -> EntryView:
-        view = schedules.add(entry, replace=replace)
+        view = schedules.add(entry, replace=replace, actor=actor)
         response.headers["Location"] = f"/schedules/{view.entry.name}"
         return view
 
@@ -160,25 +199,60 @@ def _add_schedule_routes(router: APIRouter, schedules: Schedules) -> None:
     def show_schedule(name: str) -> EntryView:
         return schedules.show(name)
 
+    @router.patch("/schedules/{name}", tags=["schedules"])
+    def edit_schedule(
+        name: str, changes: EntryChanges, actor: Annotated[Actor, Depends(_actor)]
+    ) -> EntryView:
+        return schedules.edit(name, changes.given(), actor=actor)
+
     @router.post("/schedules/{name}/enable", tags=["schedules"])
-    def enable_schedule(name: str) -> EntryView:
-        return schedules.enable(name)
+    def enable_schedule(name: str, actor: Annotated[Actor, Depends(_actor)]) -> EntryView:
+        return schedules.enable(name, actor=actor)
 
     @router.post("/schedules/{name}/disable", tags=["schedules"])
-    def disable_schedule(name: str) -> EntryView:
-        return schedules.disable(name)
+    def disable_schedule(name: str, actor: Annotated[Actor, Depends(_actor)]) -> EntryView:
+        return schedules.disable(name, actor=actor)
 
     @router.delete("/schedules/{name}", status_code=204, tags=["schedules"])
-    def remove_schedule(name: str) -> None:
-        schedules.remove(name)
+    def remove_schedule(name: str, actor: Annotated[Actor, Depends(_actor)]) -> None:
+        schedules.remove(name, actor=actor)
 
     @router.post("/schedules/{name}/run", status_code=202, tags=["schedules"])
-    def run_schedule(name: str) -> TaskAccepted:
-        return TaskAccepted(task_id=schedules.run_now(name))
+    def run_schedule(name: str, actor: Annotated[Actor, Depends(_actor)]) -> TaskAccepted:
+        return TaskAccepted(task_id=schedules.run_now(name, actor=actor))
+
+    @router.get("/schedules/{name}/history", tags=["schedules"])
+    def schedule_history(
+        name: str, limit: Annotated[int, Query(ge=1, le=50)] = 20
+    ) -> list[FiringOutcome]:
+        return schedules.history(name, limit)
+
+    @router.get("/schedules/{name}/audit", tags=["audit"])
+    def schedule_audit(
+        name: str, limit: Annotated[int, Query(ge=1, le=200)] = 100
+    ) -> list[AuditRecord]:
+        return schedules.audit(name, limit)
+
+    @router.get("/audit", tags=["audit"])
+    def audit_trail(limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[AuditRecord]:
+        return schedules.audit(None, limit)
 
     @router.get("/beat", tags=["beat"])
     def beat_statuses() -> list[BeatStatus]:
         return schedules.beats()
+
+
+def _actor(
+    caller: Annotated[
+        str | None,
+        Header(
+            alias=ACTOR_HEADER,
+            max_length=200,
+            description="Who calls, for the audit trail (a person or a service).",
+        ),
+    ] = None,
+) -> Actor:
+    return Actor(via="http", who=(caller or "").strip() or DEFAULT_HTTP_ACTOR)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -186,6 +260,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(UnknownContractError, _invalid_entry)
     app.add_exception_handler(PayloadValidationError, _invalid_entry)
+    app.add_exception_handler(ValidationError, _invalid_model)
+    app.add_exception_handler(ScheduleInvalidError, _invalid_schedule)
     app.add_exception_handler(ScheduleNotFoundError, _message(404))
     app.add_exception_handler(ScheduleError, _message(409))
     app.add_exception_handler(redis.ConnectionError, _message(503, "schedule store unreachable"))
@@ -210,6 +286,23 @@ async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
         _problem(err["loc"], err["msg"], err["type"]) for err in jsonable_encoder(exc.errors())
     ]
     return JSONResponse({"detail": problems}, status_code=422)
+
+
+async def _invalid_model(_: Request, exc: Exception) -> JSONResponse:
+    # An edit's merged entry failed the model: its errors, located as the request body's.
+    assert isinstance(exc, ValidationError)
+    problems = [
+        _problem(["body", *err["loc"]], err["msg"], err["type"])
+        for err in jsonable_encoder(exc.errors(include_url=False, include_input=False))
+    ]
+    return JSONResponse({"detail": problems}, status_code=422)
+
+
+async def _invalid_schedule(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ScheduleInvalidError)
+    problem = {"type": "schedule_invalid", "loc": ["body", *exc.field.split(".")]}
+    problem.update(field=exc.field, msg=exc.reason)
+    return JSONResponse({"detail": [problem]}, status_code=422)
 
 
 async def _invalid_entry(_: Request, exc: Exception) -> JSONResponse:

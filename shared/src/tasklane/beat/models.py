@@ -15,12 +15,19 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasklane.beat import cron
+from tasklane.beat.errors import ScheduleInvalidError
 from tasklane.contracts import REGISTRY, ContractRegistry
 from tasklane.contracts.validation import validate_payload
 from tasklane.settings import TimeZoneName
 
 ENTRY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
 Source = Literal["api", "file", "code"]
+#: Where a change came from, for the audit trail.
+Via = Literal["admin", "cli", "http", "python", "import"]
+AuditAction = Literal["created", "changed", "enabled", "disabled", "ran", "deleted"]
+FiringStatus = Literal[
+    "pending", "started", "retrying", "succeeded", "dead-lettered", "expired", "unknown"
+]
 
 
 class _Model(BaseModel):
@@ -83,6 +90,15 @@ class ScheduleEntry(_Model):
     start_at: datetime | None = Field(default=None, description="No run before this.")
     expires_at: datetime | None = Field(default=None, description="No run after this.")
     description: str = Field(default="", max_length=500)
+    priority: int | None = Field(
+        default=None, ge=0, le=9, description="0-9 (9 most urgent); unset: the contract's."
+    )
+    expires_after: float | None = Field(
+        default=None,
+        gt=0,
+        le=366 * 86_400,
+        description="Seconds a firing may wait for a worker; not started by then, it is dropped.",
+    )
     source: Source = Field(default="api", description="Who manages it: api, file or code.")
     created_at: datetime | None = None
 
@@ -93,15 +109,43 @@ class ScheduleEntry(_Model):
             raise ValueError("must carry a time zone offset")
         return value
 
+    def never_fires(self, now: datetime) -> tuple[str, str] | None:
+        """``(field, reason)`` if this entry, made or changed at ``now``, could never fire."""
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expires_at", f"{self.expires_at.isoformat()} is in the past"
+        schedule = self.schedule
+        if isinstance(schedule, ClockedSchedule) and schedule.at <= now:
+            return "schedule.at", f"{schedule.at.isoformat()} is in the past"
+        return None
+
     def validated(self, registry: ContractRegistry = REGISTRY) -> ScheduleEntry:
         """This entry with its payload normalised by its contract.
 
         Raises:
+            ScheduleInvalidError: start, expiry and a one-off's time leave no time to fire.
             UnknownContractError: no contract of that name.
             PayloadValidationError: the payload breaks the contract (the field is named).
         """
+        window = self.empty_window()
+        if window is not None:
+            raise ScheduleInvalidError(*window)
         model = validate_payload(registry[self.task], self.payload)
         return self.model_copy(update={"payload": model.model_dump(mode="json")})
+
+    def empty_window(self) -> tuple[str, str] | None:
+        """``(field, reason)`` when no time lies between start, expiry and a one-off's time.
+
+        Checked where entries are made and loaded, not in the model itself: an entry stored
+        before this rule still loads, and shows as a problem instead of breaking Beat.
+        """
+        expires = self.expires_at
+        if expires is None:
+            return None
+        if self.start_at is not None and self.start_at >= expires:
+            return "expires_at", f"{expires.isoformat()} is not after start_at"
+        if isinstance(self.schedule, ClockedSchedule) and self.schedule.at > expires:
+            return "expires_at", f"{expires.isoformat()} is before schedule.at"
+        return None
 
 
 class EntryState(_Model):
@@ -110,6 +154,46 @@ class EntryState(_Model):
     last_run_at: datetime | None = None
     total_run_count: int = 0
     last_slot: datetime | None = Field(default=None, description="The last slot fired.")
+
+
+class Actor(_Model):
+    """Who made a change, and through which door."""
+
+    via: Via
+    who: str = Field(min_length=1, max_length=200)
+
+    def __str__(self) -> str:
+        return f"{self.who} ({self.via})"
+
+
+class AuditRecord(_Model):
+    """One change to an entry, as the audit trail keeps it."""
+
+    at: datetime
+    name: str
+    action: AuditAction
+    actor: Actor
+    changes: dict[str, Any] = Field(
+        default_factory=dict, description='For "changed": {field: {"old": x, "new": y}}.'
+    )
+
+
+class Firing(_Model):
+    """One publication of an entry's task: a slot Beat fired, or a run-now."""
+
+    task_id: str
+    fired_at: datetime
+    slot: datetime | None = Field(default=None, description="None for a run-now.")
+    manual: bool = False
+    actor: Actor | None = None
+
+
+class FiringOutcome(_Model):
+    """A firing with what became of its task, as the result backend says."""
+
+    firing: Firing
+    status: FiringStatus
+    error: str | None = None
 
 
 class EntryView(_Model):
@@ -152,6 +236,14 @@ def next_slot(entry: ScheduleEntry, state: EntryState, now: datetime) -> datetim
         after = max(after, state.last_slot)
     slot = _slot_after(entry, state, after)
     if slot is None or (entry.expires_at is not None and slot > entry.expires_at):
+        return None
+    return slot
+
+
+def passed_slot(entry: ScheduleEntry, now: datetime) -> datetime | None:
+    """The latest slot at or before ``now`` (None if none): marked fired to skip it unfired."""
+    slot = _slot_at_or_before(entry, now)
+    if slot is None or slot < _lower_bound(entry):
         return None
     return slot
 

@@ -17,7 +17,21 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from tasklane.beat.models import EntryState, EntryView, ScheduleEntry, Source, next_slot
+from tasklane.beat.errors import (
+    ScheduleError,
+    ScheduleExistsError,
+    ScheduleNotFoundError,
+)
+from tasklane.beat.models import (
+    AuditRecord,
+    EntryState,
+    EntryView,
+    Firing,
+    ScheduleEntry,
+    Source,
+    next_slot,
+    passed_slot,
+)
 from tasklane.contracts import REGISTRY, ContractRegistry
 from tasklane.errors import TasklaneError
 
@@ -27,6 +41,15 @@ local last = tonumber(redis.call('HGET', KEYS[1], 'last_slot_us') or '-1')
 if tonumber(ARGV[1]) <= last then return 0 end
 redis.call('HSET', KEYS[1], 'last_slot_us', ARGV[1], 'last_slot', ARGV[3], 'last_run_at', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'total_run_count', 1)
+return 1
+"""
+
+# KEYS: state — ARGV: slot (epoch µs), slot iso. Marks slots up to it as passed without firing
+# them (no run counted), unless a later one fired already.
+_PASS = """
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_slot_us') or '-1')
+if tonumber(ARGV[1]) <= last then return 0 end
+redis.call('HSET', KEYS[1], 'last_slot_us', ARGV[1], 'last_slot', ARGV[2])
 return 1
 """
 
@@ -44,22 +67,23 @@ end
 return 0
 """
 
+# KEYS: version, changes — ARGV: the names changed. Returns the new version.
+_BUMP = """
+local version = redis.call('INCR', KEYS[1])
+for _, name in ipairs(ARGV) do redis.call('ZADD', KEYS[2], version, name) end
+return version
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
 
-class ScheduleError(TasklaneError):
-    """A schedule operation that cannot be done (the message says why)."""
-
-
-class ScheduleNotFoundError(ScheduleError):
-    """No entry of that name."""
-
-
-class ScheduleExistsError(ScheduleError):
-    """An entry of that name exists already."""
+#: Firings kept per entry (run history), and audit records kept per entry and in all.
+HISTORY_LENGTH = 50
+AUDIT_PER_ENTRY = 200
+AUDIT_LENGTH = 10_000
 
 
 class BeatStatus(BaseModel):
@@ -90,6 +114,8 @@ class ScheduleStore:
         self._claim = client.register_script(_CLAIM)
         self._hold = client.register_script(_HOLD)
         self._release = client.register_script(_RELEASE)
+        self._pass = client.register_script(_PASS)
+        self._bump = client.register_script(_BUMP)
 
     def key(self, part: str) -> str:
         """The Redis key of one part of the schedule store."""
@@ -102,11 +128,15 @@ class ScheduleStore:
     ) -> ScheduleEntry:
         """Validate ``entry`` against its contract and store it.
 
+        A replaced entry starts afresh (run count, last run and slots owed); :meth:`update`
+        keeps them.
+
         Raises:
-            UnknownContractError, PayloadValidationError: the entry is invalid.
+            UnknownContractError, PayloadValidationError, ScheduleInvalidError: it is invalid.
             ScheduleExistsError: the name is taken and ``replace`` is false, or it is managed by
                 a schedule file or code and this is not that source.
         """
+        moment = now or datetime.now(UTC)
         validated = entry.validated(self.registry)
         existing = self._load(entry.name)
         if existing is not None:
@@ -116,13 +146,41 @@ class ScheduleStore:
                 )
             if not replace:
                 raise ScheduleExistsError(f"schedule {entry.name!r} exists already")
-        created = (existing.created_at if existing else None) or now or datetime.now(UTC)
+        created = (existing.created_at if existing else None) or moment
         stored = validated.model_copy(update={"created_at": created})
         with self._client.pipeline() as pipe:
             pipe.hset(self.key("entries"), entry.name, stored.model_dump_json())
-            if existing is None or existing.schedule != stored.schedule:
-                pipe.delete(self._state_key(entry.name))  # a new schedule owes nothing old
-            pipe.incr(self.key("version"))
+            if existing is not None:
+                pipe.delete(self._state_key(entry.name), self._firings_key(entry.name))
+                self._pass_slots(pipe, stored, moment)
+            self._touch(pipe, [entry.name])
+            pipe.execute()
+        return stored
+
+    def update(self, entry: ScheduleEntry, *, now: datetime | None = None) -> ScheduleEntry:
+        """Store a changed version of an existing entry, keeping its state and history.
+
+        A changed schedule owes nothing before ``now``: its slots up to now count as passed.
+
+        Raises:
+            ScheduleNotFoundError: no entry of that name.
+            ScheduleError: it is managed by a schedule file or code.
+            UnknownContractError, PayloadValidationError, ScheduleInvalidError: it is invalid.
+        """
+        moment = now or datetime.now(UTC)
+        existing = self.get(entry.name)
+        if existing.source != "api":
+            raise ScheduleError(
+                f"schedule {entry.name!r} is managed by {existing.source}; change it there"
+            )
+        stored = entry.validated(self.registry).model_copy(
+            update={"created_at": existing.created_at, "source": existing.source}
+        )
+        with self._client.pipeline() as pipe:
+            pipe.hset(self.key("entries"), entry.name, stored.model_dump_json())
+            if stored.schedule != existing.schedule or stored.start_at != existing.start_at:
+                self._pass_slots(pipe, stored, moment)
+            self._touch(pipe, [entry.name])
             pipe.execute()
         return stored
 
@@ -139,27 +197,43 @@ class ScheduleStore:
         entries = [ScheduleEntry.model_validate_json(value) for value in raw.values()]
         return sorted(entries, key=lambda entry: entry.name)
 
-    def set_enabled(self, name: str, enabled: bool) -> ScheduleEntry:
-        """Enable or disable an entry (whatever manages it)."""
-        entry = self.get(name).model_copy(update={"enabled": enabled})
+    def set_enabled(
+        self, name: str, enabled: bool, *, now: datetime | None = None
+    ) -> ScheduleEntry:
+        """Enable or disable an entry (whatever manages it).
+
+        Enabling does not make up the slots that passed while it was disabled: they count as
+        passed, neither fired nor missed, and the next run is the next slot after now.
+        """
+        current = self.get(name)
+        entry = current.model_copy(update={"enabled": enabled})
         with self._client.pipeline() as pipe:
             pipe.hset(self.key("entries"), name, entry.model_dump_json())
-            pipe.incr(self.key("version"))
+            if enabled and not current.enabled:
+                self._pass_slots(pipe, entry, now or datetime.now(UTC))
+            self._touch(pipe, [name])
             pipe.execute()
         return entry
 
-    def remove(self, name: str) -> None:
-        """Remove an entry and its state, or :class:`ScheduleNotFoundError`."""
+    def remove(self, name: str) -> ScheduleEntry:
+        """Remove an entry, its state and run history (its audit trail stays); return it.
+
+        Raises:
+            ScheduleNotFoundError: no entry of that name.
+            ScheduleError: it is managed by a schedule file or code.
+        """
         entry = self.get(name)
         if entry.source != "api":
             raise ScheduleError(f"schedule {name!r} is managed by {entry.source}; remove it there")
         self._delete([name])
+        return entry
 
     def sync_source(self, source: Source, entries: Sequence[ScheduleEntry]) -> list[str]:
         """Make the entries of ``source`` (a file, code) exactly ``entries``.
 
         Entries are stored as given (validate them first). The enabled flag of an entry that
-        stays is kept, so that disabling one at run time survives a reload of its file.
+        stays is kept, so that disabling one at run time survives a reload of its file; an
+        entry gone from the source is removed.
 
         Returns:
             The names removed.
@@ -171,6 +245,7 @@ class ScheduleStore:
         wanted = {entry.name for entry in entries}
         gone = [name for name, e in current.items() if e.source == source and name not in wanted]
         now = datetime.now(UTC)
+        changed: list[str] = []
         with self._client.pipeline() as pipe:
             for entry in entries:
                 old = current.get(entry.name)
@@ -178,12 +253,15 @@ class ScheduleStore:
                 update["created_at"] = (old.created_at if old else None) or entry.created_at or now
                 if old is not None and old.schedule == entry.schedule:
                     update["enabled"] = old.enabled
-                elif old is not None:
-                    pipe.delete(self._state_key(entry.name))
                 stored = entry.model_copy(update=update)
+                if old is not None and old.schedule != entry.schedule:
+                    pipe.delete(self._state_key(entry.name))
+                    self._pass_slots(pipe, stored, now)
                 if old is None or old != stored:
                     pipe.hset(self.key("entries"), entry.name, stored.model_dump_json())
-            pipe.incr(self.key("version"))
+                    changed.append(entry.name)
+            if changed:
+                self._touch(pipe, changed)
             pipe.execute()
         self._delete(gone)
         return gone
@@ -191,6 +269,35 @@ class ScheduleStore:
     def version(self) -> int:
         """A number that changes whenever an entry does."""
         return int(self._client.get(self.key("version")) or 0)
+
+    def changed_since(self, version: int) -> tuple[int, list[str]]:
+        """The current version and the names of the entries changed or removed after ``version``.
+
+        One round trip whatever the number of entries: Beat reloads only what changed.
+        """
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self.key("version"))
+            pipe.zrangebyscore(self.key("changes"), f"({version}", "+inf")
+            current, names = pipe.execute()
+        return int(current or 0), [_text(name) for name in names]
+
+    def load_many(self, names: Sequence[str]) -> dict[str, ScheduleEntry | None]:
+        """The entries of ``names`` (None for one removed), in one round trip."""
+        if not names:
+            return {}
+        raw = self._client.hmget(self.key("entries"), list(names))
+        return {
+            name: None if value is None else ScheduleEntry.model_validate_json(value)
+            for name, value in zip(names, raw, strict=True)
+        }
+
+    def states(self, names: Sequence[str]) -> dict[str, EntryState]:
+        """The state of each of ``names``, in one round trip."""
+        with self._client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self._state_key(name))
+            replies = pipe.execute()
+        return {name: _state(raw) for name, raw in zip(names, replies, strict=True)}
 
     def problem(self, entry: ScheduleEntry) -> str | None:
         """Why ``entry`` cannot fire (its contract is gone or its payload no longer fits)."""
@@ -204,15 +311,7 @@ class ScheduleStore:
 
     def state(self, name: str) -> EntryState:
         """What has happened to the entry so far."""
-        raw = self._client.hgetall(self._state_key(name))
-        values = {_text(k): _text(v) for k, v in raw.items()}
-        return EntryState.model_validate(
-            {
-                "last_run_at": values.get("last_run_at"),
-                "total_run_count": int(values.get("total_run_count", 0)),
-                "last_slot": values.get("last_slot"),
-            }
-        )
+        return _state(self._client.hgetall(self._state_key(name)))
 
     def view(self, name: str, now: datetime | None = None) -> EntryView:
         """The entry with its state, next run and any problem."""
@@ -238,6 +337,38 @@ class ScheduleStore:
             pipe.hincrby(self._state_key(name), "total_run_count", 1)
             pipe.execute()
 
+    # ------------------------------------------------------------------ history and audit
+
+    def record_firing(self, name: str, firing: Firing) -> None:
+        """Add a firing to the entry's run history (the last :data:`HISTORY_LENGTH` are kept)."""
+        key = self._firings_key(name)
+        with self._client.pipeline() as pipe:
+            pipe.lpush(key, firing.model_dump_json())
+            pipe.ltrim(key, 0, HISTORY_LENGTH - 1)
+            pipe.execute()
+
+    def firings(self, name: str, limit: int = 20) -> list[Firing]:
+        """The entry's last ``limit`` firings, newest first."""
+        raw = self._client.lrange(self._firings_key(name), 0, max(0, limit - 1))
+        return [Firing.model_validate_json(value) for value in raw]
+
+    def record_audit(self, record: AuditRecord) -> None:
+        """Keep ``record`` in the entry's audit trail and in the trail of all entries."""
+        value = record.model_dump_json()
+        per_entry = self.key(f"audit:{record.name}")
+        with self._client.pipeline() as pipe:
+            pipe.lpush(per_entry, value)
+            pipe.ltrim(per_entry, 0, AUDIT_PER_ENTRY - 1)
+            pipe.lpush(self.key("audit"), value)
+            pipe.ltrim(self.key("audit"), 0, AUDIT_LENGTH - 1)
+            pipe.execute()
+
+    def audit(self, name: str | None = None, limit: int = 100) -> list[AuditRecord]:
+        """The last ``limit`` audit records of one entry (or of all), newest first."""
+        key = self.key("audit" if name is None else f"audit:{name}")
+        raw = self._client.lrange(key, 0, max(0, limit - 1))
+        return [AuditRecord.model_validate_json(value) for value in raw]
+
     # ------------------------------------------------------------------ lock and status
 
     def hold_lock(self, token: str, ttl: float) -> bool:
@@ -257,6 +388,10 @@ class ScheduleStore:
         """Publish one Beat process's status; it disappears ``ttl`` seconds after the last."""
         key = self.key(f"status:{status.process}")
         self._client.set(key, status.model_dump_json(), px=max(1, int(ttl * 1000)))
+
+    def clear_status(self, process: str) -> None:
+        """Forget one Beat process's status at once (it stopped cleanly)."""
+        self._client.delete(self.key(f"status:{process}"))
 
     def statuses(self) -> list[BeatStatus]:
         """What every live Beat process last reported."""
@@ -282,6 +417,21 @@ class ScheduleStore:
     def _state_key(self, name: str) -> str:
         return self.key(f"state:{name}")
 
+    def _firings_key(self, name: str) -> str:
+        return self.key(f"firings:{name}")
+
+    def _pass_slots(self, pipe: redis.client.Pipeline, entry: ScheduleEntry, now: datetime) -> None:
+        slot = passed_slot(entry, now)
+        if slot is not None:
+            micros = int(slot.timestamp() * 1_000_000)
+            self._pass(
+                keys=[self._state_key(entry.name)], args=[micros, slot.isoformat()], client=pipe
+            )
+
+    def _touch(self, pipe: redis.client.Pipeline, names: Sequence[str]) -> None:
+        # A new version, and each name's change at it: Beat reloads only the names changed.
+        self._bump(keys=[self.key("version"), self.key("changes")], args=list(names), client=pipe)
+
     def _delete(self, names: Iterable[str]) -> None:
         names = list(names)
         if not names:
@@ -289,13 +439,25 @@ class ScheduleStore:
         with self._client.pipeline() as pipe:
             pipe.hdel(self.key("entries"), *names)
             pipe.delete(*[self._state_key(name) for name in names])
-            pipe.incr(self.key("version"))
+            pipe.delete(*[self._firings_key(name) for name in names])
+            self._touch(pipe, names)
             pipe.execute()
 
 
 def process_name() -> str:
     """``<host>:<pid>:<random>``: tells Beat processes apart, restarts included."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _state(raw: dict[Any, Any]) -> EntryState:
+    values = {_text(k): _text(v) for k, v in raw.items()}
+    return EntryState.model_validate(
+        {
+            "last_run_at": values.get("last_run_at"),
+            "total_run_count": int(values.get("total_run_count", 0)),
+            "last_slot": values.get("last_slot"),
+        }
+    )
 
 
 def _text(value: bytes | str) -> str:

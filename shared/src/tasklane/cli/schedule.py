@@ -18,7 +18,7 @@ from pydantic_core import ErrorDetails
 from rich.table import Table
 from rich.text import Text
 
-from tasklane.beat.client import Schedules
+from tasklane.beat.client import Schedules, default_actor
 from tasklane.beat.models import (
     ClockedSchedule,
     CrontabSchedule,
@@ -45,13 +45,22 @@ _OPTIONS = {
     "start_at": "--start",
     "expires_at": "--expires",
     "description": "--description",
+    "priority": "--priority",
+    "expires_after": "--expires-after",
 }
+#: Fields ``schedule edit --clear`` may unset.
+_CLEARABLE = ("start_at", "expires_at", "priority", "expires_after")
 _CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 
 schedule_app = Commands(
-    help="Manage periodic tasks: add, list, show, enable, disable, remove, run now.",
+    help="Manage periodic tasks: add, edit, list, show, enable, disable, remove, run now, "
+    "history, audit.",
     no_args_is_help=True,
 )
+
+
+#: The audit trail's actor for every change made here: the user running the command.
+_ACTOR = default_actor("cli")
 
 
 class ScheduleInputError(TasklaneError):
@@ -176,6 +185,13 @@ def add(
         bool, typer.Option("--replace", help="Replace an entry of that name.")
     ] = False,
     description: Annotated[str, typer.Option("--description", help="What it is for.")] = "",
+    priority: Annotated[
+        int | None, typer.Option("--priority", help="0-9, 9 most urgent (default: the task's).")
+    ] = None,
+    expires_after: Annotated[
+        float | None,
+        typer.Option("--expires-after", help="Drop a firing not started within these seconds."),
+    ] = None,
 ) -> None:
     """Add an entry, checked against its task's contract now rather than when it fires."""
     entry = _model(
@@ -189,13 +205,74 @@ def add(
         start_at=_instant(start, "--start"),
         expires_at=_instant(expires, "--expires"),
         description=description,
+        priority=priority,
+        expires_after=expires_after,
     )
     with Schedules() as schedules:
-        view = schedules.add(entry, replace=replace)
+        view = schedules.add(entry, replace=replace, actor=_ACTOR)
     state = "added" if view.entry.enabled else "added (disabled)"
     _console().print(
         f"{state} {name}: {task} {_summary(view.entry.schedule)}; {_next(view)}", highlight=False
     )
+
+
+@schedule_app.command("edit")
+def edit(
+    name: Annotated[str, typer.Argument(help="Entry name.")],
+    task: Annotated[str | None, typer.Option("--task", help="New task name.")] = None,
+    payload: Annotated[
+        str | None, typer.Option("--json", help="New payload, one JSON object (replaces it).")
+    ] = None,
+    every: Annotated[float | None, typer.Option("--every", help="New interval (s).")] = None,
+    cron: Annotated[str | None, typer.Option("--cron", help="New crontab fields.")] = None,
+    zone: Annotated[str | None, typer.Option("--tz", help="Time zone of --cron.")] = None,
+    at: Annotated[str | None, typer.Option("--at", help="New one-off time (ISO 8601).")] = None,
+    start: Annotated[str | None, typer.Option("--start", help="No run before this.")] = None,
+    expires: Annotated[str | None, typer.Option("--expires", help="No run after this.")] = None,
+    description: Annotated[
+        str | None, typer.Option("--description", help="What it is for.")
+    ] = None,
+    priority: Annotated[int | None, typer.Option("--priority", help="0-9.")] = None,
+    expires_after: Annotated[
+        float | None, typer.Option("--expires-after", help="Seconds a firing may wait.")
+    ] = None,
+    clear: Annotated[
+        list[str] | None,
+        typer.Option("--clear", help=f"Unset a field: {', '.join(_CLEARABLE)} (repeatable)."),
+    ] = None,
+) -> None:
+    """Change some fields of an entry, keeping its run count, last run and history."""
+    changes: dict[str, Any] = {}
+    if any(value is not None for value in (every, cron, at)):
+        changes["schedule"] = _schedule(every, cron, zone, at)
+    elif zone is not None:
+        raise ScheduleInputError("--tz applies to --cron only")
+    given = {
+        "task": task,
+        "payload": None if payload is None else parse_json_object(payload, "--json"),
+        "start_at": _instant(start, "--start"),
+        "expires_at": _instant(expires, "--expires"),
+        "description": description,
+        "priority": priority,
+        "expires_after": expires_after,
+    }
+    changes.update({field: value for field, value in given.items() if value is not None})
+    for field in clear or []:
+        if field not in _CLEARABLE:
+            raise ScheduleInputError(f"--clear: {field!r} is not one of {', '.join(_CLEARABLE)}")
+        if field in changes:
+            raise ScheduleInputError(f"--clear {field}: also given a new value")
+        changes[field] = None
+    if not changes:
+        raise ScheduleInputError("nothing to change: give at least one option")
+    with Schedules() as schedules:
+        try:
+            view = schedules.edit(name, changes, actor=_ACTOR)
+        except ValidationError as exc:
+            problems = "; ".join(_problem(error, "NAME") for error in exc.errors())
+            raise ScheduleInputError(problems) from None
+    fields = ", ".join(sorted(changes))
+    _console().print(f"changed {name} ({fields}); {_next(view)}", highlight=False)
 
 
 @schedule_app.command("list")
@@ -244,7 +321,7 @@ def show(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 def enable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Let an entry fire again, from its next slot (missed slots are not made up)."""
     with Schedules() as schedules:
-        view = schedules.enable(name)
+        view = schedules.enable(name, actor=_ACTOR)
     _console().print(f"enabled {name}; {_next(view)}", highlight=False)
 
 
@@ -252,7 +329,7 @@ def enable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 def disable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Stop an entry firing, keeping it and its history."""
     with Schedules() as schedules:
-        schedules.disable(name)
+        schedules.disable(name, actor=_ACTOR)
     _console().print(f"disabled {name}", highlight=False)
 
 
@@ -260,7 +337,7 @@ def disable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 def remove(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Delete an entry added at run time (file- and code-managed ones are removed there)."""
     with Schedules() as schedules:
-        schedules.remove(name)
+        schedules.remove(name, actor=_ACTOR)
     _console().print(f"removed {name}", highlight=False)
 
 
@@ -268,8 +345,60 @@ def remove(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 def run_now(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Publish the entry's task now, outside its schedule, and print the task id."""
     with Schedules() as schedules:
-        task_id = schedules.run_now(name)
+        task_id = schedules.run_now(name, actor=_ACTOR)
     _console().print(f"task id: {task_id}", highlight=False)
+
+
+@schedule_app.command("history")
+def history(
+    name: Annotated[str, typer.Argument(help="Entry name.")],
+    limit: Annotated[int, typer.Option("--limit", min=1, max=50, help="Firings shown.")] = 20,
+) -> None:
+    """Show the entry's last firings: slot, task id and what became of the task."""
+    with Schedules() as schedules:
+        outcomes = schedules.history(name, limit)
+    if not outcomes:
+        _console().print(f"{name} has not fired yet", highlight=False)
+        return
+    table = Table(title=f"Firings of {name}")
+    table.add_column("Slot", no_wrap=True)
+    table.add_column("Task id", no_wrap=True)
+    table.add_column("Outcome")
+    for outcome in outcomes:
+        firing = outcome.firing
+        slot = _when(firing.slot) if firing.slot else f"run now by {firing.actor or '?'}"
+        status = outcome.status + (f": {outcome.error}" if outcome.error else "")
+        style = "red" if outcome.status == "dead-lettered" else ""
+        table.add_row(slot, firing.task_id, Text(status, style=style))
+    _console().print(table)
+
+
+@schedule_app.command("audit")
+def audit(
+    name: Annotated[str | None, typer.Argument(help="Entry name (all entries if omitted).")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Records shown.")] = 50,
+) -> None:
+    """Show who created, changed, enabled, disabled, ran or deleted entries, and when."""
+    with Schedules() as schedules:
+        records = schedules.audit(name, limit)
+    if not records:
+        _console().print("no audit records")
+        return
+    table = Table(title="Schedule audit trail")
+    table.add_column("When", no_wrap=True)
+    table.add_column("Entry")
+    table.add_column("Action")
+    table.add_column("By")
+    table.add_column("Changes")
+    for record in records:
+        table.add_row(
+            _when(record.at),
+            record.name,
+            record.action,
+            str(record.actor),
+            ", ".join(sorted(record.changes)) or "-",
+        )
+    _console().print(table)
 
 
 @schedule_app.command("beats")

@@ -100,16 +100,20 @@ def task_message(
     *,
     priority: int = 0,
     countdown: float | None = None,
+    expires: float | None = None,
 ) -> TaskMessage:
     """Encode one task call; ``kwargs`` must already be JSON-compatible.
 
-    ``countdown`` sets the ``eta`` header: the worker holds the task until then.
+    ``countdown`` sets the ``eta`` header: the worker holds the task until then. ``expires``
+    sets the ``expires`` header, seconds from now: a worker drops the task if it is later.
     """
     body = encode_body(kwargs)
     headers = task_headers(name, task_id, kwargsrepr=_kwargs_repr(body))
+    now = datetime.now(UTC)
     if countdown:
-        eta = datetime.now(UTC) + timedelta(seconds=countdown)
-        headers["eta"] = eta.isoformat()
+        headers["eta"] = (now + timedelta(seconds=countdown)).isoformat()
+    if expires is not None:
+        headers["expires"] = (now + timedelta(seconds=expires)).isoformat()
     properties = {"correlation_id": task_id, "priority": priority}
     return TaskMessage(task_id, body, headers, properties)
 
