@@ -53,6 +53,7 @@ def _configure(database: str, sqlite: Path) -> None:
             "django.contrib.contenttypes",
             "django.contrib.sessions",
             "django.contrib.messages",
+            "django_celery_beat",  # tasklane_import_beat reads its tables (test_import_beat.py)
             "tasklane.contrib.django",
         ],
         MIDDLEWARE=[
