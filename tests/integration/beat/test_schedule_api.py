@@ -410,8 +410,9 @@ def test_tasklane_schedule_api_command_serves_with_the_env_token(
                 assert process.poll() is None, (tmp_path / "api.log").read_text()
                 return client.get("/healthz").status_code == 200
 
+            # A process importing FastAPI, uvicorn and Celery: seconds on a busy machine.
             eventually(
-                healthy, timeout=15, message="the API to start", ignoring=(httpx.TransportError,)
+                healthy, timeout=60, message="the API to start", ignoring=(httpx.TransportError,)
             )
             assert client.get("/schedules").status_code == 401
             authorized = {"Authorization": f"Bearer {TOKEN}"}
