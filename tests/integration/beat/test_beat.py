@@ -329,3 +329,50 @@ def test_schedules_from_a_file_and_from_celery_code_and_file_reload(
     eventually(lambda: slots(env, "file-tock"), timeout=15, message="the new file entry firing")
     with pytest.raises(Exception, match="managed by file"):
         schedules.remove("file-tock")
+
+
+def test_declarative_sources_reconcile_and_runtime_entries_stay(
+    env: BrokerEnv,
+    schedules: Schedules,
+    start_beat: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    code = tmp_path / "declared.py"
+    code.write_text(textwrap.dedent(APP_MODULE))
+    schedule_file = tmp_path / "schedules.yaml"
+    schedule_file.write_text(SCHEDULE_FILE)
+    schedules.add(every(3600, "runtime"))
+    schedules.run_now("runtime")
+    path = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+
+    def sources() -> dict[str, str]:
+        return {view.entry.name: view.entry.source for view in schedules.list()}
+
+    first = start_beat(
+        "--app", "declared:app", PYTHONPATH=path, TASKLANE_BEAT_SCHEDULE_FILE=str(schedule_file)
+    )
+    eventually(
+        lambda: (
+            sources()
+            == {
+                "code-dict": "code",
+                "code-cron": "code",
+                "code-periodic": "code",
+                "file-tick": "file",
+                "runtime": "api",
+            }
+        ),
+        timeout=STARTUP,
+        message=lambda: f"code and file entries stored: {sources()}",
+    )
+    first.stop()
+    # The next release drops an entry from beat_schedule and no longer sets a schedule file.
+    code.write_text(textwrap.dedent(APP_MODULE).replace('    "code-cron"', '    # "code-cron"'))
+    start_beat("--app", "declared:app", PYTHONPATH=path)
+    eventually(
+        lambda: sources() == {"code-dict": "code", "code-periodic": "code", "runtime": "api"},
+        timeout=STARTUP,
+        message=lambda: f"entries gone from their source removed: {sources()}",
+    )
+    runtime = schedules.show("runtime")
+    assert runtime.state.total_run_count == 1 and runtime.entry.enabled

@@ -8,6 +8,8 @@ Design: docs/beat.md#exactly-one-active-beat, docs/beat.md#where-entries-come-fr
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,17 +22,18 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tasklane.beat.index import EntryIndex
 from tasklane.beat.models import (
     ClockedSchedule,
     EntryState,
+    Firing,
     ScheduleEntry,
     due_slot,
-    next_slot,
     slots_between,
 )
 from tasklane.beat.sources import entries_from_beat_schedule, entries_from_file, one_line
 from tasklane.beat.store import BeatStatus, ScheduleStore, process_name
-from tasklane.errors import TasklaneError
+from tasklane.errors import BrokerUnavailableError, TasklaneError
 from tasklane.observability.health import BeatHealth
 from tasklane.observability.metrics import serve_endpoints
 from tasklane.observability.tracing import start_tracing, stop_tracing
@@ -38,6 +41,7 @@ from tasklane.publish import Publisher
 from tasklane.settings import Settings, load, load_settings
 from tasklane.wire import headers as wire_headers
 from tasklane.wire.config import base_config
+from tasklane.wire.protocol import TaskMessage
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -113,6 +117,15 @@ class BeatMetrics:
 
 #: Seconds a Redis call of Beat may take; well under the liveness timeout.
 REDIS_TIMEOUT = 5.0
+#: Seconds of firing per tick at most: a burst of due slots goes on in the next tick, at once,
+#: after the lock is renewed and the status reported.
+FIRE_BUDGET = 0.05
+#: Due slots claimed, published and recorded together: a round trip for each step, not per slot.
+FIRE_BATCH = 100
+
+
+class _LockLost(Exception):
+    """Another Beat took the lock while this one was loading its entries."""
 
 
 class TasklaneScheduler(Scheduler):  # type: ignore[misc]
@@ -133,10 +146,12 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         self._tracing: TracerProvider | None = None
         self.process = process_name()
         self.holds_lock = False
-        self.problems: dict[str, str] = {}
-        self._entries: list[ScheduleEntry] = []
-        self._version = -1
-        self._file_stamp: tuple[float, int] | None = None
+        self.index = EntryIndex(self.store)
+        self._logged: dict[str, str] = {}  # the problem last logged, by entry
+        self._renewed = 0.0  # monotonic time the lock was last renewed
+        self._closed = False
+        # The schedule file's (mtime, size) last synced; "none" once no file set was synced.
+        self._file_stamp: tuple[float, int] | str | None = None
         self._code_synced = False
         self._source_problems: dict[str, str] = {}
         self.metrics: BeatMetrics | None = None
@@ -167,7 +182,10 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         else:
             self._reached_redis()
         self._report_metrics(now)
-        sleep = max(0.05, sleep)
+        # 0: slots are due already (left over from a full tick, or due while it ran): tick
+        # again at once. The heap only holds slots after the tick that scheduled them, so this
+        # never spins on one; under a millisecond is not worth a sleep.
+        sleep = 0.0 if sleep < 0.001 else sleep
         self.health.ticked(sleep, reached=self._unreachable is None, why=self._role())
         return sleep
 
@@ -175,17 +193,37 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         """Nothing to sync: every change is written to Redis as it happens."""
 
     def close(self) -> None:
-        """Let the lock go, so a standby takes over at once."""
+        """Let the lock go and withdraw this Beat's status, so a standby takes over at once.
+
+        ``celery beat`` calls this from its SIGTERM/SIGINT handler and again as its loop ends.
+        """
+        if self._closed:
+            return
+        self._closed = True
         try:
-            if self.holds_lock:
-                self.store.release_lock(self.process)
+            # Unconditional: a signal may have cut the tick that took the lock short of noting
+            # it. Releasing is a no-op unless this process holds it.
+            self.store.release_lock(self.process)
+            self.store.clear_status(self.process)
         except redis.RedisError:
-            # Redis went away since the last tick: the lock's TTL lets a standby take over.
+            # Redis went away since the last tick: the lock's TTL lets a standby take over, and
+            # the status expires.
             logger.warning("beat %s: could not release the lock", self.process)
         finally:
+            self.holds_lock = False
             if self._publisher is not None:
                 self._publisher.close()
             stop_tracing(self._tracing)  # the last firings' spans
+
+    @property
+    def entries(self) -> Mapping[str, ScheduleEntry]:
+        """The entries this Beat holds in memory (none in standby), by name."""
+        return self.index.entries
+
+    @property
+    def problems(self) -> dict[str, str]:
+        """Why entries or sources cannot fire, by entry name or ``<source>[:<entry>]``."""
+        return {**self._source_problems, **self.index.problems}
 
     @property
     def info(self) -> str:
@@ -210,22 +248,40 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
     def _tick_in_redis(self, now: datetime) -> float:
         """Every Redis step of a tick; seconds until the next (raises ``RedisError``)."""
         held = self.store.hold_lock(self.process, self.beat_settings.lock_ttl)
+        self._renewed = time.monotonic()
         self._set_holds_lock(held)
         sleep = self._poll_interval()
         if held:
             self._sync_sources()
-            self._reload()
-            sleep = min(sleep, self._fire_due(now))
+            try:
+                self._reload(now)
+            except _LockLost:
+                self._set_holds_lock(False)
+            else:
+                sleep = min(sleep, self._fire_due(now))
         self._report(now)
         return sleep
 
     def _set_holds_lock(self, held: bool) -> None:
         if held != self.holds_lock:
             logger.warning("beat %s %s the lock", self.process, "holds" if held else "lost")
+        if not held:
+            # Another Beat fires meanwhile: what this one remembers goes stale. Loaded afresh
+            # when it holds the lock again; a standby keeps nothing.
+            self.index.clear()
         self.holds_lock = held
+
+    def _keep_lock(self) -> None:
+        """Renew the lock during a long load; raise :class:`_LockLost` if it is gone."""
+        if time.monotonic() - self._renewed < self._poll_interval():
+            return
+        self._renewed = time.monotonic()
+        if not self.store.hold_lock(self.process, self.beat_settings.lock_ttl):
+            raise _LockLost
 
     def _lost_redis(self, exc: redis.RedisError) -> None:
         # Whether the lock is still ours is unknown: claim nothing until Redis answers again.
+        # (Redis may come back empty: the entries are loaded afresh.)
         self._set_holds_lock(False)
         problem = f"{type(exc).__name__}: {one_line(exc)}"
         if self._unreachable is None:
@@ -249,60 +305,137 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
     # -------------------------------------------------------------- firing
 
     def _fire_due(self, now: datetime) -> float:
-        """Fire every due slot once; seconds until the next slot (capped by the poll interval)."""
-        soonest = self._poll_interval()
-        for entry in self._entries:
-            if entry.name in self.problems or not entry.enabled:
-                continue
-            state = self.store.state(entry.name)
-            slot = due_slot(entry, state, now)
-            if slot is not None and self.store.claim(entry.name, slot, now):
-                self._publish(entry, slot)
-                self._count(entry, state, slot)
-                state = self.store.state(entry.name)
-            upcoming = next_slot(entry, state, now)
-            if upcoming is not None:
-                soonest = min(soonest, (upcoming - datetime.now(UTC)).total_seconds())
-        return soonest
+        """Fire the entries due at ``now``; seconds until the next is (capped by the poll).
 
-    def _publish(self, entry: ScheduleEntry, slot: datetime) -> None:
-        headers = {wire_headers.SCHEDULE: entry.name, wire_headers.SLOT: slot.isoformat()}
-        try:
-            handle = self.publisher.publish(entry.task, entry.payload, headers=headers)
-        except Exception:
-            # The slot is claimed: it is not fired twice, and this one is lost (at most once).
-            logger.exception("schedule %s: could not publish the slot %s", entry.name, slot)
-            return
-        logger.info("schedule %s: published %s[%s] for %s", entry.name, entry.task, handle.id, slot)
-        if isinstance(entry.schedule, ClockedSchedule):
-            self.store.set_enabled(entry.name, False)  # a one-off is done
+        Only the due entries are touched (a heap of next slots), so the cost of a tick follows
+        what fires, not how many entries there are. 0 when the budget ran out with slots left.
+        """
+        deadline = time.monotonic() + FIRE_BUDGET
+        while slots := self._take_due(now, deadline):
+            self._fire(slots, now)
+            if time.monotonic() >= deadline:
+                return 0.0
+        upcoming = self.index.next_due()
+        if upcoming is None:
+            return self._poll_interval()
+        return max(0.0, min(self._poll_interval(), upcoming - time.time()))
+
+    def _take_due(self, now: datetime, deadline: float) -> list[tuple[str, datetime]]:
+        """Up to :data:`FIRE_BATCH` due entries with the slot each fires (fewer at the
+        deadline: working out a slot is most of a firing's cost)."""
+        slots: list[tuple[str, datetime]] = []
+        while (
+            len(slots) < FIRE_BATCH
+            and time.monotonic() < deadline
+            and (name := self.index.pop_due(now)) is not None
+        ):
+            state = self.index.states[name]
+            slot = due_slot(self.index.entries[name], state, now)
+            if slot is None:  # nothing due after all (e.g. past its expiry): reschedule
+                self.index.set_state(name, state, now)
+            else:
+                slots.append((name, slot))
+        return slots
+
+    def _fire(self, slots: list[tuple[str, datetime]], now: datetime) -> None:
+        """Claim the slots, publish those claimed, record them in each entry's run history."""
+        claims = self.store.claim_many(slots, now)
+        # Another Beat fired these slots or later ones (its lock ran out under it): learn what.
+        taken = [name for (name, _), claimed in zip(slots, claims, strict=True) if not claimed]
+        for name, state in self.store.states(taken).items():
+            self.index.set_state(name, state, now)
+        fired: list[tuple[ScheduleEntry, datetime]] = []
+        for (name, slot), claimed in zip(slots, claims, strict=True):
+            if claimed:
+                before = self.index.states[name]
+                # What the claim wrote: the slot, the time, one more run.
+                after = EntryState(
+                    last_run_at=now, total_run_count=before.total_run_count + 1, last_slot=slot
+                )
+                self.index.set_state(name, after, now)
+                fired.append((self.index.entries[name], slot))
+                self._count(self.index.entries[name], before, slot)
+        self.store.record_firings(self._publish(fired))
+        for entry, _ in fired:
+            if isinstance(entry.schedule, ClockedSchedule):
+                self.store.set_enabled(entry.name, False)  # a one-off is done
+
+    def _publish(self, fired: list[tuple[ScheduleEntry, datetime]]) -> list[tuple[str, Firing]]:
+        """Publish claimed slots, a pipeline per task; the firings the broker took.
+
+        A slot that is not published is lost, logged, never retried: it is claimed, so it is
+        not fired twice (at most once).
+        """
+        by_task: dict[str, list[tuple[ScheduleEntry, datetime, TaskMessage]]] = {}
+        for entry, slot in fired:
+            headers = {wire_headers.SCHEDULE: entry.name, wire_headers.SLOT: slot.isoformat()}
+            try:
+                message = self.publisher.encode(
+                    entry.task,
+                    entry.payload,
+                    priority=entry.priority,
+                    expires=entry.expires_after,
+                    headers=headers,
+                )
+            except Exception:
+                logger.exception("schedule %s: could not publish the slot %s", entry.name, slot)
+                continue
+            by_task.setdefault(entry.task, []).append((entry, slot, message))
+        firings: list[tuple[str, Firing]] = []
+        for task, items in by_task.items():
+            try:
+                self.publisher.send(task, [message for _, _, message in items])
+                sent = len(items)
+            except BrokerUnavailableError as exc:
+                sent = exc.sent
+                logger.error(
+                    "beat: %d of %d %s firings not sent: %s",
+                    len(items) - sent,
+                    len(items),
+                    task,
+                    exc,
+                )
+            except Exception:
+                sent = 0
+                logger.exception("beat: %d %s firings not sent", len(items), task)
+            fired_at = datetime.now(UTC)
+            for entry, slot, message in items[:sent]:
+                logger.info(
+                    "schedule %s: published %s[%s] for %s", entry.name, task, message.task_id, slot
+                )
+                firings.append(
+                    (entry.name, Firing(task_id=message.task_id, fired_at=fired_at, slot=slot))
+                )
+            for entry, slot, _ in items[sent:]:
+                logger.error("schedule %s: could not publish the slot %s", entry.name, slot)
+        return firings
 
     def _count(self, entry: ScheduleEntry, before: EntryState, slot: datetime) -> None:
         if self.metrics is None:
             return
         self.metrics.fired.labels(entry.name).inc()
+        # Slots between the last fired (or passed: enabling passes the slots of the time the
+        # entry was disabled) and this one went by while no Beat was firing.
         skipped = slots_between(entry, before.last_slot, slot)
         if skipped:
             self.metrics.missed.labels(entry.name).inc(skipped)
 
     # -------------------------------------------------------------- sources
 
-    def _reload(self) -> None:
-        version = self.store.version()
-        if version == self._version:
-            return
-        entries = self.store.entries()
-        problems = {e.name: p for e in entries if (p := self.store.problem(e)) is not None}
-        for name, problem in problems.items():
-            if self.problems.get(name) != problem:
+    def _reload(self, now: datetime) -> None:
+        """Read back the entries changed since the last tick (every entry on the first)."""
+        changed = self.index.refresh(now, keepalive=self._keep_lock)
+        for name in changed:
+            problem = self.index.problems.get(name)
+            if problem is None:
+                self._logged.pop(name, None)
+            elif self._logged.get(name) != problem:
                 logger.error("schedule %s cannot fire: %s", name, problem)
-        self.problems = {**self._source_problems, **problems}
-        self._entries = entries
-        self._version = version
-        if self.metrics is not None:
-            for entry in entries:  # series from 0, so the first fire or miss shows in rate()
-                self.metrics.fired.labels(entry.name)
-                self.metrics.missed.labels(entry.name)
+                self._logged[name] = problem
+            if self.metrics is not None and name in self.index.entries:
+                # Series from 0, so the first fire or miss shows in rate().
+                self.metrics.fired.labels(name)
+                self.metrics.missed.labels(name)
 
     def _sync_sources(self) -> None:
         if not self._code_synced:
@@ -310,6 +443,9 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
             self._code_synced = True
         path = self.beat_settings.schedule_file
         if path is None:
+            if self._file_stamp != "none":  # no file declares no entries: the file's go
+                self._sync("file", [], {})
+                self._file_stamp = "none"
             return
         try:
             stat = path.stat()
@@ -317,9 +453,16 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
             self._note_problem("file", f"{path}: {exc}")
             return
         stamp = (stat.st_mtime, stat.st_size)
-        if stamp != self._file_stamp:
-            self._sync("file", *entries_from_file(path))
-            self._file_stamp = stamp
+        if stamp == self._file_stamp:
+            return
+        entries, problems = entries_from_file(path)
+        if "file" in problems:
+            # Unreadable or not a schedule file (a volume half mounted): its entries keep
+            # firing as they were, and it is read again on the next tick.
+            self._note_problem("file", problems["file"])
+            return
+        self._sync("file", entries, problems)
+        self._file_stamp = stamp
 
     def _sync(self, source: str, entries: list[ScheduleEntry], problems: dict[str, str]) -> None:
         try:
@@ -351,16 +494,16 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
     def _report_metrics(self, now: datetime) -> None:
         if self.metrics is not None:
             self.metrics.last_tick.set(now.timestamp())
-            self.metrics.schedules.set(len(self._entries))
+            self.metrics.schedules.set(len(self.index.entries))
             self.metrics.lock_held.set(1 if self.holds_lock else 0)
 
     def _report(self, now: datetime) -> None:
         status = BeatStatus(
             process=self.process,
             last_tick=now,
-            schedules=len(self._entries),
+            schedules=len(self.index.entries),
             holds_lock=self.holds_lock,
-            problems={**self._source_problems, **self.problems},
+            problems=self.problems,
         )
         self.store.report(status, ttl=max(30.0, 3 * self.beat_settings.lock_ttl))
 

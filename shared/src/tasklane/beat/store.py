@@ -317,10 +317,20 @@ class ScheduleStore:
         """The entry with its state, next run and any problem."""
         return self._view(self.get(name), now or datetime.now(UTC))
 
-    def views(self, now: datetime | None = None) -> list[EntryView]:
-        """Every entry as :meth:`view` shows it."""
+    def views(
+        self, now: datetime | None = None, *, names: Sequence[str] | None = None
+    ) -> list[EntryView]:
+        """Every entry (or those of ``names`` that exist) as :meth:`view` shows it.
+
+        Two round trips whatever the number: one for the entries, one for all their states.
+        """
         moment = now or datetime.now(UTC)
-        return [self._view(entry, moment) for entry in self.entries()]
+        if names is None:
+            entries = self.entries()
+        else:
+            entries = [e for e in self.load_many(list(names)).values() if e is not None]
+        states = self.states([entry.name for entry in entries])
+        return [self._view(entry, moment, states[entry.name]) for entry in entries]
 
     def claim(self, name: str, slot: datetime, now: datetime) -> bool:
         """Record that ``slot`` fires now; False if it (or a later one) fired already."""
@@ -329,6 +339,29 @@ class ScheduleStore:
             keys=[self._state_key(name)], args=[micros, now.isoformat(), slot.isoformat()]
         )
         return bool(claimed)
+
+    def claim_many(self, slots: Sequence[tuple[str, datetime]], now: datetime) -> list[bool]:
+        """:meth:`claim` each ``(name, slot)``, in one round trip; whether each was claimed."""
+        with self._client.pipeline(transaction=False) as pipe:
+            for name, slot in slots:
+                micros = int(slot.timestamp() * 1_000_000)
+                self._claim(
+                    keys=[self._state_key(name)],
+                    args=[micros, now.isoformat(), slot.isoformat()],
+                    client=pipe,
+                )
+            return [bool(claimed) for claimed in pipe.execute()]
+
+    def record_firings(self, firings: Sequence[tuple[str, Firing]]) -> None:
+        """:meth:`record_firing` each ``(name, firing)``, in one round trip."""
+        if not firings:
+            return
+        with self._client.pipeline(transaction=False) as pipe:
+            for name, firing in firings:
+                key = self._firings_key(name)
+                pipe.lpush(key, firing.model_dump_json())
+                pipe.ltrim(key, 0, HISTORY_LENGTH - 1)
+            pipe.execute()
 
     def record_manual_run(self, name: str, now: datetime) -> None:
         """Count a run-now: it changes the run count and time, not the slots owed."""
@@ -404,8 +437,10 @@ class ScheduleStore:
 
     # ------------------------------------------------------------------ internals
 
-    def _view(self, entry: ScheduleEntry, now: datetime) -> EntryView:
-        state = self.state(entry.name)
+    def _view(
+        self, entry: ScheduleEntry, now: datetime, state: EntryState | None = None
+    ) -> EntryView:
+        state = state if state is not None else self.state(entry.name)
         problem = self.problem(entry)
         upcoming = None if problem else next_slot(entry, state, now)
         return EntryView(entry=entry, state=state, next_run_at=upcoming, problem=problem)
