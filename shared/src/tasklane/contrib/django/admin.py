@@ -1,4 +1,5 @@
-"""The outbox in Django's admin: what waits, what was sent, what is parked and why."""
+"""Tasklane in Django's admin: the outbox (what waits, was sent, is parked and why) and Beat's
+schedules (:mod:`tasklane.contrib.django.schedules`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from tasklane.contrib.django.conf import options
-from tasklane.contrib.django.models import OutboxMessage
+from tasklane.contrib.django.models import OutboxMessage, Schedule
+from tasklane.contrib.django.schedules.admin import ScheduleAdmin
 
 if TYPE_CHECKING:
     _ModelAdmin = admin.ModelAdmin[OutboxMessage]
@@ -79,3 +81,6 @@ class OutboxMessageAdmin(_ModelAdmin):
         self.message_user(
             request, f"{count} parked message(s) set back to pending.", messages.SUCCESS
         )
+
+
+admin.site.register(Schedule, ScheduleAdmin)

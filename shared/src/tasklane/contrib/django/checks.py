@@ -1,7 +1,8 @@
 """Django system checks of the ``TASKLANE`` setting and the outbox (``manage.py check``).
 
 ``tasklane.E001`` invalid setting, ``E002`` no broker URL, ``E003`` outbox table missing (a
-database check), ``E004`` unknown contract in ``CONTRACTS``, ``W001`` outbox not on PostgreSQL.
+database check), ``E004`` unknown contract in ``CONTRACTS``, ``W001`` outbox not on PostgreSQL,
+``W002`` the admin installed but no Redis for Beat's schedule store.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from types import FrameType
 from typing import Any
 
+from django.apps import apps
 from django.core.checks import CheckMessage, Error, Tags, register
 from django.core.checks import Warning as CheckWarning
 from django.core.exceptions import ImproperlyConfigured
@@ -22,6 +24,7 @@ from tasklane.contrib.django.conf import DjangoOptions, options
 def register_checks() -> None:
     """Register every check with Django's registry (from ``TasklaneConfig.ready``)."""
     register(check_settings, "tasklane")
+    register(check_schedule_store, "tasklane", Tags.admin)
     register(check_outbox_table, "tasklane", Tags.database)
 
 
@@ -61,6 +64,30 @@ def check_settings(app_configs: Iterable[Any] | None = None, **_: Any) -> list[C
             )
         )
     return problems
+
+
+def check_schedule_store(app_configs: Iterable[Any] | None = None, **_: Any) -> list[CheckMessage]:
+    """W002: the admin's schedule pages have no Redis to read Beat's entries from.
+
+    Without any broker E002 says so already; this is a broker that is not Redis (RabbitMQ)
+    with no ``RESULT_BACKEND`` or ``STATE_URL``.
+    """
+    config = _valid_options()
+    if config is None or not apps.is_installed("django.contrib.admin"):
+        return []
+    platform = config.settings
+    if platform.broker_url is None or platform.state_url is not None:
+        return []
+    return [
+        CheckWarning(
+            "the admin's schedule pages have no schedule store: no Redis is configured",
+            hint=(
+                'Set TASKLANE["RESULT_BACKEND"] (or STATE_URL) to the Redis that Beat uses. '
+                "Not using Beat? Add tasklane.W002 to SILENCED_SYSTEM_CHECKS."
+            ),
+            id="tasklane.W002",
+        )
+    ]
 
 
 def check_outbox_table(

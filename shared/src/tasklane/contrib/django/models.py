@@ -56,3 +56,24 @@ class OutboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.contract} {self.task_id} ({self.state})"
+
+
+class Schedule(models.Model):
+    """Beat's schedule entries in the admin: permissions only, never a table.
+
+    Entries live in Beat's store (Redis) and are read and changed through
+    :class:`tasklane.beat.client.Schedules`; this unmanaged model gives the admin a place to hang
+    its pages and Django the permissions to check: view, change, add, delete, and
+    ``run_schedule`` apart from ``change``. Do not query it: it has no table.
+    """
+
+    name: models.CharField[str, str] = models.CharField(primary_key=True, max_length=200)
+
+    class Meta:
+        managed = False
+        db_table = "tasklane_schedule"  # never created (managed = False)
+        verbose_name = "schedule"
+        permissions = [("run_schedule", "Can run a schedule now")]
+
+    def __str__(self) -> str:
+        return self.name
