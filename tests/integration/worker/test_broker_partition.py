@@ -51,9 +51,11 @@ def test_a_worker_reconnects_while_rabbitmq_still_holds_its_old_connection(
         )
         # Connected again, with its remote-control queue declared again: it answers a broadcast
         # ping and runs a task, and it is still running.
+        # Addressed to this worker: other tests' workers on the shared broker answer a broadcast
+        # too, and a first answer from them alone is not this worker's.
         control = Celery(broker=RABBITMQ_URL)
         replies = eventually(
-            lambda: control.control.ping(timeout=1.0),
+            lambda: control.control.ping(destination=[worker.node], timeout=1.0),
             timeout=60,
             message=lambda: f"a ping reply\n{worker.output()[-3000:]}",
         )
