@@ -14,7 +14,7 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,24 +35,6 @@ from tests.support.harness import BrokerEnv, WorkerProcess
 # Seconds for Beat processes to start and take the lock: imports take seconds on a busy machine.
 STARTUP = 60.0
 IM = {"channel": "webhook", "url": "https://hooks.example.org/beat", "text": "tick"}
-
-
-@pytest.fixture
-def start_beat(env: BrokerEnv, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start(*args: str, **extra_env: str) -> WorkerProcess:
-        command = [str(Path(sys.executable).with_name("tasklane")), "beat", *args]
-        process_env = {**env.env(), "TASKLANE_BEAT_LOCK_TTL": "2", **extra_env}
-        beat = WorkerProcess.from_command(
-            command, process_env, tmp_path / f"beat{len(started)}.log"
-        )
-        started.append(beat)
-        return beat
-
-    yield start
-    for beat in started:
-        beat.stop()
 
 
 def sent(env: BrokerEnv, queue: str = "notifier.im") -> list[dict[str, Any]]:

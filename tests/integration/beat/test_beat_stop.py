@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,24 +23,6 @@ from tests.support.harness import BrokerEnv, WorkerProcess
 STARTUP = 60.0
 
 StartBeat = Callable[[], WorkerProcess]
-
-
-@pytest.fixture
-def start_beat(env: BrokerEnv, tmp_path: Path) -> Iterator[StartBeat]:
-    started: list[WorkerProcess] = []
-
-    def start() -> WorkerProcess:
-        command = [str(Path(sys.executable).with_name("tasklane")), "beat"]
-        process_env = {**env.env(), "TASKLANE_BEAT_LOCK_TTL": "2"}
-        beat = WorkerProcess.from_command(
-            command, process_env, tmp_path / f"beat{len(started)}.log"
-        )
-        started.append(beat)
-        return beat
-
-    yield start
-    for beat in started:
-        beat.stop()
 
 
 def process_of(schedules: Schedules, beat: WorkerProcess) -> str | None:
