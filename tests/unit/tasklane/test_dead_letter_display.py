@@ -158,6 +158,17 @@ def test_labels_that_are_not_text_encodings_show_bytes(body: bytes, label: str) 
     assert base64.b64decode(view["body_base64"]) == body[: DeadLetter.PREVIEW_BYTES]
 
 
+@pytest.mark.parametrize("body", [b"NaN", b"[Infinity]", b'{"x": -Infinity}'])
+def test_nan_and_infinity_are_text_not_json(body: bytes) -> None:
+    # Python's json reads them; JSON has no such values, and `dlq show --json` must stay JSON.
+    view = check_view(letter(body, "utf-8"))
+
+    assert view["body_format"] == "text"
+    assert view["body"] == body.decode()
+    assert view["body_note"] == "not valid JSON"
+    json.loads(json.dumps(view), parse_constant=lambda name: pytest.fail(f"{name} in the view"))
+
+
 def test_a_pickle_is_shown_as_bytes_and_never_unpickled(tmp_path: Path) -> None:
     marker = tmp_path / "unpickled"
 

@@ -34,6 +34,12 @@ from tasklane.wire.routing import DLQ_SUFFIX, dead_letter_exchange, dlq_name
 MAX_ERROR_CHARS = 2000
 
 
+def _refuse_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON (RFC 8259) does not have: such a body is
+    # shown as text, so `dlq show --json` never prints a bare NaN.
+    raise ValueError(f"{name} is not JSON")
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """Why a message was dead-lettered, and the message itself."""
@@ -123,7 +129,7 @@ class DeadLetter:
             return "binary", None, note
         if self.content_type == CONTENT_TYPE:
             try:
-                return "json", json.loads(text), ""
+                return "json", json.loads(text, parse_constant=_refuse_constant), ""
             except (ValueError, RecursionError):
                 return "text", text, "not valid JSON"
         return "text", text, ""
