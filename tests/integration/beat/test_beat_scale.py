@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from tasklane.beat.client import Schedules
+from tasklane.beat.index import EntryIndex
 from tasklane.beat.models import (
     ClockedSchedule,
     CrontabSchedule,
@@ -26,18 +27,19 @@ from tasklane.beat.models import (
     ScheduleEntry,
 )
 from tasklane.beat.scheduler import TasklaneScheduler, create_beat_app
+from tasklane.beat.store import ScheduleStore
 from tasklane.settings import Settings
 from tasklane.wire.broker import redis_queue_keys
 from tasklane.wire.headers import SCHEDULE
 from tests.integration.beat.test_beat import IM
-from tests.support.harness import RedisServer
+from tests.support.harness import BrokerEnv, RedisServer
 
 ENTRIES = 10_000
 IDLE_TICKS = 5
-#: An idle tick: renew the lock (a script: EVALSHA and its GET, PEXPIRE), read the version and
-#: the change feed (MULTI, GET, ZRANGEBYSCORE, EXEC), report the status (SET). Before the index:
-#: one HGETALL per entry and tick.
-IDLE_TICK_COMMANDS = 8
+#: An idle tick: renew the lock (a script: EVALSHA and its GET, PEXPIRE), read the version, the
+#: feed's floor and the change feed (MULTI, GET, GET, ZRANGEBYSCORE, EXEC), report the status
+#: (SET). Before the index: one HGETALL per entry and tick.
+IDLE_TICK_COMMANDS = 9
 ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Adelaide")
 
 
@@ -157,3 +159,33 @@ def test_a_change_is_live_after_the_next_tick_read_back_by_name(loaded: Loaded) 
         for raw in loaded.client.lrange(key, 0, -1)
     ]
     assert sent == ["due-now"]
+
+
+def test_the_change_feed_stays_bounded_and_a_beat_behind_it_reloads_everything(
+    env: BrokerEnv,
+) -> None:
+    client = redis.Redis.from_url(env.settings.require_state())
+    store = ScheduleStore(client, namespace=env.settings.namespace, change_feed_length=3)
+    now = datetime.now(UTC)
+    first, *later = quiet(6, now)
+    store.add(first)
+    index = EntryIndex(store)
+    index.refresh(now, keepalive=lambda: None)
+    assert list(index.entries) == [first.name]
+
+    for entry in later[:2]:  # within the feed's length: read back by name
+        store.add(entry)
+    assert sorted(index.refresh(now, keepalive=lambda: None)) == [e.name for e in later[:2]]
+
+    for entry in later[2:]:  # three more names push the two read above out of the feed
+        store.add(entry)
+    store.add(first.model_copy(update={"description": "edited"}), replace=True)
+    assert client.zcard(store.key("changes")) == 3
+    version = index.version
+    changed = index.refresh(now, keepalive=lambda: None)
+
+    # Everything read again, because what changed after `version` is no longer all in the feed.
+    assert store.changed_since(version)[1] is None
+    assert sorted(changed) == sorted(e.name for e in [first, *later])
+    assert index.entries[first.name].description == "edited"
+    assert len(index.entries) == 6

@@ -56,8 +56,9 @@ class EntryIndex:
         if version == self.version:
             return []
         if version < self.version or not names:
-            # Redis lost its data (the version went back), or a writer moved the version
-            # without naming what it changed: only a full load is sure to be right.
+            # Redis lost its data (the version went back), the feed was trimmed past this
+            # copy's version, or a writer moved the version without naming what it changed:
+            # only a full load is sure to be right.
             return self._load_all(now, keepalive)
         self._read(names, now)
         self.version = version

@@ -67,10 +67,18 @@ end
 return 0
 """
 
-# KEYS: version, changes — ARGV: the names changed. Returns the new version.
+# KEYS: version, changes, floor — ARGV: the feed's length, then the names changed. Returns the
+# new version. Past the length the oldest changes go, and the floor keeps the newest version
+# that went: a reader behind it reloads everything.
 _BUMP = """
 local version = redis.call('INCR', KEYS[1])
-for _, name in ipairs(ARGV) do redis.call('ZADD', KEYS[2], version, name) end
+for i = 2, #ARGV do redis.call('ZADD', KEYS[2], version, ARGV[i]) end
+local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[1])
+if excess > 0 then
+  local last = redis.call('ZRANGE', KEYS[2], excess - 1, excess - 1, 'WITHSCORES')
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
+  redis.call('SET', KEYS[3], last[2])
+end
 return version
 """
 
@@ -82,6 +90,9 @@ return 0
 
 #: Firings kept per entry (run history), and audit records kept per entry and in all.
 HISTORY_LENGTH = 50
+#: Names kept in the change feed. One-offs made under new names would grow it without end; a
+#: Beat that falls behind what was trimmed reloads every entry.
+CHANGE_FEED_LENGTH = 20_000
 AUDIT_PER_ENTRY = 200
 AUDIT_LENGTH = 10_000
 
@@ -107,10 +118,12 @@ class ScheduleStore:
         *,
         namespace: str = "",
         registry: ContractRegistry = REGISTRY,
+        change_feed_length: int = CHANGE_FEED_LENGTH,
     ) -> None:
         self._client = client
         self._prefix = f"{namespace}tasklane:beat:"
         self.registry = registry
+        self.change_feed_length = change_feed_length
         self._claim = client.register_script(_CLAIM)
         self._hold = client.register_script(_HOLD)
         self._release = client.register_script(_RELEASE)
@@ -270,15 +283,19 @@ class ScheduleStore:
         """A number that changes whenever an entry does."""
         return int(self._client.get(self.key("version")) or 0)
 
-    def changed_since(self, version: int) -> tuple[int, list[str]]:
+    def changed_since(self, version: int) -> tuple[int, list[str] | None]:
         """The current version and the names of the entries changed or removed after ``version``.
 
-        One round trip whatever the number of entries: Beat reloads only what changed.
+        One round trip whatever the number of entries: Beat reloads only what changed. The names
+        are None when the feed no longer reaches back to ``version`` (trimmed past it).
         """
         with self._client.pipeline(transaction=True) as pipe:
             pipe.get(self.key("version"))
+            pipe.get(self.key("changes:floor"))
             pipe.zrangebyscore(self.key("changes"), f"({version}", "+inf")
-            current, names = pipe.execute()
+            current, floor, names = pipe.execute()
+        if version < int(floor or 0):
+            return int(current or 0), None
         return int(current or 0), [_text(name) for name in names]
 
     def load_many(self, names: Sequence[str]) -> dict[str, ScheduleEntry | None]:
@@ -465,7 +482,11 @@ class ScheduleStore:
 
     def _touch(self, pipe: redis.client.Pipeline, names: Sequence[str]) -> None:
         # A new version, and each name's change at it: Beat reloads only the names changed.
-        self._bump(keys=[self.key("version"), self.key("changes")], args=list(names), client=pipe)
+        self._bump(
+            keys=[self.key("version"), self.key("changes"), self.key("changes:floor")],
+            args=[self.change_feed_length, *names],
+            client=pipe,
+        )
 
     def _delete(self, names: Iterable[str]) -> None:
         names = list(names)
