@@ -59,10 +59,6 @@ schedule_app = Commands(
 )
 
 
-#: The audit trail's actor for every change made here: the user running the command.
-_ACTOR = default_actor("cli")
-
-
 class ScheduleInputError(TasklaneError):
     """A bad option of a ``tasklane schedule`` command (the message names it)."""
 
@@ -209,7 +205,7 @@ def add(
         expires_after=expires_after,
     )
     with Schedules() as schedules:
-        view = schedules.add(entry, replace=replace, actor=_ACTOR)
+        view = schedules.add(entry, replace=replace, actor=default_actor("cli"))
     state = "added" if view.entry.enabled else "added (disabled)"
     _console().print(
         f"{state} {name}: {task} {_summary(view.entry.schedule)}; {_next(view)}", highlight=False
@@ -267,7 +263,7 @@ def edit(
         raise ScheduleInputError("nothing to change: give at least one option")
     with Schedules() as schedules:
         try:
-            view = schedules.edit(name, changes, actor=_ACTOR)
+            view = schedules.edit(name, changes, actor=default_actor("cli"))
         except ValidationError as exc:
             problems = "; ".join(_problem(error, "NAME") for error in exc.errors())
             raise ScheduleInputError(problems) from None
@@ -321,7 +317,7 @@ def show(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 def enable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Let an entry fire again, from its next slot (missed slots are not made up)."""
     with Schedules() as schedules:
-        view = schedules.enable(name, actor=_ACTOR)
+        view = schedules.enable(name, actor=default_actor("cli"))
     _console().print(f"enabled {name}; {_next(view)}", highlight=False)
 
 
@@ -329,7 +325,7 @@ def enable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 def disable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Stop an entry firing, keeping it and its history."""
     with Schedules() as schedules:
-        schedules.disable(name, actor=_ACTOR)
+        schedules.disable(name, actor=default_actor("cli"))
     _console().print(f"disabled {name}", highlight=False)
 
 
@@ -337,7 +333,7 @@ def disable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 def remove(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Delete an entry added at run time (file- and code-managed ones are removed there)."""
     with Schedules() as schedules:
-        schedules.remove(name, actor=_ACTOR)
+        schedules.remove(name, actor=default_actor("cli"))
     _console().print(f"removed {name}", highlight=False)
 
 
@@ -345,7 +341,7 @@ def remove(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 def run_now(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Publish the entry's task now, outside its schedule, and print the task id."""
     with Schedules() as schedules:
-        task_id = schedules.run_now(name, actor=_ACTOR)
+        task_id = schedules.run_now(name, actor=default_actor("cli"))
     _console().print(f"task id: {task_id}", highlight=False)
 
 
