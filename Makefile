@@ -44,7 +44,7 @@ demo: $(DEMO_VENV)/.synced ## Publish a sample email and IM message to a real no
 up: $(DEMO_VENV)/.synced ## Start the demo stack (broker, sinks, notifier worker) and keep it running
 	$(DEMO_VENV)/bin/python -m tasklane_dev.demo --keep-running
 
-demo-django: install ## Django quick start: an order's outbox rows relayed, its email and DingTalk message delivered
+demo-django: install ## Django quick start: an order through the outbox and relay, a Beat firing added in the admin, Flower watching
 	$(PY) examples/django_quickstart/demo.py
 
 test: lint typecheck ## Lint, type-check and run the whole test suite, then the Django tests on Django 6.1
@@ -107,3 +107,9 @@ bench-media: install ## Only the media benchmarks: image thumbnails vs plain Pil
 
 manifests: install ## Regenerate the chart's generated files and deploy/k8s (the chart with default values)
 	$(PY) deploy/helm/generate.py
+
+.PHONY: clients
+clients: install ## Regenerate clients/typescript's openapi.json and src/schema.d.ts from the contracts
+	$(VENV)/bin/tasklane contracts export --openapi clients/typescript/openapi.json
+	[ -d clients/typescript/node_modules ] || npm --prefix clients/typescript ci
+	npm --prefix clients/typescript run generate

@@ -1,5 +1,6 @@
-"""The Django quick start (examples/django_quickstart): ``make demo-django`` end to end, the
-project's own tests, its migrations and its Beat schedule."""
+"""The Django quick start (examples/django_quickstart): ``make demo-django`` end to end (with
+Beat and Flower beside the worker), the project's own tests, its migrations and its Beat
+schedule."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import pytest
 
 from tests.integration.django.example_support import EXAMPLE, manage
 
-# The demo starts a broker, a worker and a relay, each a Python process, on two busy cores.
+# The demo starts a broker, a worker, Beat, Flower and a relay, each a Python process, on two
+# busy cores.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 TASK_ID = "[0-9a-f-]{36}"
 
 
-def test_make_demo_django_takes_an_order_and_delivers_its_email_and_signed_robot_message() -> None:
+def test_make_demo_django_delivers_an_order_and_a_beat_firing_that_flower_shows() -> None:
     done = subprocess.run(
         [sys.executable, str(EXAMPLE / "demo.py")],
         capture_output=True,
@@ -32,6 +34,15 @@ def test_make_demo_django_takes_an_order_and_delivers_its_email_and_signed_robot
     assert done.returncode == 0, f"demo exited {done.returncode}:\n{out}\n{done.stderr}"
 
     assert "broker: embedded Valkey at redis://127.0.0.1:" in out
+    assert "beat: tasklane beat running, the active Beat (holds the lock)" in out
+    assert re.search(r"flower: http://127\.0\.0\.1:\d+ \(basic auth ops:…\), running\n", out)
+    worker = re.search(
+        r"/api/workers: (notifier@\S+), queues quickstart\.notifier\.email, "
+        r"quickstart\.notifier\.im\n",
+        out,
+    )
+    assert worker, out
+    assert f"{worker[1]}: task events enabled by Flower" in out
     assert re.search(r"database: SQLite at \S+db\.sqlite3, migrated", out)
     assert "system check tasklane.W001: the outbox database 'default' is not PostgreSQL" in out
     created = re.search(
@@ -52,7 +63,38 @@ def test_make_demo_django_takes_an_order_and_delivers_its_email_and_signed_robot
     assert "Thank you for your order 1: 2 x Blue kettle." in out
     assert '"title":"New order 1"' in out
     assert "DingTalk signature verified" in out
-    assert "relay stopped on SIGTERM: exit 0" in out
+
+    # A one-off added through the admin's form: Beat fires it, the notifier delivers it signed.
+    assert re.search(
+        r"admin: add schedule 'orders-to-ship', notifier\.im\.send once at [\d:]{8} UTC -> 302\n",
+        out,
+    )
+    assert "audit trail: created by admin (admin)" in out
+    ordered, fired = out.split("DingTalk stand-in received from Beat's firing")
+    assert ordered.count("DingTalk signature verified") == 1
+    assert '"title":"Orders to ship"' in fired and "DingTalk signature verified" in fired
+    history = re.search(
+        rf"run history of 'orders-to-ship' \(Schedules\.history\):\n"
+        rf"  fired [\d:.]+ slot [\d:]+  task ({TASK_ID})  succeeded\n"
+        rf"  runs 1, enabled False",
+        out,
+    )
+    assert history, out
+    beat_task = history[1]
+    assert f"published notifier.im.send[{beat_task}]" in out
+
+    # Flower saw every task through the worker's task events.
+    shown = out.split("flower /api/tasks (from the worker's task events):")[1]
+    for task_id, contract in (
+        (robot, r"notifier\.im\.send"),
+        (email, r"notifier\.email\.send"),
+        (beat_task, r"notifier\.im\.send"),
+    ):
+        assert re.search(rf"{task_id}  {contract} +SUCCESS  on {worker[1]}  runtime ", shown)
+
+    for process in ("relay", "flower"):
+        assert f"{process} stopped on SIGTERM: exit 0\n" in out
+    assert "beat stopped on SIGTERM: exit 0, 0 Beat left in Redis" in out
     assert out.rstrip().endswith("demo finished: everything shut down")
 
 
