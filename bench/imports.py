@@ -3,8 +3,8 @@
 Prints the median of 5 runs of each, in one run of this script:
 
 * ``python -c pass``: the interpreter alone;
-* the floor: the third-party modules a publisher cannot do without (pydantic with email
-  validation, Kombu's producer, the OpenTelemetry API), imported directly;
+* the floor: the third-party modules a publisher cannot do without (pydantic, Kombu's producer,
+  the OpenTelemetry API), imported directly;
 * ``import tasklane.publish``, and its ratio to the floor (1.0x would mean Tasklane adds nothing);
 * ``import tasklane.worker.app`` for contrast (what a worker loads);
 
@@ -22,7 +22,7 @@ import sys
 import time
 
 RUNS = 5
-FLOOR = "import pydantic, email_validator, kombu.messaging, opentelemetry.trace"
+FLOOR = "import pydantic, kombu.messaging, opentelemetry.trace"
 CASES = {
     "python -c pass": "pass",
     "third-party floor": FLOOR,

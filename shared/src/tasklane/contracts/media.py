@@ -8,43 +8,53 @@ instead of adding a second one; an optional ``idempotency_key`` skips the work a
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from tasklane.contracts.base import Payload, Result, RetryPolicy, TaskContract
+from tasklane.contracts.fields import Boolean, Integer, Number, SourceUri
 from tasklane.errors import TransientError
 
-SOURCE_SCHEMES = ("file", "s3", "http", "https")
 ImageFormat = Literal["jpeg", "png", "webp"]
 
 
 class MediaPayload(Payload):
     """What every media task takes: a source and an optional idempotency key."""
 
-    source: str = Field(
+    source: SourceUri = Field(
         min_length=1,
         max_length=4096,
         description="An artifact URI (file://, s3://) or an http(s) URL of the input.",
     )
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
 
-    @field_validator("source")
-    @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        scheme = value.split(":", 1)[0].lower() if ":" in value else ""
-        if scheme not in SOURCE_SCHEMES:
-            raise ValueError(f"must be a {', '.join(SOURCE_SCHEMES)} URI, got {value[:40]!r}")
-        return value
+
+# The bounds inside the union: outside it pydantic exports "ge"/"le", unknown to JSON Schema.
+_Side = Annotated[int, Field(ge=1, le=20_000), *Integer.__metadata__]
+
+
+def _given(*names: str) -> dict[str, Any]:
+    """Schema of an object whose ``names`` are there and are integers (not null)."""
+    return {"required": list(names), "properties": {name: {"type": "integer"} for name in names}}
 
 
 class Resize(Payload):
     """How to size the image: fit in a box, fill a box (cropping), or crop a region."""
 
-    width: int | None = Field(default=None, ge=1, le=20_000)
-    height: int | None = Field(default=None, ge=1, le=20_000)
+    # The schema of _sides.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [_given("width"), _given("height")],
+            "if": {"required": ["fit"], "properties": {"fit": {"enum": ["fill", "crop"]}}},
+            "then": _given("width", "height"),
+        }
+    )
+
+    width: _Side | None = None
+    height: _Side | None = None
     fit: Literal["fit", "fill", "crop"] = "fit"
-    upscale: bool = Field(default=False, description="Let 'fit' and 'fill' enlarge the image.")
+    upscale: Boolean = Field(default=False, description="Let 'fit' and 'fill' enlarge the image.")
 
     @model_validator(mode="after")
     def _sides(self) -> Resize:
@@ -59,10 +69,10 @@ class ImageTransformPayload(MediaPayload):
     """Operations on one image."""
 
     resize: Resize | None = None
-    auto_orient: bool = Field(default=True, description="Apply the EXIF orientation.")
-    strip_metadata: bool = Field(default=True, description="Drop EXIF, XMP, ICC and comments.")
+    auto_orient: Boolean = Field(default=True, description="Apply the EXIF orientation.")
+    strip_metadata: Boolean = Field(default=True, description="Drop EXIF, XMP, ICC and comments.")
     format: ImageFormat | None = Field(default=None, description="None keeps jpeg/png/webp.")
-    quality: int = Field(default=85, ge=1, le=100)
+    quality: Integer = Field(default=85, ge=1, le=100)
 
 
 class ImageResult(Result):
@@ -79,8 +89,8 @@ class ImageResult(Result):
 class Box(Payload):
     """A bounding box for a thumbnail."""
 
-    width: int = Field(ge=1, le=4096)
-    height: int = Field(ge=1, le=4096)
+    width: Integer = Field(ge=1, le=4096)
+    height: Integer = Field(ge=1, le=4096)
 
 
 class ThumbnailPayload(MediaPayload):
@@ -88,7 +98,7 @@ class ThumbnailPayload(MediaPayload):
 
     sizes: list[Box] = Field(min_length=1, max_length=10)
     format: ImageFormat = "jpeg"
-    quality: int = Field(default=85, ge=1, le=100)
+    quality: Integer = Field(default=85, ge=1, le=100)
 
 
 class ThumbnailResult(Result):
@@ -115,18 +125,28 @@ class VideoInfoResult(Result):
 class ContactSheet(Payload):
     """Frames evenly spread over the video, tiled into one image."""
 
-    columns: int = Field(default=4, ge=1, le=10)
-    rows: int = Field(default=4, ge=1, le=10)
-    tile_width: int = Field(default=320, ge=32, le=1920)
+    columns: Integer = Field(default=4, ge=1, le=10)
+    rows: Integer = Field(default=4, ge=1, le=10)
+    tile_width: Integer = Field(default=320, ge=32, le=1920)
 
 
 class VideoThumbnailPayload(MediaPayload):
     """A frame at a time offset, or a contact sheet."""
 
-    offset: float | None = Field(default=None, ge=0, description="Seconds; default: 10 % in.")
+    # The schema of _one_kind.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "not": {
+                "required": ["offset", "contact_sheet"],
+                "properties": {"offset": {"type": "number"}, "contact_sheet": {"type": "object"}},
+            }
+        }
+    )
+
+    offset: Number | None = Field(default=None, ge=0, description="Seconds; default: 10 % in.")
     contact_sheet: ContactSheet | None = None
-    max_width: int = Field(default=640, ge=16, le=3840)
-    quality: int = Field(default=85, ge=1, le=100)
+    max_width: Integer = Field(default=640, ge=16, le=3840)
+    quality: Integer = Field(default=85, ge=1, le=100)
 
     @model_validator(mode="after")
     def _one_kind(self) -> VideoThumbnailPayload:
@@ -149,9 +169,9 @@ class VideoImageResult(Result):
 class TranscodePayload(MediaPayload):
     """H.264/AAC MP4 at a target height and bit rate."""
 
-    height: int = Field(default=720, ge=72, le=2160, description="Never upscaled.")
-    video_bit_rate: int = Field(default=2_500_000, ge=100_000, le=50_000_000)
-    audio_bit_rate: int = Field(default=128_000, ge=32_000, le=512_000)
+    height: Integer = Field(default=720, ge=72, le=2160, description="Never upscaled.")
+    video_bit_rate: Integer = Field(default=2_500_000, ge=100_000, le=50_000_000)
+    audio_bit_rate: Integer = Field(default=128_000, ge=32_000, le=512_000)
 
 
 class TranscodeResult(Result):

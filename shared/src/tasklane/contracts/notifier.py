@@ -2,30 +2,44 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import EmailStr, Field, HttpUrl, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from tasklane.contracts.base import Payload, Result, RetryPolicy, TaskContract
+from tasklane.contracts.fields import END, EmailAddress, Matches, WebUrl
 from tasklane.errors import TransientError
+
+TEMPLATE_PATTERN = rf"^[a-z0-9][a-z0-9_/-]*{END}"
+
+
+def _present(name: str) -> dict[str, Any]:
+    """Schema of an object whose ``name`` is there and not null (both kinds are strings)."""
+    return {"required": [name], "properties": {name: {"type": "string"}}}
 
 
 class EmailPayload(Payload):
     """One email. Give ``template`` (rendered by the worker) or inline ``text``/``html``."""
 
-    to: list[EmailStr] = Field(min_length=1, max_length=100)
-    cc: list[EmailStr] = Field(default_factory=list, max_length=100)
-    bcc: list[EmailStr] = Field(default_factory=list, max_length=100)
-    sender: EmailStr | None = Field(
+    # The schema of _one_body_source.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [_present("template"), {"anyOf": [_present("text"), _present("html")]}]
+        }
+    )
+
+    to: list[EmailAddress] = Field(min_length=1, max_length=100)
+    cc: list[EmailAddress] = Field(default_factory=list, max_length=100)
+    bcc: list[EmailAddress] = Field(default_factory=list, max_length=100)
+    sender: EmailAddress | None = Field(
         default=None, description="From address; the worker's configured sender when omitted."
     )
-    reply_to: EmailStr | None = None
+    reply_to: EmailAddress | None = None
     subject: str = Field(min_length=1, max_length=998)
     text: str | None = Field(default=None, description="Inline plain-text body, sent as is.")
     html: str | None = Field(default=None, description="Inline HTML body, sent as is.")
-    template: str | None = Field(
+    template: Annotated[str, Matches(TEMPLATE_PATTERN, "not a template name")] | None = Field(
         default=None,
-        pattern=r"^[a-z0-9][a-z0-9_\-/]*$",
         description="Template name: the worker renders <name>.txt and/or <name>.html.",
     )
     context: dict[str, Any] = Field(
@@ -61,7 +75,7 @@ class IMPayload(Payload):
     """One instant message to a DingTalk robot, a Slack incoming webhook or a JSON webhook."""
 
     channel: Literal["dingtalk", "slack", "webhook"]
-    url: HttpUrl
+    url: WebUrl
     text: str = Field(min_length=1, max_length=20_000)
     title: str | None = Field(default=None, max_length=200)
     secret_ref: str | None = Field(

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
-from pydantic import Field, HttpUrl, model_validator
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, model_validator
 
 from tasklane.contracts.base import Payload, Result, RetryPolicy, TaskContract
+from tasklane.contracts.fields import END, Boolean, Integer, Matches, Number, WebUrl
 from tasklane.errors import TransientError
 
 MAX_PAGE_BYTES = 50 * 1024 * 1024
 
 
+def _present(name: str) -> dict[str, Any]:
+    """Schema of an object whose ``name`` is there and is a string (not null)."""
+    return {"required": [name], "properties": {name: {"type": "string"}}}
+
+
 class FieldSelector(Payload):
     """Where one named field is found in a page: a CSS or an XPath selector, exactly one."""
+
+    # The schema of _one_selector.
+    model_config = ConfigDict(json_schema_extra={"oneOf": [_present("css"), _present("xpath")]})
 
     css: str | None = Field(default=None, min_length=1, max_length=500)
     xpath: str | None = Field(default=None, min_length=1, max_length=500)
     attribute: str | None = Field(
         default=None, max_length=100, description="Take this attribute instead of the text."
     )
-    many: bool = Field(default=False, description="Every match as a list, not the first one.")
+    many: Boolean = Field(default=False, description="Every match as a list, not the first one.")
 
     @model_validator(mode="after")
     def _one_selector(self) -> FieldSelector:
@@ -30,11 +41,11 @@ class FieldSelector(Payload):
 class FetchPayload(Payload):
     """One page to fetch and extract from."""
 
-    url: HttpUrl
+    url: WebUrl
     headers: dict[str, str] = Field(default_factory=dict, max_length=20)
     selectors: dict[str, FieldSelector] = Field(default_factory=dict, max_length=50)
-    max_bytes: int = Field(default=5 * 1024 * 1024, gt=0, le=MAX_PAGE_BYTES)
-    timeout: float = Field(default=15.0, gt=0, le=120, description="Seconds for the whole fetch.")
+    max_bytes: Integer = Field(default=5 * 1024 * 1024, gt=0, le=MAX_PAGE_BYTES)
+    timeout: Number = Field(default=15.0, gt=0, le=120, description="Seconds for the whole fetch.")
 
 
 class FetchResult(Result):
@@ -79,7 +90,9 @@ FETCH_PAGE: TaskContract[FetchPayload, FetchResult] = TaskContract(
 # last batch of a level to finish asks the crawl-control queue for the next level. Level by level
 # is what makes the bounds exact: a page is always reached at its shortest depth.
 
-CRAWL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+CRAWL_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,99}}{END}"
+BATCH_ID_PATTERN = rf"^[0-9A-Za-z_.-]{{1,200}}{END}"
+CrawlId = Annotated[str, Matches(CRAWL_ID_PATTERN, "not a crawl id")]
 MAX_CRAWL_PAGES = 100_000
 MAX_CRAWL_DEPTH = 20
 MAX_BATCH_URLS = 200
@@ -88,7 +101,7 @@ MAX_BATCH_URLS = 200
 class CrawlPayload(Payload):
     """Where a crawl starts, where it may go and how far."""
 
-    seeds: list[HttpUrl] = Field(min_length=1, max_length=100)
+    seeds: list[WebUrl] = Field(min_length=1, max_length=100)
     allowed_domains: list[str] = Field(
         default_factory=list,
         max_length=100,
@@ -97,17 +110,16 @@ class CrawlPayload(Payload):
             "empty means the seeds' hosts."
         ),
     )
-    max_pages: int = Field(default=100, ge=1, le=MAX_CRAWL_PAGES)
-    max_depth: int = Field(default=2, ge=0, le=MAX_CRAWL_DEPTH)
+    max_pages: Integer = Field(default=100, ge=1, le=MAX_CRAWL_PAGES)
+    max_depth: Integer = Field(default=2, ge=0, le=MAX_CRAWL_DEPTH)
     selectors: dict[str, FieldSelector] = Field(default_factory=dict, max_length=50)
-    max_bytes: int = Field(default=5 * 1024 * 1024, gt=0, le=MAX_PAGE_BYTES)
-    timeout: float = Field(default=15.0, gt=0, le=120, description="Seconds per page fetch.")
-    crawl_id: str | None = Field(
+    max_bytes: Integer = Field(default=5 * 1024 * 1024, gt=0, le=MAX_PAGE_BYTES)
+    timeout: Number = Field(default=15.0, gt=0, le=120, description="Seconds per page fetch.")
+    crawl_id: CrawlId | None = Field(
         default=None,
-        pattern=CRAWL_ID_PATTERN,
         description="Chosen by the caller to make the request idempotent; else the task id.",
     )
-    build_report: bool = Field(
+    build_report: Boolean = Field(
         default=False, description="Publish scraper.report.build when the crawl completes."
     )
 
@@ -133,13 +145,13 @@ class CrawlStatus(Result):
 class CrawlRef(Payload):
     """Names one crawl."""
 
-    crawl_id: str = Field(pattern=CRAWL_ID_PATTERN)
+    crawl_id: CrawlId
 
 
 class AdvancePayload(CrawlRef):
     """Claim and fan out one level of a crawl (sent by the crawl itself)."""
 
-    level: int = Field(ge=0, le=MAX_CRAWL_DEPTH + 1)
+    level: Integer = Field(ge=0, le=MAX_CRAWL_DEPTH + 1)
 
 
 class AdvanceResult(Result):
@@ -156,14 +168,14 @@ class CrawlURL(Payload):
     """One URL of a fetch batch and how many attempts it has had."""
 
     url: str = Field(min_length=1, max_length=4096)
-    attempt: int = Field(default=0, ge=0)
+    attempt: Integer = Field(default=0, ge=0)
 
 
 class CrawlBatchPayload(CrawlRef):
     """A batch of URLs of one crawl level (sent by the crawl itself)."""
 
-    batch_id: str = Field(pattern=r"^[0-9A-Za-z_.-]{1,200}$")
-    level: int = Field(ge=0, le=MAX_CRAWL_DEPTH)
+    batch_id: Annotated[str, Matches(BATCH_ID_PATTERN, "not a batch id")]
+    level: Integer = Field(ge=0, le=MAX_CRAWL_DEPTH)
     urls: list[CrawlURL] = Field(min_length=1, max_length=MAX_BATCH_URLS)
 
 
@@ -183,8 +195,8 @@ class CrawlBatchResult(Result):
 class ReportPayload(Payload):
     """Build the report of a completed crawl."""
 
-    crawl_id: str = Field(pattern=CRAWL_ID_PATTERN)
-    top: int = Field(default=10, ge=1, le=1000, description="Length of the top-N tables.")
+    crawl_id: CrawlId
+    top: Integer = Field(default=10, ge=1, le=1000, description="Length of the top-N tables.")
 
 
 class LinkCount(Result):
