@@ -56,8 +56,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--scenarios",
         type=lambda v: _names(v, list(SCENARIOS), "scenarios"),
         default=None,
-        help=f"comma-separated, of {','.join(SCENARIOS)} (default: all; netns-cut where "
-        "'ip netns' works)",
+        help=f"comma-separated, of {','.join(SCENARIOS)} (default: all; netns-cut and "
+        "netns-silent where 'ip netns' works)",
     )
     parser.add_argument(
         "--outage", type=float, default=defaults.outage, help="seconds each outage lasts"

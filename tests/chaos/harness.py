@@ -16,8 +16,10 @@ One run of a scenario on one broker (a :class:`Lab`):
   broker once more.
 
 Results and idempotency records live in a ``redis-server`` of the lab's own, and on Redis the broker
-is one too: nothing here touches the shared servers beyond the lab's own RabbitMQ queues, and a
-worker's Redis sweep (visibility timeout 50 s here) can only ever see this lab's messages.
+is one too; on RabbitMQ the broker-restart and netns scenarios start a RabbitMQ node of their own
+(``tests.chaos.nodes``), the others use queues of the lab's own namespace on the shared server.
+Nothing here stops or cuts a shared server, and a worker's Redis sweep (visibility timeout 50 s
+here) can only ever see this lab's messages. See docs/chaos.md.
 """
 
 from __future__ import annotations
@@ -55,6 +57,14 @@ from tasklane.wire.deadletter import DeadLetterQueue
 from tasklane.wire.queues import depths
 from tasklane.wire.routing import dlq_name, queue_name
 from tasklane_dev.sinks import ReceivedMail, SmtpSink
+from tests.chaos.nodes import (
+    RABBITMQ_SERVER,
+    NamespacedRedis,
+    Namespaces,
+    RabbitNode,
+    netns_available,
+    rabbitmq_server_available,
+)
 from tests.support import eventually
 from tests.support.faults import TcpProxy
 from tests.support.harness import (
@@ -141,6 +151,60 @@ class Tally(SmtpSink):
         """The chaos ids received at least once."""
         with self._lock:
             return {copy.chaos_id for copy in self._copies}
+
+    def slow_door(self, delay: float) -> SlowDoor:
+        """A second port onto this receiver that takes ``delay`` s to answer each MAIL FROM."""
+        return SlowDoor(self, delay)
+
+
+class SlowDoor:
+    """A second SMTP port onto a :class:`Tally`, as a slow server: each ``MAIL FROM`` is answered
+    only ``delay`` seconds later, before the message exists, so a delivery through it takes that
+    long more. An attempt cut off while it waits never reaches DATA: the receiver records nothing
+    of it. Messages that do reach DATA are recorded by the Tally, as through its own port.
+    """
+
+    def __init__(self, tally: Tally, delay: float) -> None:
+        from aiosmtpd.controller import Controller
+
+        from tasklane_dev.sinks import free_port
+
+        self.tally = tally
+        self.delay = delay
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self.waiting = 0  # sessions waiting for the MAIL FROM reply now
+        self.answered = 0
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_MAIL(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        """aiosmtpd hook: wait ``delay`` seconds, then accept the sender."""
+        import asyncio
+
+        with self._lock:
+            self.waiting += 1
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            with self._lock:
+                self.waiting -= 1
+                self.answered += 1
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        """aiosmtpd hook: the Tally records it."""
+        return str(await self.tally.handle_DATA(server, session, envelope))
+
+    def __enter__(self) -> SlowDoor:
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._controller.stop()
 
 
 # --------------------------------------------------------------------------- the upstream
@@ -332,93 +396,6 @@ class Forwarder(TcpProxy):
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
-class NetnsLink:
-    """A network namespace for a worker, joined to the host by two veth pairs.
-
-    One pair carries the worker's broker connection, the other its result backend, idempotency
-    store and SMTP connections, so that :meth:`cut` partitions the worker from its broker alone:
-    each end of the broker pair addresses its frames to a link-layer address nobody has, so they
-    are dropped without an error, a reset or an ARP failure; the links stay up. Needs root.
-    """
-
-    def __init__(self) -> None:
-        tag = uuid.uuid4().hex[:6]
-        self.namespace = f"chaos{tag}"
-        self.subnet = f"10.{200 + int(tag[:2], 16) % 50}.{int(tag[2:4], 16)}"
-        self.broker_host = f"{self.subnet}.1"  # host end of the broker pair, .2 in the namespace
-        self.other_host = f"{self.subnet}.5"  # host end of the other pair, .6 in the namespace
-        self.broker_link = f"cb{tag}h"
-        self.other_link = f"co{tag}h"
-
-    def create(self) -> NetnsLink:
-        _ip("netns", "add", self.namespace)
-        try:
-            for link, host, inside in (
-                (self.broker_link, self.broker_host, f"{self.subnet}.2"),
-                (self.other_link, self.other_host, f"{self.subnet}.6"),
-            ):
-                peer = link[:-1] + "n"
-                _ip("link", "add", link, "type", "veth", "peer", "name", peer)
-                _ip("link", "set", peer, "netns", self.namespace)
-                _ip("addr", "add", f"{host}/30", "dev", link)
-                _ip("link", "set", link, "up")
-                _ip("-n", self.namespace, "addr", "add", f"{inside}/30", "dev", peer)
-                _ip("-n", self.namespace, "link", "set", peer, "up")
-            _ip("-n", self.namespace, "link", "set", "lo", "up")
-        except BaseException:
-            self.delete()
-            raise
-        return self
-
-    def command(self, command: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.namespace, *command]
-
-    #: A link-layer address no interface has: frames sent to it are dropped by the receiving
-    #: veth end without a word (no ICMP, no reset, no ARP failure).
-    NOWHERE = "02:00:5e:00:de:ad"
-
-    def _neighbours(self) -> list[tuple[str, ...]]:
-        """Each end's neighbour entry for the other end of the broker pair."""
-        peer = self.broker_link[:-1] + "n"
-        return [
-            ("neigh", "{}", f"{self.subnet}.2", "dev", self.broker_link),
-            ("-n", self.namespace, "neigh", "{}", self.broker_host, "dev", peer),
-        ]
-
-    def cut(self) -> None:
-        """Drop the broker pair's frames both ways, silently: a partition, not a closed port."""
-        for entry in self._neighbours():
-            verb = entry.index("{}")
-            args = (*entry[:verb], "replace", *entry[verb + 1 :])
-            _ip(*args, "lladdr", self.NOWHERE, "nud", "permanent")
-
-    def restore(self) -> None:
-        for entry in self._neighbours():
-            verb = entry.index("{}")
-            _ip(*entry[:verb], "del", *entry[verb + 1 :])
-
-    def delete(self) -> None:
-        for args in (("netns", "del", self.namespace), ("link", "del", self.broker_link),
-                     ("link", "del", self.other_link)):  # fmt: skip
-            with contextlib.suppress(subprocess.SubprocessError, OSError):
-                _ip(*args)
-
-
-def netns_available() -> bool:
-    """Whether this process may create network namespaces (root, ``ip`` installed)."""
-    link = NetnsLink()
-    try:
-        _ip("netns", "add", link.namespace)
-    except (subprocess.SubprocessError, OSError):
-        return False
-    link.delete()
-    return True
-
-
 def _rabbitmq_url(port: int) -> str:
     return f"amqp://guest:guest@127.0.0.1:{port}//"
 
@@ -448,8 +425,10 @@ class Lab:
         self.upstream: Upstream | None = None
         self.broker_server: RedisServer | None = None
         self.proxy: TcpProxy | None = None
-        #: Set by the netns scenario: workers run in it, and reach everything through forwarders.
-        self.netns: NetnsLink | None = None
+        #: Set by the netns scenarios: workers run in one namespace, the broker in another.
+        self.netns: Namespaces | None = None
+        #: The run's own RabbitMQ node, if the scenario has one.
+        self.rabbit: RabbitNode | None = None
         self.smtp_host = "127.0.0.1"
         self._stack = contextlib.ExitStack()
         self._dead: tuple[int, set[str]] = (0, set())
@@ -467,8 +446,10 @@ class Lab:
         try:
             self.tally = self._stack.enter_context(Tally())
             self.state = self._redis("state", appendonly=self.scenario.persistent_state)
-            if self.broker == "redis":
-                self.broker_server = self._redis("broker", self.scenario.persistent_broker)
+            if self.scenario.own_broker is not None:
+                self.scenario.own_broker(self)
+            elif self.broker == "redis":
+                self.broker_server = self._redis("broker", appendonly=False)
                 self.broker_url = self.broker_server.url
             else:
                 self.broker_url = RABBITMQ_URL
@@ -498,6 +479,16 @@ class Lab:
         server = RedisServer(directory, appendonly=appendonly).start()
         self._stack.callback(server.kill)
         return server
+
+    def rabbit_node(self, prefix: list[str] | None = None, host: str = "127.0.0.1") -> RabbitNode:
+        """Start the lab's own RabbitMQ node (in a namespace with ``prefix``); removed at exit."""
+        node = RabbitNode(self.directory / "rabbitmq.log", prefix, host)
+        self._stack.callback(node.remove)
+        began = time.monotonic()
+        node.start(self.config.step_timeout)
+        self.note(f"own RabbitMQ node {node.name} started in {time.monotonic() - began:.1f} s")
+        self.rabbit = node
+        return node
 
     def proxy_to_broker(self) -> TcpProxy:
         """A TCP proxy in front of the broker, which the scenario can cut and restore."""
@@ -557,13 +548,17 @@ class Lab:
         command = worker_command(
             "notifier", settings, concurrency=self.config.concurrency, extra=extra
         )
-        return self.netns.command(command) if self.netns is not None else command
+        return self.netns.in_worker(command) if self.netns is not None else command
 
-    def start_workers(self, count: int) -> list[WorkerProcess]:
+    def start_workers(
+        self, count: int, overrides: dict[str, str] | None = None
+    ) -> list[WorkerProcess]:
+        """Start ``count`` workers (with ``overrides`` to their settings) and wait until ready."""
         started = []
         for _ in range(count):
             log = self.directory / f"worker{len(self.workers)}.log"
-            worker = WorkerProcess.from_command(self.worker_command(), self.worker_env(), log)
+            env = self.worker_env() | (overrides or {})
+            worker = WorkerProcess.from_command(self.worker_command(), env, log)
             self.workers.append(worker)
             started.append(worker)
         for worker in started:
@@ -618,14 +613,23 @@ class Lab:
             message=f"{count} tasks published",
         )
 
-    def outage(self, label: str, down: Callable[[], object], up: Callable[[], object]) -> None:
-        """Take something away for ``config.outage`` seconds, once a third of the tasks went out."""
+    def outage(
+        self,
+        label: str,
+        down: Callable[[], object],
+        up: Callable[[], object],
+        words: tuple[str, str] = ("down", "back"),
+    ) -> None:
+        """Take something away for ``config.outage`` seconds, once a third of the tasks went out.
+
+        The events are ``label`` followed by ``words``: its start and its end.
+        """
         self.wait_sent(self.config.n // 3)
-        self.fault(f"{label} down", crash=True)
+        self.fault(f"{label} {words[0]}", crash=True)
         down()
         time.sleep(self.config.outage)  # the length of the fault, not a wait for an event
         up()
-        self.event(f"{label} back", crash=False)
+        self.event(f"{label} {words[1]}", crash=False)
 
     # ---- counting
 
@@ -900,10 +904,12 @@ class Scenario:
     name: str
     run: Callable[[Lab], None]
     describe: Callable[[str, Config], str]
-    #: Redis servers that keep an append-only file, so that a restart keeps what they held.
-    persistent_broker: bool = False
+    #: The state Redis keeps an append-only file, so that a restart keeps what it held.
     persistent_state: bool = False
     prepare: Callable[[Lab], None] | None = None
+    #: Starts the broker of the run's own instead of the default (Redis: an own redis-server on
+    #: the host; RabbitMQ: a namespace of the lab's own on the shared server); sets broker_url.
+    own_broker: Callable[[Lab], None] | None = None
 
 
 def _kill9(lab: Lab) -> None:
@@ -921,12 +927,45 @@ def _kill9(lab: Lab) -> None:
         lab.start_workers(1)
 
 
-def _sigterm(group: bool) -> Callable[[Lab], None]:
+#: The stopping worker's TASKLANE_SOFT_SHUTDOWN_TIMEOUT in the ``-long`` SIGTERM scenarios.
+LONG_GRACE = 2.0
+#: How long the slow SMTP door takes to answer MAIL FROM there: every delivery of the stopping
+#: worker takes longer than its grace (and less than the notifier's SMTP timeout, 10 s).
+LONG_TASK = 6.0
+
+
+def _sigterm(group: bool, long: bool = False) -> Callable[[Lab], None]:
     def run(lab: Lab) -> None:
-        stopping, _ = lab.start_workers(2)
+        door: SlowDoor | None = None
+        if long:
+            door = lab._stack.enter_context(lab.tally.slow_door(LONG_TASK))
+            overrides = {
+                "TASKLANE_SOFT_SHUTDOWN_TIMEOUT": f"{LONG_GRACE:g}",
+                "TASKLANE_NOTIFIER_SMTP_PORT": str(door.port),
+            }
+            if lab.netns is not None:  # not combined with a namespace
+                raise RuntimeError("the slow SMTP door listens on 127.0.0.1 only")
+            (stopping,) = lab.start_workers(1, overrides)
+            lab.start_workers(1)
+        else:
+            stopping, _ = lab.start_workers(2)
         lab.stopping(stopping)
         lab.publish(rate=None)
         lab.wait_delivered(lab.config.n // 3)
+        if door is not None:
+            # Every pool process of the stopping worker is in a delivery that outlasts its grace.
+            slow = door
+            _waited(
+                lambda: slow.waiting >= lab.config.concurrency,
+                lab.config.step_timeout,
+                "the stopping worker's deliveries to wait for the slow SMTP",
+                0.02,
+            )
+            lab.note(
+                f"at the SIGTERM {slow.waiting} delivery(ies) of the stopping worker were waiting "
+                f"for the slow SMTP ({LONG_TASK:g} s; its shutdown timeout {LONG_GRACE:g} s)"
+            )
+        children = _children(stopping.process.pid)
         began = time.monotonic()
         if group:
             # The pool children get it too and quit at once: their tasks are cut off.
@@ -935,6 +974,18 @@ def _sigterm(group: bool) -> Callable[[Lab], None]:
         else:
             lab.fault("SIGTERM to the main process", crash=False)
             os.kill(stopping.process.pid, signal.SIGTERM)
+        if children:
+            # When the pool processes were gone: with the signal, or when the cold shutdown ended
+            # them.
+            gone = _waited(
+                lambda: not any(_alive(pid) for pid in children), STOP_GRACE, "pool gone", 0.05
+            )
+            lab.note(
+                f"the stopped worker's {len(children)} pool processes were gone "
+                f"{time.monotonic() - began:.1f} s after the signal"
+                if gone
+                else f"the stopped worker's pool processes still ran after {STOP_GRACE:g} s"
+            )
         try:
             code = stopping.process.wait(STOP_GRACE)
             took = time.monotonic() - began
@@ -944,22 +995,48 @@ def _sigterm(group: bool) -> Callable[[Lab], None]:
             os.killpg(stopping.process.pid, signal.SIGKILL)
             stopping.process.wait(10)
             lab.note(f"the stopped worker was still running after {STOP_GRACE:g} s: SIGKILL")
+        if door is not None:
+            logs = stopping.output()
+            passed = [line for line in logs.splitlines() if "soft shutdown timeout" in line]
+            if passed:
+                lab.note(f"the stopped worker logged: {_message(passed[-1])}")
+            restored = re.findall(r"Restoring (\d+) unacknowledged message", logs)
+            if restored:
+                lab.note(f"the stopped worker handed back {', '.join(restored)} message(s)")
 
     return run
 
 
-def _proxy_everyone(lab: Lab) -> None:
-    if lab.broker == "rabbitmq":
+def _restartable_broker(lab: Lab) -> None:
+    """Redis: an own redis-server keeping an append-only file; RabbitMQ: an own node."""
+    if lab.broker == "redis":
+        lab.broker_server = lab._redis("broker", appendonly=True)
+        lab.broker_url = lab.broker_server.url
+    elif rabbitmq_server_available():
+        lab.broker_url = lab.rabbit_node().url
+    else:  # the TCP-level cut of the shared server
+        lab.broker_url = RABBITMQ_URL
+        lab._stack.callback(lab._delete_queues)
         lab.proxy_to_broker()
-        lab.worker_url = lab.publisher_url = lab.proxied_url()
 
 
 def _broker_restart(lab: Lab) -> None:
+    if lab.proxy is not None:
+        lab.worker_url = lab.publisher_url = lab.proxied_url()
     lab.start_workers(1)
     lab.publish(rate=lab.paced_rate())
     if lab.broker_server is not None:
         server = lab.broker_server
         lab.outage("redis-server", server.kill, server.start)
+    elif lab.rabbit is not None:
+        node = lab.rabbit
+
+        def start() -> None:
+            began = time.monotonic()
+            node.start(lab.config.step_timeout)
+            lab.note(f"the node answered again {time.monotonic() - began:.1f} s after its start")
+
+        lab.outage("RabbitMQ node", node.kill, start)
     else:
         proxy = lab.proxy
         assert proxy is not None
@@ -970,6 +1047,24 @@ def _state_outage(lab: Lab) -> None:
     lab.start_workers(1)
     lab.publish(rate=lab.paced_rate())
     lab.outage("state redis-server", lab.state.kill, lab.state.start)
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (a prefork worker's pool), from /proc."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, exited and not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _proxy_publisher(lab: Lab) -> None:
@@ -985,33 +1080,64 @@ def _publisher_cut(lab: Lab) -> None:
     lab.outage("TCP from the Publisher", proxy.cut, proxy.restore)
 
 
-def _into_netns(lab: Lab) -> None:
-    """Workers in a namespace of their own; broker, state Redis and SMTP sink via forwarders."""
-    netns = NetnsLink().create()
+def _broker_in_netns(lab: Lab) -> None:
+    """The broker in a namespace of its own, the worker in another, one veth pair between them.
+
+    The Publisher and the lab's reads reach the broker on a second pair from the host; the
+    worker reaches the state Redis and the SMTP sink on a third, through forwarders on the host.
+    """
+    netns = Namespaces().create()
     lab._stack.callback(netns.delete)
     lab.netns = netns
-
-    def forward(listen: str, port: int) -> int:
-        forwarder = lab._stack.enter_context(Forwarder(listen, "127.0.0.1", port))
-        return forwarder.port
-
-    broker_port = lab.broker_server.port if lab.broker_server is not None else 5672
-    port = forward(netns.broker_host, broker_port)
-    if lab.broker_server is not None:
-        lab.worker_url = f"redis://{netns.broker_host}:{port}/0"
+    prefix = netns.in_broker_prefix()
+    if lab.broker == "redis":
+        directory = lab.directory / "broker"
+        directory.mkdir(exist_ok=True)
+        server = NamespacedRedis(directory, prefix, netns.broker_public, appendonly=False)
+        lab._stack.callback(server.kill)
+        lab.broker_server = server.start()
+        lab.broker_url = server.url
+    elif rabbitmq_server_available():
+        lab.broker_url = lab.rabbit_node(prefix, netns.broker_public).url
     else:
-        lab.worker_url = f"amqp://guest:guest@{netns.broker_host}:{port}//"
-    lab.state_url = f"redis://{netns.other_host}:{forward(netns.other_host, lab.state.port)}/0"
-    lab.smtp_host = netns.other_host
-    lab.smtp_port = forward(netns.other_host, lab.tally.port)
+        raise RuntimeError(
+            f"{RABBITMQ_SERVER} is not installed: no RabbitMQ node to put in a netns"
+        )
 
 
-def _netns_cut(lab: Lab) -> None:
-    lab.start_workers(1)
-    lab.publish(rate=lab.paced_rate())
+def _worker_in_netns(lab: Lab) -> None:
+    """The worker's URLs: the broker across the link, state Redis and SMTP via forwarders."""
     netns = lab.netns
     assert netns is not None
-    lab.outage("veth to the broker", netns.cut, netns.restore)
+    if isinstance(lab.broker_server, NamespacedRedis):
+        lab.worker_url = lab.broker_server.url_at(netns.broker_addr)
+    else:
+        assert lab.rabbit is not None
+        lab.worker_url = lab.rabbit.url_at(netns.broker_addr)
+
+    def forward(port: int) -> int:
+        forwarder = lab._stack.enter_context(Forwarder(netns.host_for_worker, "127.0.0.1", port))
+        return forwarder.port
+
+    lab.state_url = f"redis://{netns.host_for_worker}:{forward(lab.state.port)}/0"
+    lab.smtp_host = netns.host_for_worker
+    lab.smtp_port = forward(lab.tally.port)
+
+
+def _netns_cut(silent: bool) -> Callable[[Lab], None]:
+    def run(lab: Lab) -> None:
+        lab.start_workers(1)
+        lab.publish(rate=lab.paced_rate())
+        netns = lab.netns
+        assert netns is not None
+        if silent:
+            words = ("silent", "resolved again")
+            lab.outage("worker–broker veth", netns.silence, netns.unsilence, words)
+        else:
+            words = ("set down", "set up")
+            lab.outage("worker–broker veth", netns.link_down, netns.link_up, words)
+
+    return run
 
 
 def _describe_kill9(broker: str, config: Config) -> str:
@@ -1028,17 +1154,28 @@ def _describe_kill9(broker: str, config: Config) -> str:
     )
 
 
-def _describe_sigterm(group: bool) -> Callable[[str, Config], str]:
+def _describe_sigterm(group: bool, long: bool = False) -> Callable[[str, Config], str]:
     if group:
         target = (
-            "its whole process group (main and pool children; the children quit at once and "
-            "their running tasks are handed back as lost workers, so this counts as a crash)"
+            "its whole process group (main and pool children; a pool child's SIGTERM handler, "
+            "billiard's, ends its running task with SystemExit, so this counts as a crash)"
         )
     else:
         target = "its main process (the worker's warm shutdown)"
+    if long:
+        tasks = (
+            f"; the stopping worker runs with TASKLANE_SOFT_SHUTDOWN_TIMEOUT={LONG_GRACE:g} and "
+            f"sends through a second port of the SMTP sink that answers MAIL FROM only "
+            f"{LONG_TASK:g} s later (before the message exists, so an attempt cut off there "
+            f"leaves nothing at the sink), so each of its deliveries outlasts its grace; the "
+            f"signal comes once both its pool processes wait there; the lab notes when the pool "
+            f"processes were gone and what the worker logged about the hand-back"
+        )
+    else:
+        tasks = ""
     return lambda broker, config: (
         f"two workers deliver a backlog; at a third of the emails one of them gets SIGTERM to "
-        f"{target}, as at a scale-in, and is not replaced"
+        f"{target}, as at a scale-in, and is not replaced{tasks}"
     )
 
 
@@ -1049,10 +1186,19 @@ def _describe_restart(broker: str, config: Config) -> str:
             f"(so queued and unacknowledged messages survive), killed with SIGKILL at a third "
             f"published and started again on the same port {config.outage:g} s later"
         )
+    if rabbitmq_server_available():
+        return (
+            f"the broker is an own RabbitMQ node (own RABBITMQ_NODENAME chaos-<tag>@localhost, "
+            f"free AMQP, distribution and epmd ports, its own epmd, data directory, config and "
+            f"cookie, no plugins), killed with SIGKILL to its process group (beam.smp) at a third "
+            f"published and started again on the same ports and data directory {config.outage:g} "
+            f"s later (so durable queues and the persistent messages it confirmed survive); the "
+            f"shared RabbitMQ is not touched"
+        )
     return (
-        f"TCP-level cut: a TCP proxy between the workers and Publisher and the shared RabbitMQ "
-        f"closes every connection and refuses new ones for {config.outage:g} s (RabbitMQ "
-        f"itself is not restarted: an own node could not be started cheaply)"
+        f"TCP-level cut (rabbitmq-server is not installed here): a TCP proxy between the workers "
+        f"and Publisher and the shared RabbitMQ closes every connection and refuses new ones for "
+        f"{config.outage:g} s"
     )
 
 
@@ -1064,14 +1210,35 @@ def _describe_state(broker: str, config: Config) -> str:
     )
 
 
-def _describe_netns(broker: str, config: Config) -> str:
-    return (
-        f"the worker runs in a network namespace of its own, its broker connection on one veth "
-        f"pair and its result backend, idempotency store and SMTP on another; at a third "
-        f"published both ends of the broker pair send their frames to a link-layer address nobody "
-        f"has for {config.outage:g} s (a silent partition: packets dropped, no reset, no ICMP, "
-        f"links up), then resolve each other again; the Publisher stays on the host"
-    )
+def _describe_netns(silent: bool) -> Callable[[str, Config], str]:
+    if silent:
+        cut = (
+            "both ends of that pair send their frames to a link-layer address nobody has (a "
+            "permanent neighbour entry), a silent partition: packets dropped, no reset, no ICMP, "
+            "links up; then they resolve each other again"
+        )
+    else:
+        cut = (
+            "`ip link set down` on both ends of that pair (the worker's end first, then the "
+            "broker's), then `ip link set up` on both (the kernel puts the routes back)"
+        )
+
+    def describe(broker: str, config: Config) -> str:
+        server = (
+            "an own redis-server (no append-only file)"
+            if broker == "redis"
+            else "an own RabbitMQ node (as in broker-restart)"
+        )
+        return (
+            f"the broker, {server}, runs in a network namespace of its own (`ip netns exec`), the "
+            f"worker in another; one veth pair joins them, with its addresses only inside the "
+            f"two namespaces, and carries the worker's broker connection alone; the Publisher and "
+            f"the lab's reads reach the broker on a second pair from the host, the worker its "
+            f"result backend, idempotency store and SMTP on a third, through forwarders; at a "
+            f"third published, for {config.outage:g} s, {cut}"
+        )
+
+    return describe
 
 
 def _describe_publisher_cut(broker: str, config: Config) -> str:
@@ -1088,19 +1255,44 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("sigterm-main", _sigterm(group=False), _describe_sigterm(group=False)),
         Scenario("sigterm-group", _sigterm(group=True), _describe_sigterm(group=True)),
         Scenario(
+            "sigterm-main-long",
+            _sigterm(group=False, long=True),
+            _describe_sigterm(group=False, long=True),
+        ),
+        Scenario(
+            "sigterm-group-long",
+            _sigterm(group=True, long=True),
+            _describe_sigterm(group=True, long=True),
+        ),
+        Scenario(
             "broker-restart",
             _broker_restart,
             _describe_restart,
-            persistent_broker=True,
-            prepare=_proxy_everyone,
+            own_broker=_restartable_broker,
         ),
         Scenario("state-outage", _state_outage, _describe_state, persistent_state=True),
         Scenario(
             "publisher-cut", _publisher_cut, _describe_publisher_cut, prepare=_proxy_publisher
         ),
-        Scenario("netns-cut", _netns_cut, _describe_netns, prepare=_into_netns),
+        Scenario(
+            "netns-cut",
+            _netns_cut(silent=False),
+            _describe_netns(silent=False),
+            prepare=_worker_in_netns,
+            own_broker=_broker_in_netns,
+        ),
+        Scenario(
+            "netns-silent",
+            _netns_cut(silent=True),
+            _describe_netns(silent=True),
+            prepare=_worker_in_netns,
+            own_broker=_broker_in_netns,
+        ),
     )
 }
+
+#: Scenarios that need ``ip netns`` (root).
+NETNS_SCENARIOS = frozenset({"netns-cut", "netns-silent"})
 
 
 def scrub_environment(environ: dict[str, str] | None = None) -> list[str]:
@@ -1120,8 +1312,9 @@ def scrub_environment(environ: dict[str, str] | None = None) -> list[str]:
 
 
 def available_scenarios() -> list[str]:
-    """Every scenario this machine can run: netns-cut needs ``ip netns`` (root)."""
-    return [name for name in SCENARIOS if name != "netns-cut" or netns_available()]
+    """Every scenario this machine can run: the netns ones need ``ip netns`` (root)."""
+    netns = netns_available()
+    return [name for name in SCENARIOS if name not in NETNS_SCENARIOS or netns]
 
 
 #: Scenarios that wait for the visibility timeout on Redis.

@@ -1,15 +1,11 @@
 """The fault suite, reduced to run with ``make test``: every scenario on both brokers, short.
 
-The module runs every scenario once (a few at a time, the slow Redis ones first) with a few dozen
-emails, one kill and 2 s outages, then checks each run's count: every published email was received
-or dead-lettered, nothing arrived that no task sent, and every duplicate is one of the
-crash-after-accept window, all its copies with one ``Message-ID``. ``make chaos`` runs the full
-version and prints the figures (docs/chaos.md).
-
-Known gap: on Redis, Kombu pops a message (BRPOP) and records it as unacknowledged with a second
-command; a worker or server that dies between the two loses the message. Such a loss (a lost email
-no worker ever logged received) makes its run an expected failure, not a pass; any other loss
-fails.
+The module runs every selected scenario once (``-k`` picks scenarios and brokers; a few at a
+time, the slow Redis ones first) with a few dozen emails, one kill and 2 s outages, then checks
+each run's count: every published email was received or dead-lettered, nothing arrived that no
+task sent, and every duplicate is one of the crash-after-accept window, all its copies with one
+``Message-ID``. Any loss fails. ``make chaos`` runs the full version and prints the figures
+(docs/reliability.md#fault-suite-results).
 """
 
 from __future__ import annotations
@@ -22,6 +18,7 @@ import pytest
 
 from tests.chaos.harness import (
     BROKERS,
+    NETNS_SCENARIOS,
     SCENARIOS,
     Config,
     Report,
@@ -30,6 +27,7 @@ from tests.chaos.harness import (
     scrub_environment,
     table_row,
 )
+from tests.chaos.nodes import rabbitmq_server_available
 from tests.support.harness import RABBITMQ_URL, rabbitmq_reachable
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -47,10 +45,25 @@ CONFIG = Config(
 JOBS = 6
 
 
+def _selected(request: pytest.FixtureRequest) -> tuple[list[str], list[str]]:
+    """The scenarios and brokers of this module's tests that run (``-k`` selects among them)."""
+    scenarios: set[str] = set()
+    brokers: set[str] = set()
+    for item in request.session.items:
+        params = getattr(item, "callspec", None)
+        if getattr(item, "module", None) is not request.module or params is None:
+            continue
+        scenarios.add(params.params["scenario"])
+        brokers.add(params.params["broker"])
+    return [s for s in SCENARIOS if s in scenarios], [b for b in BROKERS if b in brokers]
+
+
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, str], Report]]:
-    brokers = list(BROKERS)
-    if not rabbitmq_reachable():
+def reports(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[tuple[str, str], Report]]:
+    scenarios, brokers = _selected(request)
+    if "rabbitmq" in brokers and not rabbitmq_reachable():
         if os.environ.get("TASKLANE_REQUIRE_RABBITMQ"):
             pytest.fail(f"RabbitMQ is required but does not answer at {RABBITMQ_URL}")
         brokers.remove("rabbitmq")
@@ -59,7 +72,9 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str
         # conftest's clean environment, for the workers this module-wide fixture starts.
         for name in scrub_environment(dict(os.environ)):
             patch.delenv(name)
-        results = run_all(CONFIG, brokers, available_scenarios(), directory, jobs=JOBS)
+        available = available_scenarios()
+        wanted = [name for name in scenarios if name in available]
+        results = run_all(CONFIG, brokers, wanted, directory, jobs=JOBS)
     yield {(report.scenario, report.broker): report for report in results}
 
 
@@ -70,7 +85,7 @@ def test_every_email_is_accounted_for_and_duplicates_share_their_message_id(
 ) -> None:
     report = reports.get((scenario, broker))
     if report is None:
-        if scenario == "netns-cut" and scenario not in {name for name, _ in reports}:
+        if scenario in NETNS_SCENARIOS and scenario not in {name for name, _ in reports}:
             pytest.skip("ip netns is not available (it needs root)")
         pytest.skip(f"RabbitMQ does not answer at {RABBITMQ_URL}")
     summary = f"{table_row(report)}\nnotes: {report.notes}\nduplicates: {report.duplicates}"
@@ -78,6 +93,14 @@ def test_every_email_is_accounted_for_and_duplicates_share_their_message_id(
     assert report.faults >= 1, summary  # the fault happened
     if scenario == "kill9":
         assert report.faults == CONFIG.kills, summary
+    if scenario.endswith("-long"):
+        # The signal came while every pool process of the stopping worker was in a delivery
+        # longer than its grace.
+        waiting = f"{CONFIG.concurrency} delivery(ies) of the stopping worker were waiting"
+        assert any(waiting in note for note in report.notes), summary
+    if scenario == "broker-restart" and broker == "rabbitmq" and rabbitmq_server_available():
+        # A real restart of the run's own node, not the TCP-level cut.
+        assert any(event.label == "RabbitMQ node down" for event in report.events), summary
     assert report.published == CONFIG.n, summary
     assert report.foreign == 0, summary
     # Each email once or more, or dead-lettered: none lost.
