@@ -79,7 +79,7 @@ format: install ## Apply ruff's formatting and safe fixes
 typecheck: install ## mypy --strict on every package
 	$(VENV)/bin/mypy
 
-chaos: install ## Fault suite: N emails per scenario on both brokers; prints the table for docs/chaos.md
+chaos: install ## Fault suite: N emails per scenario on both brokers; prints the table for docs/reliability.md
 	$(PY) -m tests.chaos
 
 bench: install ## Run the benchmarks in bench/ (prints ratios against their baselines)

@@ -25,7 +25,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"wire", "schema"}),
     frozenset({"observability"}),
     frozenset({"publish", "worker"}),
-    frozenset({"beat"}),
+    frozenset({"beat", "gateway"}),
     frozenset({"contrib"}),
     frozenset({"cli"}),
 )

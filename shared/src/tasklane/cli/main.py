@@ -23,6 +23,7 @@ from rich.text import Text
 from tasklane.beat.client import Schedules
 from tasklane.cli.errors import CliError, Commands, parse_json_object
 from tasklane.cli.errors import console as _console
+from tasklane.cli.gateway import gateway_app
 from tasklane.cli.schedule import schedule_app
 from tasklane.contracts import REGISTRY, TaskContract
 from tasklane.contracts.validation import validate_payload
@@ -52,6 +53,7 @@ dlq_app = Commands(help="List, show, replay and purge dead letters.", no_args_is
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(schedule_app, name="schedule")
+app.add_typer(gateway_app, name="gateway")
 
 
 class Pool(StrEnum):
@@ -100,9 +102,26 @@ def contracts_export(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory for the schema files.", file_okay=False)
     ] = Path("contracts"),
+    openapi: Annotated[
+        Path | None,
+        typer.Option(
+            "--openapi",
+            help="Write the gateway's OpenAPI 3.1 document to this file instead.",
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
-    """Write a JSON Schema per contract payload (<name>.json) and result (<name>.result.json)."""
+    """Write a JSON Schema per contract payload (<name>.json) and result (<name>.result.json),
+    or with --openapi the gateway's OpenAPI document."""
     console = _console()
+    if openapi is not None:
+        from tasklane.gateway.openapi import openapi_document
+
+        openapi.parent.mkdir(parents=True, exist_ok=True)
+        document = json.dumps(openapi_document(REGISTRY), indent=2, ensure_ascii=False)
+        openapi.write_text(document + "\n", encoding="utf-8")
+        console.print(str(openapi), highlight=False, soft_wrap=True)
+        return
     for path in export_schemas(REGISTRY, out):
         console.print(str(path), highlight=False, soft_wrap=True)
 
