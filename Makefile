@@ -91,6 +91,8 @@ bench: install ## Run the benchmarks in bench/ (prints ratios against their base
 	$(PY) bench/imports.py
 	$(PY) bench/publisher_recovery.py
 	$(PY) bench/outbox_relay.py
+	$(PY) bench/beat_scale.py
+	$(PY) bench/gateway.py
 
 dashboards: install ## Regenerate the Grafana dashboards in deploy/grafana/dashboards from code
 	$(PY) deploy/grafana/generate.py

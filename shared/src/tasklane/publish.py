@@ -10,7 +10,7 @@ import functools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
@@ -306,6 +306,7 @@ class Publisher:
         *,
         batch_size: int = 1000,
         progress: Callable[[int], None] | None = None,
+        task_ids: Sequence[str] | None = None,
     ) -> list[TaskHandle[ResultT]]:
         """Validate every payload first, then send them all in pipelined batches.
 
@@ -315,15 +316,23 @@ class Publisher:
         batches are retried as :meth:`publish` retries (a batch cut off midway is sent again
         whole: its messages keep their task ids).
 
+        ``task_ids``, one per payload, are the tasks' ids (new ones when omitted): a caller that
+        must record the ids before they are sent chooses them.
+
         Raises:
             BrokerUnavailableError: the broker did not take every message in time; ``.sent``
                 says how many of the first messages it did take.
+            ValueError: ``task_ids`` does not hold one id per payload.
         """
         contract = self.contract(task)
+        payloads = list(payloads)
+        if task_ids is not None and len(task_ids) != len(payloads):
+            raise ValueError(f"{len(task_ids)} task ids for {len(payloads)} payloads")
         messages = []
         for index, payload in enumerate(payloads):
+            task_id = None if task_ids is None else task_ids[index]
             try:
-                messages.append(self._encode(contract, payload, None, None))
+                messages.append(self._encode(contract, payload, task_id, None))
             except PayloadValidationError as exc:
                 located = [replace(problem, item=f"[{index}]") for problem in exc.problems]
                 raise type(exc)(contract.name, located) from None

@@ -8,9 +8,11 @@ publisher's threads. Design: docs/gateway.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -41,23 +43,18 @@ from tasklane.gateway.problems import field_errors, problem
 from tasklane.gateway.ratelimit import RateLimiter
 from tasklane.gateway.readiness import Readiness, ReadinessChecker
 from tasklane.gateway.results import TaskStates
+from tasklane.gateway.sender import QueuedTooLongError, Sender
 from tasklane.gateway.settings import GatewaySettings
 from tasklane.gateway.tokens import Caller, Tokens
 from tasklane.publish import Publisher, ResultReader
 from tasklane.settings import Settings
+from tasklane.wire.protocol import TaskMessage
 
 JSON = "application/json"
-#: Threads sending to the broker. The publisher sends under one lock; more threads let requests
-#: wait out an outage side by side instead of one after another.
-PUBLISH_THREADS = 4
 #: Threads reading the result backend for ``GET /v1/tasks/{id}``.
 RESULT_THREADS = 4
 #: Longer task ids cannot be ours (Celery's are UUIDs).
 MAX_TASK_ID_CHARS = 255
-
-
-class _QueuedTooLongError(Exception):
-    """A publish waited for a thread past its deadline; it was not attempted."""
 
 
 @dataclass
@@ -90,14 +87,13 @@ class Gateway:
         # Made in the lifespan, on the server's loop.
         self.redis: Redis
         self.publisher: Publisher
+        self._sender: Sender
         self._checker: ReadinessChecker
         self._limiter: RateLimiter
         self._idempotency: IdempotencyStore
         self._states: TaskStates
         self._reader: ResultReader
-        self._publish_pool = ThreadPoolExecutor(PUBLISH_THREADS, "gateway-publish")
         self._result_pool = ThreadPoolExecutor(RESULT_THREADS, "gateway-results")
-        self._task_prefix = f"{settings.namespace}gateway:task:"
         self._retry_broker = str(max(1, math.ceil(settings.publish_timeout)))
 
     # ------------------------------------------------------------------ lifecycle
@@ -118,9 +114,12 @@ class Gateway:
         )
         # A broker connection is made on the first publish, on a publisher thread.
         self.publisher = Publisher(self.settings, registry=self.registry)
+        self._sender = Sender(self.publisher)
         self._reader = ResultReader(self.settings)
         self._states = TaskStates(self._reader, self.registry)
-        self._limiter = RateLimiter(self.redis, self.settings.namespace)
+        self._limiter = RateLimiter(
+            self.redis, self.settings.namespace, task_ttl=int(self.settings.result_expires)
+        )
         self._idempotency = IdempotencyStore(
             self.redis,
             self.settings.namespace,
@@ -135,9 +134,12 @@ class Gateway:
         finally:
             await self._checker.stop()
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._publish_pool, self.publisher.close)
+            # What was handed over is sent (or given up at its deadline) before the close.
+            await loop.run_in_executor(
+                self._result_pool, self._sender.close, self.settings.publish_timeout + 5
+            )
+            await loop.run_in_executor(self._result_pool, self.publisher.close)
             await loop.run_in_executor(self._result_pool, self._reader.close)
-            self._publish_pool.shutdown(wait=False, cancel_futures=True)
             self._result_pool.shutdown(wait=False, cancel_futures=True)
             await self.redis.aclose()
 
@@ -203,9 +205,14 @@ class Gateway:
         payloads = self._payloads(body, batch)
         if isinstance(payloads, Response):
             return payloads
+        models = self._validated(contract, payloads, batch)
+        if isinstance(models, Response):
+            return models
+        # The ids are chosen now: the rate limit's script records them (one round trip).
+        ids = [str(uuid.uuid4()) for _ in models]
         try:
             decision = await self._limiter.take(
-                caller.name, caller.rate, caller.burst, len(payloads)
+                caller.name, caller.rate, caller.burst, contract.name, ids
             )
         except (RedisError, OSError) as exc:
             return _state_unavailable(exc)
@@ -216,12 +223,9 @@ class Gateway:
                 f"(burst {caller.burst}); retry after {decision.retry_after} s",
                 headers={"Retry-After": str(decision.retry_after)},
             )
-        models = self._validated(contract, payloads, batch)
-        if isinstance(models, Response):
-            return models
         if key is None:
-            return await self._send(request, contract, models, batch, caller)
-        return await self._send_once(request, contract, models, batch, caller, key, body)
+            return await self._send(request, contract, models, ids, batch, caller)
+        return await self._send_once(request, contract, models, ids, batch, caller, key, body)
 
     def _authenticate(self, request: Request) -> Caller | Response:
         header = request.headers.get("authorization", "")
@@ -310,6 +314,7 @@ class Gateway:
         request: Request,
         contract: TaskContract[Any, Any],
         models: list[Any],
+        ids: list[str],
         batch: bool,
         caller: Caller,
         key: str,
@@ -335,29 +340,33 @@ class Gateway:
         if claim.outcome == "replay":
             assert claim.answer is not None
             return _answer(claim.answer, replayed=True)
-        return await self._send(request, contract, models, batch, caller, claim, print_)
+        return await self._send(request, contract, models, ids, batch, caller, claim, print_)
 
     async def _send(
         self,
         request: Request,
         contract: TaskContract[Any, Any],
         models: list[Any],
+        ids: list[str],
         batch: bool,
         caller: Caller,
         claim: Claim | None = None,
         print_: str = "",
     ) -> Response:
-        """Publish on a publisher thread, remember the task ids, answer 202."""
+        """Publish through the sender under the ids recorded, answer 202."""
         trace_context = extract(request.headers) if "traceparent" in request.headers else None
         deadline = time.monotonic() + self.settings.publish_timeout
-        loop = asyncio.get_running_loop()
         try:
-            ids = await loop.run_in_executor(
-                self._publish_pool, self._publish_blocking, contract, models, batch,
-                trace_context, deadline,
-            )  # fmt: skip
-        except (BrokerUnavailableError, _QueuedTooLongError) as exc:
-            await self._release(claim)
+            if len(models) == 1:
+                message = self._encode(contract, models[0], ids[0], trace_context)
+                await self._sender.send(contract, message, deadline)
+            else:
+                batch_send = functools.partial(
+                    self._publish_many, contract, models, ids, trace_context
+                )
+                await self._sender.call(contract, batch_send, deadline)
+        except (BrokerUnavailableError, QueuedTooLongError) as exc:
+            await self._release(claim, ids)
             return problem(
                 "broker-unavailable",
                 f"the broker did not take the task within {self.settings.publish_timeout:g} s"
@@ -365,59 +374,58 @@ class Gateway:
                 headers={"Retry-After": self._retry_broker},
             )
         except PayloadTooLargeError as exc:
-            await self._release(claim)
+            await self._release(claim, ids)
             return problem("payload-too-large", str(exc))
         except BaseException:
-            await self._release(claim)
+            await self._release(claim, ids)
             raise
         self.metrics.published.labels(contract.name, caller.name).inc(len(ids))
         answer = _accepted(contract.name, ids, batch)
-        try:
-            await self._remember(contract.name, ids)
-            if claim is not None:
+        if claim is not None:
+            try:
                 await self._idempotency.complete(claim, print_, answer)
-        except (RedisError, OSError):
-            # Published: the answer must say so, even if the status lookup will not know it.
-            pass
+            except (RedisError, OSError):
+                pass  # published: the answer must say so; the claim lapses on its own
         return _answer(answer, replayed=False)
 
-    def _publish_blocking(
+    def _encode(
         self,
         contract: TaskContract[Any, Any],
-        models: list[Any],
-        batch: bool,
+        model: Any,
+        task_id: str,
         trace_context: otel_context.Context | None,
-        deadline: float,
-    ) -> list[str]:
-        if time.monotonic() > deadline:
-            raise _QueuedTooLongError
+    ) -> TaskMessage:
+        """One message, its PRODUCER span a child of the caller's ``traceparent`` if sent."""
         token = otel_context.attach(trace_context) if trace_context is not None else None
         try:
-            if not batch:
-                return [self.publisher.publish(contract, models[0]).id]
-            return [handle.id for handle in self.publisher.publish_many(contract, models)]
+            return self.publisher.encode(contract, model, task_id=task_id)
         finally:
             if token is not None:
                 otel_context.detach(token)
 
-    async def _remember(self, task: str, ids: list[str]) -> None:
-        """Which task each id is, for the status route, as long as its result is kept."""
-        expires = self.settings.result_expires
-        if len(ids) == 1:
-            await self.redis.set(self._task_prefix + ids[0], task, ex=expires)
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for task_id in ids:
-                pipe.set(self._task_prefix + task_id, task, ex=expires)
-            await pipe.execute()
-
-    async def _release(self, claim: Claim | None) -> None:
-        if claim is None:
-            return
+    def _publish_many(
+        self,
+        contract: TaskContract[Any, Any],
+        models: list[Any],
+        ids: list[str],
+        trace_context: otel_context.Context | None,
+    ) -> None:
+        """A batch, on the sender's thread: one PRODUCER span for all of it."""
+        token = otel_context.attach(trace_context) if trace_context is not None else None
         try:
-            await self._idempotency.release(claim)
+            self.publisher.publish_many(contract, models, task_ids=ids)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+    async def _release(self, claim: Claim | None, ids: list[str]) -> None:
+        """Undo what a request that published nothing recorded: its claim and its ids."""
+        try:
+            await self.redis.delete(*map(self._limiter.task_key, ids))
+            if claim is not None:
+                await self._idempotency.release(claim)
         except (RedisError, OSError):
-            pass  # the claim lapses on its own
+            pass  # both lapse on their own
 
     async def task_status(self, request: Request, task_id: str) -> Response:
         """``GET /v1/tasks/{task_id}``."""
@@ -437,7 +445,7 @@ class Gateway:
             return missing
         loop = asyncio.get_running_loop()
         try:
-            task = await self.redis.get(self._task_prefix + task_id)
+            task = await self.redis.get(self._limiter.task_key(task_id))
             meta = await loop.run_in_executor(self._result_pool, self._states.read, task_id)
         except (RedisError, OSError) as exc:
             return _state_unavailable(exc)
@@ -506,6 +514,24 @@ async def _internal_error(_: Request, exc: Exception) -> Response:
     return problem("internal-error", "the gateway failed unexpectedly; see its log")
 
 
+def _without_request(
+    handler: Callable[[], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(_: Request) -> Response:
+        return await handler()
+
+    return endpoint
+
+
+def _with_path(
+    handler: Callable[[Request, str], Awaitable[Response]], name: str
+) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await handler(request, request.path_params[name])
+
+    return endpoint
+
+
 def create_gateway(
     settings: Settings,
     gateway: GatewaySettings,
@@ -528,17 +554,19 @@ def create_gateway(
         openapi_url=None,
     )
     app.state.gateway = state
-    routes: list[tuple[str, Callable[..., Awaitable[Response]], str]] = [
-        ("/livez", state.livez, "GET"),
-        ("/readyz", state.readyz, "GET"),
-        ("/metrics", state.metrics_endpoint, "GET"),
-        ("/openapi.json", state.openapi, "GET"),
-        ("/v1/tasks/{task}/batch", state.publish_batch, "POST"),
-        ("/v1/tasks/{task}", state.publish_one, "POST"),
-        ("/v1/tasks/{task_id}", state.task_status, "GET"),
+    # Plain Starlette routes: FastAPI's parameter solving would cost a tenth of a request, and
+    # every handler reads its request itself.
+    routes: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
+        ("/livez", _without_request(state.livez), "GET"),
+        ("/readyz", _without_request(state.readyz), "GET"),
+        ("/metrics", _without_request(state.metrics_endpoint), "GET"),
+        ("/openapi.json", _without_request(state.openapi), "GET"),
+        ("/v1/tasks/{task}/batch", _with_path(state.publish_batch, "task"), "POST"),
+        ("/v1/tasks/{task}", _with_path(state.publish_one, "task"), "POST"),
+        ("/v1/tasks/{task_id}", _with_path(state.task_status, "task_id"), "GET"),
     ]
     for path, endpoint, method in routes:
-        app.add_api_route(path, endpoint, methods=[method], include_in_schema=False)
+        app.router.add_route(path, endpoint, methods=[method], include_in_schema=False)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
     return app
