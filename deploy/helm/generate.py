@@ -131,6 +131,7 @@ _K8S_LISTS = {
     "metricsFrom": "NetworkPolicyPeer",
     "to": "NetworkPolicyPeer",
     "allowFrom": "NetworkPolicyPeer",
+    "ingressFrom": "NetworkPolicyPeer",
 }
 _STRING_MAPS = {"env", "nodeSelector", "podAnnotations", "annotations", "labels"}
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}

@@ -308,7 +308,9 @@ def test_relay_database_egress_defaults_to_5432_anywhere(chart: Any) -> None:
 def test_relay_is_scraped_like_every_other_metrics_port(chart: Any, values: dict[str, Any]) -> None:
     rendered = _rendered(chart, values)
     deployment = _relay_objects(rendered)["Deployment"]
-    (monitor,) = rendered.kind("PodMonitor")
+    # The gateway's own PodMonitor (its /metrics is on its http port) aside.
+    (monitor,) = [m for m in rendered.kind("PodMonitor")
+                  if m["metadata"]["name"] != f"{RELEASE}-gateway"]  # fmt: skip
     template = deployment["spec"]["template"]
     # The release's one PodMonitor selects the relay's pods and scrapes their "metrics" port.
     selector = monitor["spec"]["selector"]["matchLabels"]
