@@ -30,7 +30,7 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import core_schema
+from pydantic_core import PydanticCustomError, core_schema
 
 #: The end of a pattern, read the same by Python's ``re`` and by ECMA-262 (see the module doc).
 END = r"(?!\n)$"
@@ -71,9 +71,13 @@ class Matches:
         return self._compiled[0]
 
     def check(self, value: str) -> str:
-        """``value`` when the pattern matches, else ``ValueError`` with :attr:`message`."""
+        """``value`` when the pattern matches, else a validation error saying :attr:`message`.
+
+        A custom error, not ``ValueError``: pydantic would prefix "Value error, " to the
+        message every caller shows (the CLI, the admin's fields, dead letters).
+        """
         if self._regex().search(value) is None:
-            raise ValueError(self.message)
+            raise PydanticCustomError("string_pattern_mismatch", self.message)
         return value
 
     def __get_pydantic_core_schema__(
