@@ -10,6 +10,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import redis
 from kombu.connection import Connection
@@ -224,13 +225,19 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> RedisServer:
+    #: Seconds ``start`` waits for the server to answer.
+    start_timeout = 10.0
+
+    def command(self) -> list[str]:
+        """The ``redis-server`` command line."""
+        appendonly = "yes" if self.appendonly else "no"
+        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", appendonly, "--dir", str(self.directory)]  # fmt: skip
+
+    def start(self) -> Self:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         process = self.process
 
         def answers() -> bool:
@@ -242,7 +249,7 @@ class RedisServer:
         try:
             eventually(
                 answers,
-                timeout=10,
+                timeout=self.start_timeout,
                 message="redis-server to answer",
                 ignoring=(redis.ConnectionError,),
             )
