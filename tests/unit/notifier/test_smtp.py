@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -404,6 +405,62 @@ def test_greeting_failures_are_transient(
 
     with pytest.raises(TransientError, match=expected):
         deliver(port, payload())
+
+
+#: Sends one email to the port in argv[1]; SIGTERM raises SystemExit, as in a pool process.
+CUT_OFF_CLIENT = """
+import signal, sys
+from notifier.smtp import SmtpConfig, build_message, send
+from tasklane.contracts.notifier import EmailPayload
+
+def stop(signum, frame):
+    raise SystemExit(0)
+
+signal.signal(signal.SIGTERM, stop)
+payload = EmailPayload(to=["ada@example.com"], subject="Hi", text="Hello")
+config = SmtpConfig(host="127.0.0.1", port=int(sys.argv[1]), timeout=60.0)
+message = build_message(
+    payload, sender="noreply@example.com", text="Hello", html=None, message_id="<1@example.com>"
+)
+send(config, message, ["ada@example.com"])
+"""
+
+
+def test_a_delivery_cut_off_hangs_up_without_waiting_on_a_quit() -> None:
+    # The server greets, answers EHLO, then never answers MAIL FROM. The client is cut off there
+    # (SIGTERM, as a worker's shutdown cuts its pool processes): it must hang up at once, not
+    # send QUIT and wait up to its timeout for an answer that does not come.
+    listener = socket.create_server(("127.0.0.1", 0))
+    heard: list[bytes] = []
+    waiting = threading.Event()
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection, connection.makefile("rb") as lines:
+            connection.sendall(b"220 slow.example.com ready\r\n")
+            heard.append(lines.readline())
+            connection.sendall(b"250 slow.example.com\r\n")
+            heard.append(lines.readline())
+            waiting.set()
+            heard.extend(iter(lines.readline, b""))  # everything until the client hangs up
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    port = int(listener.getsockname()[1])
+    client = subprocess.Popen([sys.executable, "-c", CUT_OFF_CLIENT, str(port)])
+    try:
+        assert waiting.wait(60), "the client never sent MAIL FROM"  # see its stderr above
+        client.terminate()
+        server.join(timeout=120)
+    finally:
+        client.kill()
+        client.wait(30)
+        listener.close()
+
+    commands = [line.split(b" ", 1)[0].split(b":", 1)[0].strip().upper() for line in heard]
+    assert commands[:2] == [b"EHLO", b"MAIL"]
+    assert b"QUIT" not in commands, heard
+    assert not server.is_alive()  # the client hung up
 
 
 def test_connection_refused_is_transient() -> None:

@@ -166,6 +166,13 @@ def _deliver(config: SmtpConfig, message: EmailMessage, recipients: list[str]) -
         refused = client.send_message(message, to_addrs=recipients)
     except OSError as exc:  # smtplib.SMTPException is an OSError too
         raise _classify(exc, config) from exc
+    except BaseException:
+        # Cut off mid-conversation (a time limit, a worker's shutdown): a QUIT would wait up to
+        # the timeout for a slow server's reply and hold the shutdown up. Drop the connection.
+        if client is not None:
+            client.close()
+            client = None
+        raise
     finally:
         if client is not None:
             _close(client)
