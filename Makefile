@@ -113,5 +113,5 @@ manifests: install ## Regenerate the chart's generated files and deploy/k8s (the
 .PHONY: clients
 clients: install ## Regenerate clients/typescript's openapi.json and src/schema.d.ts from the contracts
 	$(VENV)/bin/tasklane contracts export --openapi clients/typescript/openapi.json
-	[ -d clients/typescript/node_modules ] || npm --prefix clients/typescript ci
+	[ -d clients/typescript/node_modules ] || npm ci --prefix clients/typescript
 	npm --prefix clients/typescript run generate
