@@ -57,6 +57,17 @@ RESULT_THREADS = 4
 MAX_TASK_ID_CHARS = 255
 
 
+@dataclass(frozen=True)
+class _Publication:
+    """What one accepted request publishes: its models under the ids recorded for them."""
+
+    contract: TaskContract[Any, Any]
+    models: list[Any]
+    ids: list[str]
+    batch: bool
+    caller: Caller
+
+
 @dataclass
 class _Labels:
     """The metric labels of one request, filled in as the request is understood."""
@@ -223,9 +234,10 @@ class Gateway:
                 f"(burst {caller.burst}); retry after {decision.retry_after} s",
                 headers={"Retry-After": str(decision.retry_after)},
             )
+        publication = _Publication(contract, models, ids, batch, caller)
         if key is None:
-            return await self._send(request, contract, models, ids, batch, caller)
-        return await self._send_once(request, contract, models, ids, batch, caller, key, body)
+            return await self._send(request, publication)
+        return await self._send_once(request, publication, key, body)
 
     def _authenticate(self, request: Request) -> Caller | Response:
         header = request.headers.get("authorization", "")
@@ -310,20 +322,13 @@ class Gateway:
         return models
 
     async def _send_once(
-        self,
-        request: Request,
-        contract: TaskContract[Any, Any],
-        models: list[Any],
-        ids: list[str],
-        batch: bool,
-        caller: Caller,
-        key: str,
-        body: dict[str, Any],
+        self, request: Request, publication: _Publication, key: str, body: dict[str, Any]
     ) -> Response:
         """Publish under an ``Idempotency-Key``: at most once per key and body in the window."""
-        print_ = fingerprint(contract.name, "batch" if batch else "one", body)
+        route = "batch" if publication.batch else "one"
+        print_ = fingerprint(publication.contract.name, route, body)
         try:
-            claim = await self._idempotency.claim(caller.name, key, print_)
+            claim = await self._idempotency.claim(publication.caller.name, key, print_)
         except (RedisError, OSError) as exc:
             return _state_unavailable(exc)
         if claim.outcome == "reused":
@@ -340,20 +345,17 @@ class Gateway:
         if claim.outcome == "replay":
             assert claim.answer is not None
             return _answer(claim.answer, replayed=True)
-        return await self._send(request, contract, models, ids, batch, caller, claim, print_)
+        return await self._send(request, publication, claim, print_)
 
     async def _send(
         self,
         request: Request,
-        contract: TaskContract[Any, Any],
-        models: list[Any],
-        ids: list[str],
-        batch: bool,
-        caller: Caller,
+        publication: _Publication,
         claim: Claim | None = None,
         print_: str = "",
     ) -> Response:
         """Publish through the sender under the ids recorded, answer 202."""
+        contract, models, ids = publication.contract, publication.models, publication.ids
         trace_context = extract(request.headers) if "traceparent" in request.headers else None
         deadline = time.monotonic() + self.settings.publish_timeout
         try:
@@ -379,8 +381,8 @@ class Gateway:
         except BaseException:
             await self._release(claim, ids)
             raise
-        self.metrics.published.labels(contract.name, caller.name).inc(len(ids))
-        answer = _accepted(contract.name, ids, batch)
+        self.metrics.published.labels(contract.name, publication.caller.name).inc(len(ids))
+        answer = _accepted(contract.name, ids, publication.batch)
         if claim is not None:
             try:
                 await self._idempotency.complete(claim, print_, answer)
