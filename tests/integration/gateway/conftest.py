@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,9 @@ def default_publishers() -> list[dict[str, Any]]:
     ]
 
 
-def gateway_starter(
-    broker: BrokerEnv, directory: Path
-) -> tuple[StartGateway, list[GatewayProcess]]:
+@contextmanager
+def gateways(broker: BrokerEnv, directory: Path) -> Iterator[StartGateway]:
+    """Start gateways on ``broker`` (tokens files in ``directory``); all stopped at the end."""
     started: list[GatewayProcess] = []
 
     def start(
@@ -52,16 +53,18 @@ def gateway_starter(
         started.append(gateway)
         return gateway.wait_ready() if wait else gateway
 
-    return start, started
+    try:
+        yield start
+    finally:
+        for gateway in started:
+            gateway.stop()
 
 
 @pytest.fixture
 def start_gateway(broker: BrokerEnv, tmp_path: Path) -> Iterator[StartGateway]:
     """Start gateways on this test's broker (both kinds, by the ``broker`` parameter)."""
-    start, started = gateway_starter(broker, tmp_path)
-    yield start
-    for gateway in started:
-        gateway.stop()
+    with gateways(broker, tmp_path) as start:
+        yield start
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +80,14 @@ def gateway(
     redis_env: BrokerEnv, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     """One gateway on Redis shared by a module's tests (each test uses queues of its own)."""
-    start, started = gateway_starter(redis_env, tmp_path_factory.mktemp("gateway"))
-    with pytest.MonkeyPatch.context() as patch:
+    with (
+        gateways(redis_env, tmp_path_factory.mktemp("gateway")) as start,
+        pytest.MonkeyPatch.context() as patch,
+    ):
         # The module fixture starts before the per-test environment clean-up.
         for name in ("TASKLANE_BROKER_URL", "TASKLANE_RESULT_BACKEND", "TASKLANE_NAMESPACE"):
             patch.delenv(name, raising=False)
         yield start()
-    for process in started:
-        process.stop()
 
 
 @pytest.fixture
@@ -98,7 +101,5 @@ def redis_broker(redis_url: str) -> Iterator[BrokerEnv]:
 @pytest.fixture
 def start_redis_gateway(redis_broker: BrokerEnv, tmp_path: Path) -> Iterator[StartGateway]:
     """Start gateways on Redis, in this test's namespace."""
-    start, started = gateway_starter(redis_broker, tmp_path)
-    yield start
-    for gateway in started:
-        gateway.stop()
+    with gateways(redis_broker, tmp_path) as start:
+        yield start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -13,7 +14,7 @@ import httpx
 import redis
 
 from tasklane.wire.broker import redis_queue_keys
-from tests.integration.gateway.conftest import NOTIFIER_TOKEN, StartGateway, gateway_starter
+from tests.integration.gateway.conftest import NOTIFIER_TOKEN, StartGateway, gateways
 from tests.support import eventually
 from tests.support.gateway import publisher_entry, waiting
 from tests.support.harness import BrokerEnv, RedisServer, cleanup
@@ -46,7 +47,8 @@ def test_broker_outage_answers_503_without_blocking_other_requests(
 ) -> None:
     server = RedisServer(tmp_path).start()
     env = BrokerEnv("redis", server.url, redis_url, f"t{uuid.uuid4().hex[:10]}.")
-    start, started = gateway_starter(env, tmp_path)
+    started = contextlib.ExitStack()
+    start = started.enter_context(gateways(env, tmp_path))
     try:
         gateway = start()
         server.kill()
@@ -84,8 +86,7 @@ def test_broker_outage_answers_503_without_blocking_other_requests(
                 message="/readyz to report the broker down",
             )
     finally:
-        for process in started:
-            process.stop()
+        started.close()
         server.kill()
         cleanup(BrokerEnv("redis", redis_url, redis_url, env.namespace))
 
@@ -150,7 +151,8 @@ def test_traceparent_continues_into_the_tasks_trace(
     trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     traceparent = f"00-{trace_id}-{parent}-01"
     with OtlpReceiver() as receiver:
-        start, started = gateway_starter(redis_broker, tmp_path)
+        started = contextlib.ExitStack()
+        start = started.enter_context(gateways(redis_broker, tmp_path))
         try:
             gateway = start(
                 OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="200"
@@ -162,8 +164,7 @@ def test_traceparent_continues_into_the_tasks_trace(
                 lambda got: any(s.name == "notifier.email.send publish" for s in got)
             )
         finally:
-            for process in started:
-                process.stop()
+            started.close()
     (publish,) = [s for s in spans if s.name == "notifier.email.send publish"]
     assert (publish.trace_id, publish.parent_span_id, publish.kind) == (
         trace_id,
