@@ -39,6 +39,14 @@ def broker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[BrokerEnv
 
 
 @pytest.fixture
+def redis_broker(redis_url: str) -> Iterator[BrokerEnv]:
+    """Redis alone, for what the publisher writes to its lists itself."""
+    env = _broker_env("redis", redis_url)
+    yield env
+    cleanup(env)
+
+
+@pytest.fixture
 def rabbitmq_broker(redis_url: str) -> Iterator[BrokerEnv]:
     """RabbitMQ alone, for its own features (native dead-lettering)."""
     env = _broker_env("rabbitmq", redis_url)

@@ -27,7 +27,7 @@ from tasklane.errors import (
     TransientError,
     UnknownContractError,
 )
-from tasklane.publish import Publisher, TaskHandle, publish
+from tasklane.publish import PublishedTasks, Publisher, TaskHandle, publish
 
 if TYPE_CHECKING:
     from tasklane.settings import Settings, load_settings
@@ -49,6 +49,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PayloadValidationError",
     "PermanentError",
+    "PublishedTasks",
     "Publisher",
     "REGISTRY",
     "Result",

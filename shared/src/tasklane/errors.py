@@ -70,11 +70,16 @@ class Problem:
 
 
 class PayloadValidationError(TasklaneError, ValueError):
-    """A payload does not satisfy its contract; :attr:`problems` say where and why."""
+    """A payload does not satisfy its contract; :attr:`problems` say where and why.
 
-    def __init__(self, task: str, problems: Iterable[Problem]) -> None:
+    :attr:`sent` is 0 but of a ``publish_many`` streamed from an iterator: how many of the first
+    tasks had been sent when the invalid payload was reached.
+    """
+
+    def __init__(self, task: str, problems: Iterable[Problem], *, sent: int = 0) -> None:
         self.task = task
         self.problems = tuple(problems)
+        self.sent = sent
         super().__init__(f"invalid payload for {task}: " + "; ".join(self.errors))
 
     @property

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from kombu.connection import Connection
 from kombu.exceptions import BatchPublishError, OperationalError
@@ -26,7 +26,7 @@ from opentelemetry.util.types import AttributeValue
 from pydantic import BaseModel
 
 from tasklane.contracts import REGISTRY, ContractRegistry, TaskContract
-from tasklane.contracts.validation import validate_payload
+from tasklane.contracts.validation import validate_payload, validate_payloads
 from tasklane.errors import (
     BrokerUnavailableError,
     PayloadTooLargeError,
@@ -34,10 +34,19 @@ from tasklane.errors import (
     Problem,
     TaskFailedError,
 )
+from tasklane.wire.amqp_confirms import ConfirmedChannel
 from tasklane.wire.broker import connect
 from tasklane.wire.config import base_config
 from tasklane.wire.headers import PREFIX, PUBLISHER_HEADERS
-from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, TaskMessage, task_message
+from tasklane.wire.protocol import (
+    TaskMessage,
+    body_from_json,
+    kwargs_repr,
+    new_id_key,
+    task_id_at,
+    task_message,
+)
+from tasklane.wire.redis_envelope import Envelope, EnvelopeWriter, envelope, push
 from tasklane.wire.routing import MAX_PRIORITY, dead_letter_queue, queue_name, work_queue
 
 if TYPE_CHECKING:
@@ -131,6 +140,58 @@ class TaskHandle(Generic[ResultT]):
         return self.contract.result.model_validate(value)
 
 
+class PublishedTasks(Sequence[TaskHandle[ResultT]]):
+    """The tasks one :meth:`Publisher.publish_many` call sent, in payload order.
+
+    A handle is made when asked for, from the id source it holds: the caller's ``task_ids``, or
+    the key the call's new ids were derived from (:func:`tasklane.wire.protocol.task_id_at`).
+    """
+
+    def __init__(
+        self,
+        contract: TaskContract[Any, ResultT],
+        ids: Sequence[str] | bytes,
+        count: int,
+        results: ResultReader,
+    ) -> None:
+        self.contract = contract
+        self._ids = ids
+        self._count = count
+        self._results = results
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        return f"<PublishedTasks {self.contract.name} x{self._count}>"
+
+    @overload
+    def __getitem__(self, index: int) -> TaskHandle[ResultT]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[TaskHandle[ResultT]]: ...
+
+    def __getitem__(self, index: int | slice) -> TaskHandle[ResultT] | list[TaskHandle[ResultT]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("task index out of range")
+        return TaskHandle(self.id_at(index), self.contract, self._results)
+
+    def id_at(self, index: int) -> str:
+        """The id of task ``index`` (without making its handle)."""
+        if isinstance(self._ids, bytes):
+            return task_id_at(self._ids, index)
+        return self._ids[index]
+
+    @property
+    def ids(self) -> list[str]:
+        """Every task id, in order (a list: for a million tasks, a million strings)."""
+        return [self.id_at(i) for i in range(self._count)]
+
+
 class Publisher:
     """Publishes contract tasks over one broker connection; thread-safe, reuse it.
 
@@ -150,7 +211,7 @@ class Publisher:
         self.settings = settings
         self.registry = registry
         self._connection: Connection = self._connect()
-        self._producer: Producer | None = None
+        self._confirmed: ConfirmedChannel | None = None
         self._declared: set[str] = set()
         self._lock = threading.Lock()
         self._results = ResultReader(self.settings)
@@ -176,7 +237,7 @@ class Publisher:
     def close(self) -> None:
         """Release the broker connection."""
         with self._lock:
-            self._producer = None
+            self._confirmed = None
             self._declared.clear()
             self._connection.release()
         self._results.close()
@@ -248,7 +309,7 @@ class Publisher:
         message = self._encode(contract, payload, task_id, priority, countdown, expires, headers)
         with self._producer_span(contract, task_id=message.task_id) as trace_headers:
             message.headers.update(trace_headers)
-            self._deliver(contract, [message], batch_size=1)
+            self._deliver(contract, [[message]])
         return TaskHandle(message.task_id, contract, self._results)
 
     def encode(
@@ -293,7 +354,8 @@ class Publisher:
             BrokerUnavailableError: the broker did not take every message in time; ``.sent``
                 says how many of the first messages it did take.
         """
-        self._deliver(self.contract(task), messages, batch_size=batch_size)
+        batches = (messages[i : i + batch_size] for i in range(0, len(messages), batch_size))
+        self._deliver(self.contract(task), batches)
 
     def handle(self, task: str | TaskContract[Any, ResultT], task_id: str) -> TaskHandle[ResultT]:
         """A handle on a task published earlier (by this process or any other), by its id."""
@@ -307,10 +369,19 @@ class Publisher:
         batch_size: int = 1000,
         progress: Callable[[int], None] | None = None,
         task_ids: Sequence[str] | None = None,
-    ) -> list[TaskHandle[ResultT]]:
-        """Validate every payload first, then send them all in pipelined batches.
+    ) -> PublishedTasks[ResultT]:
+        """Validate and send many payloads in batches: one round trip (Redis) or one round of
+        publisher confirms (RabbitMQ) per batch.
 
-        Nothing is sent when any payload is invalid: the error names its index and field.
+        Given a sequence (a list), every payload is validated before anything is sent: nothing
+        is sent when any is invalid, and the error names its index and field. Given any other
+        iterable (a generator), payloads are read, validated and sent a batch at a time, so
+        memory stays flat however many there are; an invalid payload then stops the call before
+        its batch, and the error's ``.sent`` says how many tasks went out before it.
+
+        Returns the tasks in payload order (:class:`PublishedTasks`, a sequence of handles made
+        on access: it holds no handle, and no id it made, so a million tasks cost it nothing).
+
         The call is one PRODUCER span, the parent of every task it sends: a span per message
         would cost about as much as sending the message. Through a broker outage the unsent
         batches are retried as :meth:`publish` retries (a batch cut off midway is sent again
@@ -320,72 +391,152 @@ class Publisher:
         must record the ids before they are sent chooses them.
 
         Raises:
+            PayloadValidationError: a payload breaks the contract (``.sent``: see above).
             BrokerUnavailableError: the broker did not take every message in time; ``.sent``
                 says how many of the first messages it did take.
             ValueError: ``task_ids`` does not hold one id per payload.
         """
         contract = self.contract(task)
-        payloads = list(payloads)
-        if task_ids is not None and len(task_ids) != len(payloads):
-            raise ValueError(f"{len(task_ids)} task ids for {len(payloads)} payloads")
-        messages = []
-        for index, payload in enumerate(payloads):
-            task_id = None if task_ids is None else task_ids[index]
+        if isinstance(payloads, Sequence):
+            if task_ids is not None and len(task_ids) != len(payloads):
+                raise ValueError(f"{len(task_ids)} task ids for {len(payloads)} payloads")
+            bodies = self._bodies(contract, payloads)
+            batches: Iterable[list[bytes]] = (
+                bodies[start : start + batch_size] for start in range(0, len(bodies), batch_size)
+            )
+        else:
+            batches = self._streamed_bodies(contract, payloads, batch_size)
+        id_source: Sequence[str] | bytes = new_id_key() if task_ids is None else task_ids
+        with self._producer_span(contract) as trace_headers:
+            wire = self._batch_writer(contract, trace_headers)
+            published = 0
+
+            def encoded() -> Iterator[list[TaskMessage] | list[Envelope]]:
+                nonlocal published
+                for bodies in batches:
+                    if task_ids is not None and len(task_ids) < published + len(bodies):
+                        raise ValueError(f"{len(task_ids)} task ids for more payloads")
+                    end = published + len(bodies)
+                    ids = (
+                        [task_id_at(id_source, i) for i in range(published, end)]
+                        if isinstance(id_source, bytes)
+                        else id_source[published:end]
+                    )
+                    yield wire(ids, bodies)
+                    published += len(bodies)
+
             try:
-                messages.append(self._encode(contract, payload, task_id, None))
+                self._deliver(contract, encoded(), progress=progress)
             except PayloadValidationError as exc:
-                located = [replace(problem, item=f"[{index}]") for problem in exc.problems]
-                raise type(exc)(contract.name, located) from None
-        with self._producer_span(contract, batch=len(messages)) as trace_headers:
-            for message in messages:
+                exc.sent = published
+                raise
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attribute("messaging.batch.message_count", published)
+        return PublishedTasks(contract, id_source, published, self._results)
+
+    def _bodies(
+        self,
+        contract: TaskContract[Any, Any],
+        payloads: Sequence[BaseModel | Mapping[str, Any]],
+        first: int = 0,
+    ) -> list[bytes]:
+        """Every payload validated and encoded as a message body, or the first one's problems."""
+        serializer = contract.payload.__pydantic_serializer__
+        bodies = []
+        for index, model in enumerate(validate_payloads(contract, payloads, first=first)):
+            body = body_from_json(serializer.to_json(model))
+            self._check_size(contract, body, f"[{first + index}]")
+            bodies.append(body)
+        return bodies
+
+    def _streamed_bodies(
+        self,
+        contract: TaskContract[Any, Any],
+        payloads: Iterable[BaseModel | Mapping[str, Any]],
+        batch_size: int,
+    ) -> Iterator[list[bytes]]:
+        first = 0
+        iterator = iter(payloads)
+        while chunk := list(itertools.islice(iterator, batch_size)):
+            yield self._bodies(contract, chunk, first)
+            first += len(chunk)
+
+    def _batch_writer(
+        self, contract: TaskContract[Any, Any], trace_headers: Mapping[str, str]
+    ) -> Callable[[Sequence[str], list[bytes]], list[TaskMessage] | list[Envelope]]:
+        """What turns a batch's ids and bodies into what this broker's send takes."""
+        name, queue = contract.name, queue_name(contract, self.settings.namespace)
+        if self.settings.broker_is_redis:
+            writer = EnvelopeWriter(
+                queue, name, priority=MAX_PRIORITY - contract.priority, headers=trace_headers
+            )
+
+            def envelopes(ids: Sequence[str], bodies: list[bytes]) -> list[Envelope]:
+                now = time.time()
+                return [
+                    writer.write(task_id, body, kwargs_repr(body), now)
+                    for task_id, body in zip(ids, bodies, strict=True)
+                ]
+
+            return envelopes
+
+        def messages(ids: Sequence[str], bodies: list[bytes]) -> list[TaskMessage]:
+            now = time.time()
+            batch = []
+            for task_id, body in zip(ids, bodies, strict=True):
+                message = task_message(
+                    name, task_id, body, priority=contract.priority, published_at=now
+                )
                 message.headers.update(trace_headers)
-            self._deliver(contract, messages, batch_size=batch_size, progress=progress)
-        return [TaskHandle(m.task_id, contract, self._results) for m in messages]
+                batch.append(message)
+            return batch
+
+        return messages
 
     def _deliver(
         self,
         contract: TaskContract[Any, Any],
-        messages: list[TaskMessage],
+        batches: Iterable[Sequence[TaskMessage] | Sequence[Envelope]],
         *,
-        batch_size: int,
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        """Send ``messages`` in batches, through outages, until ``publish_timeout`` is spent.
+        """Send each batch, through outages, until a batch has waited ``publish_timeout``.
 
         A failed attempt leaves the connection and its channel unusable (Kombu's own retry then
-        fails on the dead channel), so each retry starts from a new connection.
+        fails on the dead channel), so each retry starts from a new connection. The wait starts
+        again with each batch sent: a long call is not cut short by an outage late in it.
         """
-        deadline = time.monotonic() + self.settings.publish_timeout
-        sent = attempts = 0
-        pause = _FIRST_RETRY_PAUSE
-        while True:
-            attempts += 1
-            try:
-                with self._lock:
-                    producer = self._producer_for(contract)
-                    while sent < len(messages):
-                        chunk = messages[sent : sent + batch_size]
-                        self._send_batch(producer, contract, chunk)
-                        sent += len(chunk)
-                        if progress is not None:
-                            progress(len(chunk))
-                return
-            except self._outage_errors() as exc:
-                self._reconnect()
-                _publish_retries().labels(
-                    contract.name, queue_name(contract, self.settings.namespace)
-                ).inc()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BrokerUnavailableError(
-                        str(maybe_sanitize_url(self.settings.require_broker())),
-                        self.settings.publish_timeout,
-                        attempts,
-                        sent,
-                        " ".join(f"{type(exc).__name__}: {exc}".split()),
-                    ) from exc
-                time.sleep(min(pause, remaining))
-                pause = min(pause * 2, _LAST_RETRY_PAUSE)
+        sent = 0
+        for batch in batches:
+            deadline = time.monotonic() + self.settings.publish_timeout
+            attempts = 0
+            pause = _FIRST_RETRY_PAUSE
+            while True:
+                attempts += 1
+                try:
+                    with self._lock:
+                        self._send_batch(contract, batch)
+                    break
+                except self._outage_errors() as exc:
+                    self._reconnect()
+                    _publish_retries().labels(
+                        contract.name, queue_name(contract, self.settings.namespace)
+                    ).inc()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise BrokerUnavailableError(
+                            str(maybe_sanitize_url(self.settings.require_broker())),
+                            self.settings.publish_timeout,
+                            attempts,
+                            sent,
+                            " ".join(f"{type(exc).__name__}: {exc}".split()),
+                        ) from exc
+                    time.sleep(min(pause, remaining))
+                    pause = min(pause * 2, _LAST_RETRY_PAUSE)
+            sent += len(batch)
+            if progress is not None:
+                progress(len(batch))
 
     def _outage_errors(self) -> tuple[type[BaseException], ...]:
         """What a lost or refused broker connection raises, on either transport."""
@@ -402,7 +553,7 @@ class Publisher:
     def _reconnect(self) -> None:
         """Drop the broken connection (without a goodbye it could block on) for a new, lazy one."""
         with self._lock:
-            self._producer = None
+            self._confirmed = None
             self._declared.clear()
             with contextlib.suppress(Exception):
                 self._connection.collect(socket_timeout=0.1)
@@ -462,26 +613,17 @@ class Publisher:
             raise PayloadValidationError(
                 contract.name, [Problem(("priority",), f"{level} is not within 0..9")]
             )
+        body = body_from_json(contract.payload.__pydantic_serializer__.to_json(model))
+        self._check_size(contract, body)
         message = task_message(
             contract.name,
             task_id or str(uuid.uuid4()),
-            model.model_dump(mode="json"),
+            body,
             # Contracts use AMQP's order (9 most urgent); Kombu's Redis lists serve 0 first.
             priority=MAX_PRIORITY - level if self.settings.broker_is_redis else level,
             countdown=countdown,
             expires=expires,
         )
-        if len(message.body) > self.settings.max_payload_bytes:
-            raise PayloadTooLargeError(
-                contract.name,
-                [
-                    Problem(
-                        (),
-                        f"{len(message.body)} bytes, over the limit of "
-                        f"{self.settings.max_payload_bytes} (TASKLANE_MAX_PAYLOAD_BYTES)",
-                    )
-                ],
-            )
         for name, value in (headers or {}).items():
             if not name.startswith("x-") or name in message.headers:
                 raise ValueError(f"header {name!r}: extra headers are x-… names of their own")
@@ -490,44 +632,60 @@ class Publisher:
             message.headers[name] = value
         return message
 
-    def _producer_for(self, contract: TaskContract[Any, Any]) -> Producer:
-        if self._producer is None:
-            channel = self._connection.default_channel
-            if self._connection.transport.driver_type == "redis":
-                _reuse_redis_client(channel)
-            self._producer = Producer(channel)
+    def _check_size(
+        self, contract: TaskContract[Any, Any], body: bytes, item: str | None = None
+    ) -> None:
+        if len(body) > self.settings.max_payload_bytes:
+            raise PayloadTooLargeError(
+                contract.name,
+                [
+                    Problem(
+                        (),
+                        f"{len(body)} bytes, over the limit of "
+                        f"{self.settings.max_payload_bytes} (TASKLANE_MAX_PAYLOAD_BYTES)",
+                        item,
+                    )
+                ],
+            )
+
+    def _declare(self, contract: TaskContract[Any, Any]) -> None:
+        """Declare the contract's queue and DLQ through Kombu, once per connection.
+
+        Declaring before the first publish means no message is dropped by RabbitMQ before any
+        worker of the service has started.
+        """
         name = queue_name(contract, self.settings.namespace)
         if name not in self._declared:
-            # Declaring before the first publish means no message is dropped by RabbitMQ
-            # before any worker of the service has started.
+            channel = self._connection.default_channel
             for queue in (
                 work_queue(contract, self.settings.namespace),
                 dead_letter_queue(contract, self.settings.namespace),
             ):
-                queue.bind(self._producer.channel).declare()
+                queue.bind(channel).declare()
             self._declared.add(name)
-        return self._producer
 
     def _send_batch(
-        self, producer: Producer, contract: TaskContract[Any, Any], messages: list[TaskMessage]
+        self,
+        contract: TaskContract[Any, Any],
+        batch: Sequence[TaskMessage] | Sequence[Envelope],
     ) -> None:
-        """Send messages in one pipeline (Redis) or one round of confirms (RabbitMQ)."""
+        """Send one batch: one round trip on Redis, one round of confirms on RabbitMQ."""
+        self._declare(contract)
         queue = queue_name(contract, self.settings.namespace)
-        batch = producer.batch(max_size=len(messages)) if len(messages) > 1 else None
-        with batch or contextlib.nullcontext():
-            for message in messages:
-                producer.publish(
-                    message.body,
-                    exchange="",
-                    routing_key=queue,
-                    content_type=CONTENT_TYPE,
-                    content_encoding=CONTENT_ENCODING,
-                    headers=message.headers,
-                    delivery_mode=2,
-                    confirm_timeout=self.settings.publish_timeout,
-                    **message.properties,
-                )
-        _published_counter().labels(contract.name, queue).inc(len(messages))
+        if self.settings.broker_is_redis:
+            # Kombu's envelope, written here and pushed with Kombu's own Redis client.
+            push(
+                self._connection.default_channel.client,  # type: ignore[attr-defined]
+                [m if isinstance(m, Envelope) else envelope(queue, m) for m in batch],
+            )
+        else:
+            # Every message of the batch sent, then the broker's acks of all awaited at once.
+            if self._confirmed is None:
+                self._confirmed = ConfirmedChannel(Producer(self._connection.default_channel))
+            # Only Redis batches are envelopes (_batch_writer).
+            messages = cast(Sequence[TaskMessage], batch)
+            self._confirmed.publish(messages, queue, timeout=self.settings.publish_timeout)
+        _published_counter().labels(contract.name, queue).inc(len(batch))
 
 
 @functools.cache
@@ -544,21 +702,6 @@ def _publish_retries() -> Counter:
     from tasklane.observability.counters import task_metrics
 
     return task_metrics().publish_retries
-
-
-def _reuse_redis_client(channel: Any) -> None:
-    """Make a publish-only Kombu Redis channel send through its one long-lived client.
-
-    Kombu builds a new ``redis.Redis`` object for every message it puts (about a third of a single
-    publish here, see docs/performance.md), since a consuming channel's own client may be blocked
-    in BRPOP. This channel never consumes, so its client is free; the connection pool is the same.
-    """
-
-    @contextlib.contextmanager
-    def conn_or_acquire(client: Any = None) -> Iterator[Any]:
-        yield client or channel.client
-
-    channel.conn_or_acquire = conn_or_acquire
 
 
 def publish(

@@ -15,7 +15,7 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,7 +171,7 @@ def _wait_trace(
 def _from_upstream(
     traced: TracedWorker,
     upstream: TracerProvider,
-    send: Callable[[Publisher], TaskHandle[Any] | list[TaskHandle[Any]]],
+    send: Callable[[Publisher], TaskHandle[Any] | Sequence[TaskHandle[Any]]],
     timeout: float = 20,
 ) -> tuple[list[TaskHandle[Any]], list[Any], str]:
     """Publish with ``send`` inside an upstream SERVER span: the handles, results and trace id."""
@@ -179,7 +179,7 @@ def _from_upstream(
         tracer = trace.get_tracer("tests.upstream")
         with tracer.start_as_current_span("upstream request", kind=SpanKind.SERVER) as root:
             sent = send(publisher)
-        handles = sent if isinstance(sent, list) else [sent]
+        handles = [sent] if isinstance(sent, TaskHandle) else list(sent)
         results = [handle.get(timeout=timeout) for handle in handles]
     upstream.force_flush()
     return handles, results, format_trace_id(root.get_span_context().trace_id)

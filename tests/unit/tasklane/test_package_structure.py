@@ -82,6 +82,7 @@ def test_the_public_names_are_exactly_these() -> None:
         "PayloadTooLargeError",
         "PayloadValidationError",
         "PermanentError",
+        "PublishedTasks",
         "Publisher",
         "REGISTRY",
         "Result",
