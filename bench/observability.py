@@ -1,13 +1,23 @@
-"""What observability costs a worker: throughput, /metrics scrape time and memory growth.
+"""What observability costs a worker: CPU and throughput per task, /metrics scrape time, memory.
 
 Run with ``make bench-observability`` (or ``.venv/bin/python bench/observability.py --help``).
 
-1. **Throughput**, one run, one broker, the no-op task of ``bench/noop_service.py`` on a prefork
-   pool of 2: bare Celery, Tasklane with metrics and tracing off, Tasklane with metrics on,
-   metrics + tracing sampled at 10 %, metrics + tracing at 100 %. Spans go over OTLP/HTTP to a
-   local receiver that reads and discards them (decoding them would compete for the CPU). Ratios
-   are printed against bare Celery (the issue's baseline) and against Tasklane without
-   observability (what metrics and tracing themselves cost).
+1. **Throughput and CPU per task**, one run, one broker, the no-op task of
+   ``bench/noop_service.py`` on a prefork pool of 2: bare Celery, Tasklane with metrics and
+   tracing off, Tasklane with metrics on, metrics + tracing sampled at 10 %, metrics + tracing at
+   100 %. Spans go over OTLP/HTTP to a local receiver that reads and discards them (decoding them
+   would compete for the CPU). Each round runs every variant once, "metrics + tracing 10 %" right
+   next to both of its baselines, so that the ratios the issue sets targets for are taken within
+   one round (this machine's speed drifts between rounds) and their median over rounds is judged:
+
+   * worker CPU per task, "metrics + tracing 10 %" against Tasklane without observability,
+     target <= 1.05x. CPU is that of the worker's whole process group (main process, pool
+     children, and any child already reaped), from the moment its first result is stored until
+     every result is stored and the span exporters have sent what they held; divided by the
+     tasks that finished in that span.
+   * throughput, "metrics + tracing 10 %" against bare Celery, target >= 0.95x, judged only with
+     at least 5 rounds.
+
 2. **Long run**: Tasklane with metrics + 10 % tracing on a prefork pool of 4 runs 100,000 tasks.
    Worker RSS (main process + children) after a warm-up and at the end, and the time of a
    ``/metrics`` scrape (median and max of 20) at the end.
@@ -28,6 +38,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -35,6 +46,8 @@ from typing import Any
 import redis
 from run import (
     BARE,
+    CLOCK_TICKS,
+    EDGE,
     NAMESPACE,
     RESULT_PREFIX,
     TASKLANE,
@@ -46,12 +59,13 @@ from run import (
     broker,
     cleanup,
     count_keys,
+    done_at,
     prefill,
     print_table,
     queue_depth,
     queue_of,
+    results,
     running,
-    throughput_run,
     wait_for,
 )
 
@@ -64,31 +78,62 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # --------------------------------------------------------------------------- OTLP sink
 
 
+class SpanSink:
+    """What an OTLP/HTTP endpoint that accepts and discards every export has received."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        #: Request body sizes, one per export.
+        self.sizes: list[int] = []
+        #: ``time.monotonic()`` of the latest export (0 before the first).
+        self.last_export = 0.0
+
+    def record(self, size: int) -> None:
+        self.sizes.append(size)
+        self.last_export = time.monotonic()
+
+    def wait_settled(self, since: float, worker: Worker) -> None:
+        """Until ``SETTLE_SECONDS`` passed since ``since`` and since the latest export.
+
+        A pool child's batch span processor sends what it holds at most one schedule delay
+        later; the CPU of those exports belongs to the tasks just timed.
+        """
+        wait_for(
+            lambda: time.monotonic() - max(since, self.last_export) >= SETTLE_SECONDS,
+            SETTLE_SECONDS + 120,
+            "span exports to settle",
+            worker,
+            poll=0.1,
+        )
+
+
 @contextmanager
-def span_sink() -> Iterator[tuple[str, list[int]]]:
-    """An OTLP/HTTP endpoint that accepts every export and keeps only the request sizes."""
-    sizes: list[int] = []
+def span_sink() -> Iterator[SpanSink]:
+    """An OTLP/HTTP endpoint on a free local port, for the duration of the block."""
+    sink: SpanSink
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:  # noqa: N802
             length = int(self.headers.get("Content-Length") or 0)
-            sizes.append(len(self.rfile.read(length)))
+            body = self.rfile.read(length)
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
             self.send_header("Content-Length", "0")
             self.end_headers()
+            sink.record(len(body))
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    sink = SpanSink(f"http://127.0.0.1:{server.server_address[1]}")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", sizes
+        yield sink
     finally:
         server.shutdown()
         server.server_close()
@@ -107,24 +152,55 @@ def tracing_env(endpoint: str, ratio: float) -> dict[str, str]:
     }
 
 
+# --------------------------------------------------------------------------- worker CPU
+
+
+def group_cpu_seconds(worker: Worker) -> float:
+    """User + system CPU of the worker's process group, reaped children included.
+
+    Each live process counts its own utime + stime and the cutime + cstime of the children it has
+    reaped; a pool child that exits (and is replaced) moves from the first sum to its parent's
+    second, so its CPU is neither lost nor counted twice.
+    """
+    ticks = 0
+    for fields in worker.group_stats().values():
+        # Fields after the command: utime, stime, cutime, cstime are the 14th to 17th of stat.
+        ticks += sum(int(value) for value in fields[11:15])
+    return ticks / CLOCK_TICKS
+
+
+def finished(client: redis.Redis, keys: Sequence[str]) -> int:
+    """How many of these result keys exist (a task's result is stored as it finishes)."""
+    return int(client.exists(*keys))
+
+
 # --------------------------------------------------------------------------- 1. throughput
 
+#: The variant the issue sets targets for, and its two baselines.
+TRACED = "obs.metrics_trace10"
+CPU_TARGET = 1.05  # worker CPU per task, TRACED / TASKLANE, at most
+THROUGHPUT_TARGET = 0.95  # tasks/s, TRACED / BARE, at least
+MIN_ROUNDS = 5  # rounds the throughput ratio is judged on, at least
+#: Quiet seconds after the last result (and export): OTel's batch schedule delay is 5 s.
+SETTLE_SECONDS = 6.0
 
-def variants(endpoint: str, multiproc: Path) -> list[tuple[Variant, bool]]:
-    """The variants, each with whether it needs a fresh metrics directory and port per run."""
+
+def variants(endpoint: str) -> list[tuple[Variant, bool]]:
+    """The variants in a round's order, each with whether it needs its own metrics port and dir.
+
+    "metrics + tracing 10 %" sits between bare Celery and Tasklane without observability, so it
+    runs right after (or before) each of them in every round, whichever way the round goes.
+    """
     return [
         (BARE, False),
-        (TASKLANE, False),
-        (Variant("obs.metrics", "Tasklane, metrics on", "tasklane"), True),
         (
             Variant(
-                "obs.metrics_trace10",
-                "Tasklane, metrics + tracing 10 %",
-                "tasklane",
-                tracing_env(endpoint, 0.1),
+                TRACED, "Tasklane, metrics + tracing 10 %", "tasklane", tracing_env(endpoint, 0.1)
             ),
             True,
         ),
+        (TASKLANE, False),
+        (Variant("obs.metrics", "Tasklane, metrics on", "tasklane"), True),
         (
             Variant(
                 "obs.metrics_trace100",
@@ -137,39 +213,101 @@ def variants(endpoint: str, multiproc: Path) -> list[tuple[Variant, bool]]:
     ]
 
 
+def cpu_key(key: str) -> str:
+    return f"cpu.{key}"
+
+
+def timed_run(
+    client: redis.Redis, variant: Variant, opts: Options, log_dir: Path, sink: SpanSink
+) -> dict[str, float]:
+    """One run: prefill, start a worker, time first to last result, and the group's CPU per task.
+
+    Throughput is ``bench/run.py``'s: first to last ``date_done``, stamped by the worker as it
+    stores each result. CPU starts once the first result is stored (start-up is not in it) and
+    ends once every result is stored and span exports have settled; it is divided by the tasks
+    that finished in between, counted from the results themselves.
+    """
+    side = variant.side
+    cleanup(client)
+    ids = prefill(side, opts.tasks)
+    assert queue_depth(client, queue_of(side)) == opts.tasks
+    keys = [f"{RESULT_PREFIX}{task_id}" for task_id in ids]
+    worker = Worker(
+        side, opts.broker_url, pool="prefork", concurrency=2, log_dir=log_dir, extra_env=variant.env
+    )
+    with running(worker):
+        wait_for(
+            lambda: bool(client.exists(keys[0])), 120, f"{variant.key} start", worker, poll=0.01
+        )
+        cpu_start = group_cpu_seconds(worker)
+        done_start = finished(client, keys)
+        # The cheap check first; counting every key each poll would take CPU from the worker.
+        wait_for(lambda: all_succeeded(client, ids[-EDGE:]), 600, f"{variant.key} drain", worker)
+        wait_for(
+            lambda: finished(client, keys) >= opts.tasks,
+            60,
+            f"{variant.key}: all {opts.tasks} results",
+            worker,
+        )
+        sink.wait_settled(time.monotonic(), worker)
+        cpu_used = group_cpu_seconds(worker) - cpu_start
+    first_done = min(done_at(m) for m in results(client, ids[:EDGE]))
+    last_done = max(done_at(m) for m in results(client, ids[-EDGE:]))
+    sample = results(client, ids[:: max(1, len(ids) // 50)])
+    bad = [m for m in sample if m is None or m.get("status") != "SUCCESS"]
+    if bad:
+        raise RuntimeError(f"{variant.key}: {len(bad)} sampled results did not succeed: {bad[:3]}")
+    elapsed = last_done - first_done
+    timed = opts.tasks - done_start
+    return {
+        "tasks_per_s": (opts.tasks - 1) / elapsed,
+        "seconds": elapsed,
+        "cpu_us_per_task": cpu_used / max(1, timed) * 1e6,
+        "cpu_tasks": float(timed),
+    }
+
+
 def bench_throughput(
     client: redis.Redis,
     opts: Options,
-    endpoint: str,
+    sink: SpanSink,
     multiproc: Path,
     log_dir: Path,
     figures: dict[str, Figure],
 ) -> None:
-    measured = variants(endpoint, multiproc)
+    measured = variants(sink.url)
     for variant, _ in measured:
-        if variant is BARE:
-            figures[variant.key] = Figure("throughput", variant.label, "tasks/s")
-        else:
-            figures[variant.key] = Figure(
-                "throughput",
-                variant.label,
-                "tasks/s",
-                baseline=BARE.key,
-                target=0.95 if variant.key == "obs.metrics_trace10" else None,
-                target_kind="ratio",
-                notes="prefork -c 2",
-            )
+        plain = variant is BARE or variant is TASKLANE
+        figures[variant.key] = Figure(
+            "throughput",
+            variant.label,
+            "tasks/s",
+            baseline=None if variant is BARE else BARE.key,
+            notes="prefork -c 2",
+        )
+        figures[cpu_key(variant.key)] = Figure(
+            "worker CPU per task",
+            variant.label,
+            "us",
+            # Tasklane without observability against bare Celery; observability against it.
+            baseline=None if variant is BARE else cpu_key(BARE.key if plain else TASKLANE.key),
+            higher_is_better=False,
+            notes="process group, prefork -c 2",
+        )
     for round_no in range(opts.rounds):
+        # Alternate the order so drift in the machine's load hits every variant alike.
         for variant, metered in measured if round_no % 2 == 0 else measured[::-1]:
             run_variant = variant
             if metered:
                 env = {**variant.env, **metrics_env(multiproc, free_port())}
                 run_variant = Variant(variant.key, variant.label, variant.side, env)
-            result = throughput_run(client, run_variant, opts, log_dir)
+            result = timed_run(client, run_variant, opts, log_dir, sink)
             figures[variant.key].values.append(result["tasks_per_s"])
+            figures[cpu_key(variant.key)].values.append(result["cpu_us_per_task"])
             print(
-                f"  round {round_no + 1} {variant.label:40s} {result['tasks_per_s']:7.0f} tasks/s"
-                f", worker CPU {result['cpu_us_per_task']:.0f} us/task",
+                f"  round {round_no + 1} {variant.label:36s} {result['tasks_per_s']:7.0f} tasks/s"
+                f", worker CPU {result['cpu_us_per_task']:6.0f} us/task"
+                f" (over {result['cpu_tasks']:.0f} tasks), load {os.getloadavg()[0]:.2f}",
                 flush=True,
             )
     cleanup(client)
@@ -284,7 +422,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--broker", help="Redis broker URL (default: run.py's)")
     parser.add_argument("--quick", action="store_true", help="a smaller run for a quick check")
     parser.add_argument("--tasks", type=int, help="tasks per throughput run (default 10000)")
-    parser.add_argument("--rounds", type=int, help="throughput rounds (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, help=f"throughput rounds (default {MIN_ROUNDS}, 1 with --quick)"
+    )
     parser.add_argument("--long-tasks", type=int, help="tasks of the long run (default 100000)")
     parser.add_argument("--only", choices=("throughput", "long"), help="run only this part")
     return parser.parse_args(argv)
@@ -304,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = Options(
             broker_url=url,
             tasks=args.tasks or (3_000 if quick else 10_000),
-            rounds=args.rounds or (1 if quick else 3),
+            rounds=args.rounds or (1 if quick else MIN_ROUNDS),
             pool="prefork",
             publish_tasks=0,
             bulk_tasks=0,
@@ -320,49 +460,91 @@ def main(argv: Sequence[str] | None = None) -> int:
         client = redis.Redis.from_url(url)
         figures: dict[str, Figure] = {}
         work = Path(tempfile.mkdtemp(prefix="tasklane-bench-obs-"))
-        print(f"broker {url}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}", flush=True)
+        started = time.monotonic()
+        print(
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, broker {url}, {os.cpu_count()} CPUs, "
+            f"Python {sys.version.split()[0]}, load average {_load()} at the start",
+            flush=True,
+        )
         try:
-            with span_sink() as (endpoint, exports):
+            with span_sink() as sink:
                 if args.only in (None, "throughput"):
                     print(f"throughput: {opts.tasks} no-op tasks per run, prefork -c 2")
-                    bench_throughput(client, opts, endpoint, work, work, figures)
+                    bench_throughput(client, opts, sink, work, work, figures)
                 if args.only in (None, "long"):
                     print(f"long run: {long_tasks} tasks, prefork -c 4, metrics + tracing 10 %")
-                    bench_long_run(client, opts, long_tasks, endpoint, work, work, figures)
-                print(f"  span exports received: {len(exports)} ({sum(exports)} bytes)")
+                    bench_long_run(client, opts, long_tasks, sink.url, work, work, figures)
+                print(f"  span exports received: {len(sink.sizes)} ({sum(sink.sizes)} bytes)")
         except KeyboardInterrupt:
             print("interrupted; workers stopped", file=sys.stderr)
             return 130
         finally:
             cleanup(client)
+    minutes, seconds = divmod(round(time.monotonic() - started), 60)
+    print(f"took {minutes} min {seconds:02d} s; load average {_load()} at the end")
     _print_observability_ratios(figures)
     print_table(figures)
+    _print_targets(figures)
     return 0
 
 
-def _print_observability_ratios(figures: dict[str, Figure]) -> None:
-    """Each variant against Tasklane without observability, and round by round against bare.
+def _load() -> str:
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
-    This machine's speed drifts between rounds (a whole round can run slow); the ratio of two
-    variants within one round cancels that drift, so its median over rounds is printed too.
-    """
-    plain = figures.get(TASKLANE.key)
-    bare = figures.get(BARE.key)
-    if plain is None or not plain.values:
+
+def paired(figures: dict[str, Figure], key: str, baseline: str) -> list[float]:
+    """``key`` over ``baseline``, round by round: drift between rounds cancels within one."""
+    if key not in figures or baseline not in figures:
+        return []
+    values, bases = figures[key].values, figures[baseline].values
+    if len(values) != len(bases):
+        return []
+    return [value / base for value, base in zip(values, bases, strict=True) if base]
+
+
+def _spread(ratios: Sequence[float]) -> str:
+    return (
+        f"median {statistics.median(ratios):.3f}x over {len(ratios)} rounds "
+        f"({', '.join(f'{r:.3f}' for r in ratios)})"
+    )
+
+
+def _print_observability_ratios(figures: dict[str, Figure]) -> None:
+    """Each variant's throughput and CPU against both baselines, paired round by round."""
+    observed = (TASKLANE.key, "obs.metrics", TRACED, "obs.metrics_trace100")
+    for key in observed:
+        ratios = paired(figures, key, BARE.key)
+        if ratios:
+            print(f"  throughput {figures[key].name:36s} / bare Celery: {_spread(ratios)}")
+    for key in observed[1:]:
+        ratios = paired(figures, cpu_key(key), cpu_key(TASKLANE.key))
+        if ratios:
+            print(f"  worker CPU {figures[key].name:36s} / Tasklane off: {_spread(ratios)}")
+
+
+def _print_targets(figures: dict[str, Figure]) -> None:
+    """The issue's two targets, each judged on the median of ratios taken within a round."""
+    if TRACED not in figures or not figures[TRACED].values:
         return
-    for key in ("obs.metrics", "obs.metrics_trace10", "obs.metrics_trace100"):
-        if key in figures and figures[key].values:
-            ratio = figures[key].median / plain.median
-            print(f"  {figures[key].name:40s} vs Tasklane without observability: {ratio:.3f}x")
-    if bare is None or not bare.values:
-        return
-    for key in (TASKLANE.key, "obs.metrics", "obs.metrics_trace10", "obs.metrics_trace100"):
-        if key in figures and len(figures[key].values) == len(bare.values):
-            paired = [v / b for v, b in zip(figures[key].values, bare.values, strict=True) if b]
-            print(
-                f"  {figures[key].name:40s} vs bare Celery in the same round: median "
-                f"{statistics.median(paired):.3f}x (min {min(paired):.3f}x, max {max(paired):.3f}x)"
-            )
+    name = figures[TRACED].name
+    print("targets (ratio within each round, median over rounds):")
+    cpu = paired(figures, cpu_key(TRACED), cpu_key(TASKLANE.key))
+    cpu_median = statistics.median(cpu)
+    print(
+        f"  worker CPU per task, {name} / Tasklane, observability off: "
+        f"{_spread(cpu)}; target <= {CPU_TARGET}x: "
+        + ("met" if cpu_median <= CPU_TARGET else "missed")
+    )
+    rate = paired(figures, TRACED, BARE.key)
+    rate_median = statistics.median(rate)
+    if len(rate) < MIN_ROUNDS:
+        verdict = f"not judged (needs {MIN_ROUNDS} rounds)"
+    else:
+        verdict = "met" if rate_median >= THROUGHPUT_TARGET else "missed"
+    print(
+        f"  throughput, {name} / bare Celery: {_spread(rate)}; "
+        f"target >= {THROUGHPUT_TARGET}x: {verdict}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -82,6 +83,17 @@ class TaskRecorder:
         self.exemplars = exemplars
         self._started: dict[str, float] = {}
         self._recorder: ExemplarRecorder | None = None
+        #: Labelled series by metric and label values: ``labels()`` costs a lock and a
+        #: conversion of every value on each call, several times per task.
+        self._series: dict[tuple[MetricWrapperBase, tuple[str, str]], Any] = {}
+
+    def _child(self, metric: MetricWrapperBase, labels: tuple[str, str]) -> Any:
+        """``metric.labels(*labels)``, looked up once per series (the same object each time)."""
+        key = (metric, labels)
+        child = self._series.get(key)
+        if child is None:
+            child = self._series[key] = metric.labels(*labels)
+        return child
 
     def worker_init(self, **_: Any) -> None:
         directory = os.environ.get(MULTIPROC_ENV)
@@ -116,7 +128,7 @@ class TaskRecorder:
                 metrics.dead_lettered.labels(task, queue, reason)
 
     def received(self, request: Any = None, **_: Any) -> None:
-        task_metrics().received.labels(*_request_labels(request)).inc()
+        self._child(task_metrics().received, _request_labels(request)).inc()
 
     def _exemplar_recorder(self) -> ExemplarRecorder | None:
         """This process's exemplar file, when tracing is on (made after the pool forked)."""
@@ -136,7 +148,7 @@ class TaskRecorder:
         value: float,
         trace_ids: tuple[str, str] | None,
     ) -> None:
-        histogram.labels(*labels).observe(value)
+        self._child(histogram, labels).observe(value)
         recorder = self._exemplar_recorder() if trace_ids else None
         if recorder is not None and trace_ids is not None:
             named = dict(zip(TASK_LABELS, labels, strict=True))
@@ -145,8 +157,8 @@ class TaskRecorder:
     def prerun(self, task_id: str = "", task: Any = None, **_: Any) -> None:
         labels = _labels(task)
         metrics = task_metrics()
-        metrics.started.labels(*labels).inc()
-        metrics.in_flight.labels(*labels).inc()
+        self._child(metrics.started, labels).inc()
+        self._child(metrics.in_flight, labels).inc()
         now = time.time()
         self._started[task_id] = time.monotonic()
         published = task.request.get(PUBLISHED_AT)
@@ -159,7 +171,7 @@ class TaskRecorder:
     def postrun(self, task_id: str = "", task: Any = None, **_: Any) -> None:
         labels = _labels(task)
         metrics = task_metrics()
-        metrics.in_flight.labels(*labels).dec()
+        self._child(metrics.in_flight, labels).dec()
         started = self._started.pop(task_id, None)
         if started is not None:
             # The task's span is still the current one: the tracing's postrun ends it later.
@@ -168,13 +180,13 @@ class TaskRecorder:
             self._observe(RUNTIME, metrics.runtime, RUNTIME_BUCKETS, labels, runtime, span)
 
     def success(self, sender: Any = None, **_: Any) -> None:
-        task_metrics().succeeded.labels(*_labels(sender)).inc()
+        self._child(task_metrics().succeeded, _labels(sender)).inc()
 
     def failure(self, sender: Any = None, **_: Any) -> None:
-        task_metrics().failed.labels(*_labels(sender)).inc()
+        self._child(task_metrics().failed, _labels(sender)).inc()
 
     def retry(self, sender: Any = None, **_: Any) -> None:
-        task_metrics().retried.labels(*_labels(sender)).inc()
+        self._child(task_metrics().retried, _labels(sender)).inc()
 
     def child_exit(self, pid: int | None = None, **_: Any) -> None:
         if self._recorder is not None:
