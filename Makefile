@@ -84,6 +84,8 @@ chaos: install ## Fault suite: N emails per scenario on both brokers; prints the
 
 bench: install ## Run the benchmarks in bench/ (prints ratios against their baselines)
 	$(PY) bench/run.py
+	$(PY) bench/publish_rabbitmq.py
+	$(PY) bench/backlog.py
 	$(PY) bench/observability.py
 	$(PY) bench/crawl.py
 	$(PY) bench/images.py
