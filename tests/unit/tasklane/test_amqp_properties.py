@@ -56,7 +56,7 @@ def test_any_headers_encode_as_py_amqp_encodes_them(
 
 def test_equal_values_of_different_types_keep_their_own_encoding() -> None:
     encoder = PropertyEncoder()
-    for value in (1, True, 1.0, "1", None, 0, False):
+    for value in (1, True, 1.0, "1", None, 0, False, [1], [True], [1.0], [None, None], [0, 0]):
         properties = _properties({"x": value})
         assert encoder.encode(properties) == _amqp(properties), value
 

@@ -62,7 +62,7 @@ class PropertyEncoder:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[str, type, Any], bytes] = {}
+        self._entries: dict[tuple[Any, ...], bytes] = {}
 
     def clear(self) -> None:
         """Forget the entries (at the end of a batch: ids and times are never seen again)."""
@@ -95,8 +95,15 @@ class PropertyEncoder:
         entries = self._entries
         parts = []
         for name, value in table.items():
-            # The type is in the key: True, 1 and 1.0 are equal keys of a dict.
-            key = (name, type(value), value) if type(value) in _SCALARS else None
+            # The type is in the key: True, 1 and 1.0 are equal keys of a dict. A list of
+            # scalars (Celery's ``timelimit``) is keyed by its items and their types.
+            kind = type(value)
+            if kind in _SCALARS:
+                key: tuple[Any, ...] | None = (name, kind, value)
+            elif kind is list and all(type(item) in _SCALARS for item in value):
+                key = (name, list, *((type(item), item) for item in value))
+            else:
+                key = None
             entry = entries.get(key) if key is not None else None
             if entry is None:
                 encoded = name.encode("utf-8", "surrogatepass")
