@@ -14,10 +14,12 @@ from typing import Self
 
 import redis
 from kombu.connection import Connection
+from kombu.messaging import Producer
 
 from tasklane.contracts import REGISTRY, ContractRegistry
 from tasklane.settings import Settings, is_redis_url
 from tasklane.wire.deadletter import DeadLetter, DeadLetterQueue
+from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, TaskMessage
 from tasklane.wire.routing import dead_letter_exchange, dlq_name, queue_name
 from tests.support import eventually
 
@@ -262,3 +264,18 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+def publish_through_kombu(connection: Connection, message: TaskMessage, queue: str) -> None:
+    """``message`` sent by Kombu's ``Producer.publish`` as the publisher called it before it wrote
+    Redis envelopes and batched RabbitMQ confirms: what the new paths are held against."""
+    Producer(connection.default_channel).publish(
+        message.body,
+        exchange="",
+        routing_key=queue,
+        content_type=CONTENT_TYPE,
+        content_encoding=CONTENT_ENCODING,
+        headers=message.headers,
+        delivery_mode=2,
+        **message.properties,
+    )

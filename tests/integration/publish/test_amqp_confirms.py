@@ -29,7 +29,7 @@ from tasklane.wire.amqp_confirms import (
 from tasklane.wire.broker import connect
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, TaskMessage, task_message
 from tasklane_dev.sinks import free_port
-from tests.support.harness import BrokerEnv
+from tests.support.harness import BrokerEnv, publish_through_kombu
 
 TIMEOUT = 30.0
 
@@ -110,17 +110,7 @@ def test_messages_are_the_same_as_the_plain_producer_publish_sends(
     sent.headers["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     # The path Tasklane takes today, on a channel of its own (it confirms each message).
     with connect(rabbitmq_broker.settings, socket_timeout=TIMEOUT) as plain_connection:
-        Producer(plain_connection.default_channel).publish(
-            sent.body,
-            exchange="",
-            routing_key=plain_queue,
-            content_type=CONTENT_TYPE,
-            content_encoding=CONTENT_ENCODING,
-            headers=sent.headers,
-            delivery_mode=2,
-            confirm_timeout=TIMEOUT,
-            **sent.properties,
-        )
+        publish_through_kombu(plain_connection, sent, plain_queue)
     ConfirmedChannel(Producer(connection.default_channel)).publish(
         [sent], batched_queue, timeout=TIMEOUT
     )

@@ -13,15 +13,12 @@ from typing import Any
 
 import pytest
 import redis
-from kombu import Producer
 
 from tasklane.contracts import REGISTRY
 from tasklane.publish import Publisher
 from tasklane.wire.broker import connect, redis_queue_keys
 from tasklane.wire.headers import PUBLISHED_AT
 from tasklane.wire.protocol import (
-    CONTENT_ENCODING,
-    CONTENT_TYPE,
     TaskMessage,
     body_from_json,
     kwargs_repr,
@@ -29,7 +26,7 @@ from tasklane.wire.protocol import (
 )
 from tasklane.wire.redis_envelope import EnvelopeWriter, envelope
 from tasklane.wire.routing import MAX_PRIORITY, queue_name, work_queue
-from tests.support.harness import BrokerEnv, WorkerProcess, cleanup
+from tests.support.harness import BrokerEnv, WorkerProcess, cleanup, publish_through_kombu
 from tests.support.plain_contracts import PLAIN_ECHO, EchoPayload
 
 pytestmark = pytest.mark.integration
@@ -52,16 +49,7 @@ def _kombu_pushed(broker: BrokerEnv, queue: str, message: TaskMessage) -> tuple[
     """What Kombu's ``Producer.publish`` pushes for ``message``, as Tasklane sent it before."""
     with connect(broker.settings) as connection:
         work_queue(PLAIN_ECHO, broker.namespace).bind(connection.default_channel).declare()
-        Producer(connection.default_channel).publish(
-            message.body,
-            exchange="",
-            routing_key=queue,
-            content_type=CONTENT_TYPE,
-            content_encoding=CONTENT_ENCODING,
-            headers=message.headers,
-            delivery_mode=2,
-            **message.properties,
-        )
+        publish_through_kombu(connection, message, queue)
     ((key, raw),) = _pushed(broker, queue)
     redis.Redis.from_url(broker.broker_url).delete(*redis_queue_keys(queue))
     return key, raw
