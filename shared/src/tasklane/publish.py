@@ -430,6 +430,7 @@ class Publisher:
             except PayloadValidationError as exc:
                 exc.sent = published
                 raise
+            # Known once a stream is read to its end: set as the span closes.
             span = trace.get_current_span()
             if span.is_recording():
                 span.set_attribute("messaging.batch.message_count", published)
@@ -565,7 +566,6 @@ class Publisher:
         contract: TaskContract[Any, Any],
         *,
         task_id: str | None = None,
-        batch: int | None = None,
     ) -> Iterator[dict[str, str]]:
         """A ``<task> publish`` PRODUCER span; yields the trace headers the messages must carry.
 
@@ -575,14 +575,14 @@ class Publisher:
         name = f"{contract.name} publish"
         with self._tracer.start_as_current_span(name, kind=SpanKind.PRODUCER) as span:
             if span.is_recording():
-                span.set_attributes(self._messaging_attributes(contract, task_id, batch))
+                span.set_attributes(self._messaging_attributes(contract, task_id))
             headers: dict[str, str] = {}
             if span.get_span_context().is_valid:
                 inject(headers)
             yield headers
 
     def _messaging_attributes(
-        self, contract: TaskContract[Any, Any], task_id: str | None, batch: int | None
+        self, contract: TaskContract[Any, Any], task_id: str | None
     ) -> dict[str, AttributeValue]:
         # OpenTelemetry messaging conventions; the destination is the namespaced queue.
         attributes: dict[str, AttributeValue] = {
@@ -593,8 +593,6 @@ class Publisher:
         }
         if task_id is not None:
             attributes["messaging.message.id"] = task_id
-        if batch is not None:
-            attributes["messaging.batch.message_count"] = batch
         return attributes
 
     def _encode(
