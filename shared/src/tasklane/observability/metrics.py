@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
+from celery.states import SUCCESS
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import (
@@ -164,23 +165,24 @@ class TaskRecorder:
         published = task.request.get(PUBLISHED_AT)
         if isinstance(published, int | float) and published > 0:
             # The task's own span starts after this handler; its trace is the publisher's.
-            parent = _sampled_parent(task.request.get("traceparent"))
+            parent = _sampled_parent(task.request.get("traceparent")) if self.exemplars else None
             wait = max(0.0, now - published)
             self._observe(QUEUE_WAIT, metrics.queue_wait, WAIT_BUCKETS, labels, wait, parent)
 
-    def postrun(self, task_id: str = "", task: Any = None, **_: Any) -> None:
+    def postrun(self, task_id: str = "", task: Any = None, state: Any = None, **_: Any) -> None:
         labels = _labels(task)
         metrics = task_metrics()
         self._child(metrics.in_flight, labels).dec()
+        # Counted here rather than on task_success: a signal without receivers is not sent at
+        # all, which saves every task a dispatch. Failures and retries keep their own signals.
+        if state == SUCCESS:
+            self._child(metrics.succeeded, labels).inc()
         started = self._started.pop(task_id, None)
         if started is not None:
             # The task's span is still the current one: the tracing's postrun ends it later.
             runtime = time.monotonic() - started
-            span = _current_span()
+            span = _current_span() if self.exemplars else None
             self._observe(RUNTIME, metrics.runtime, RUNTIME_BUCKETS, labels, runtime, span)
-
-    def success(self, sender: Any = None, **_: Any) -> None:
-        self._child(task_metrics().succeeded, _labels(sender)).inc()
 
     def failure(self, sender: Any = None, **_: Any) -> None:
         self._child(task_metrics().failed, _labels(sender)).inc()
@@ -263,7 +265,6 @@ def install_metrics(
     signals.task_received.connect(recorder.received, weak=False)
     signals.task_prerun.connect(recorder.prerun, weak=False)
     signals.task_postrun.connect(recorder.postrun, weak=False)
-    signals.task_success.connect(recorder.success, weak=False)
     signals.task_failure.connect(recorder.failure, weak=False)
     signals.task_retry.connect(recorder.retry, weak=False)
     signals.worker_process_shutdown.connect(recorder.child_exit, weak=False)

@@ -35,8 +35,8 @@ _SDK_MODULES = (
     "opentelemetry.sdk.trace",
     "opentelemetry.sdk.trace.export",
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-    "opentelemetry.instrumentation.celery",
     "opentelemetry.instrumentation.httpx",
+    "tasklane.observability.task_spans",
 )
 
 
@@ -138,11 +138,11 @@ def _url_origin(span: trace.Span, request: RequestInfo) -> None:
 
 def _instrument_worker() -> None:
     """Trace task runs and publishes (Celery) and outgoing HTTP (httpx) in this process."""
-    from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    # The Celery instrumentation's constructor is unannotated (the package ships no py.typed).
-    CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
+    from tasklane.observability.task_spans import TaskSpans
+
+    TaskSpans().connect()
     HTTPXClientInstrumentor().instrument(request_hook=_url_origin)
 
 

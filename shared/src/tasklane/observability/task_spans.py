@@ -1,0 +1,146 @@
+"""Spans of a worker's task runs and of the tasks Celery publishes from inside them.
+
+The spans, their names and attributes are those of ``opentelemetry-instrumentation-celery``
+(``run/<task>`` as CONSUMER, ``apply_async/<task>`` as PRODUCER, its ``celery.*`` and
+``messaging.*`` attributes), so traces read the same. Its signal handlers are not used: they do
+the same work for every task, about 150 Python calls a task with the trace not sampled, which is
+most tasks at production sampling ratios. These handlers skip the propagator when a message
+carries none of its headers, keep no timing of their own and enter no context managers, so an
+unsampled run costs a span decision and a context switch. Measured in docs/performance.md §7.
+Design: docs/observability.md#traces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
+from celery import signals
+from opentelemetry import context as context_api
+from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.celery import celery_getter
+from opentelemetry.instrumentation.celery.utils import set_attributes_from_context
+from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
+    MESSAGING_MESSAGE_ID,
+)
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+ACTION = "celery.action"
+TASK_NAME = "celery.task_name"
+RETRY_REASON = "celery.retry.reason"
+_RUN = "run"
+_APPLY_ASYNC = "apply_async"
+
+
+class TaskSpans:
+    """Celery signal handlers that trace task runs in this process; see the module's text.
+
+    One instance per process, made after the tracer provider is set (after the fork under
+    prefork). A run's span is the current span while the task runs, so log lines, HTTP client
+    spans and the tasks it publishes belong to it.
+    """
+
+    def __init__(self, tracer: trace.Tracer | None = None) -> None:
+        self.tracer = tracer or trace.get_tracer(__name__)
+        #: Open spans and the context tokens to restore, by task id; publish spans apart
+        #: because a retry publishes the task under the id of the run that is still open.
+        self._runs: dict[str, tuple[trace.Span, object]] = {}
+        self._publishes: dict[str, trace.Span] = {}
+
+    def connect(self) -> None:
+        signals.task_prerun.connect(self.prerun, weak=False)
+        signals.task_postrun.connect(self.postrun, weak=False)
+        signals.task_failure.connect(self.failure, weak=False)
+        signals.task_retry.connect(self.retry, weak=False)
+        signals.before_task_publish.connect(self.before_publish, weak=False)
+        signals.after_task_publish.connect(self.after_publish, weak=False)
+
+    def disconnect(self) -> None:
+        signals.task_prerun.disconnect(self.prerun)
+        signals.task_postrun.disconnect(self.postrun)
+        signals.task_failure.disconnect(self.failure)
+        signals.task_retry.disconnect(self.retry)
+        signals.before_task_publish.disconnect(self.before_publish)
+        signals.after_task_publish.disconnect(self.after_publish)
+
+    def prerun(self, task_id: str | None = None, task: Any = None, **_: Any) -> None:
+        if task is None or task_id is None:
+            return
+        request = task.request
+        propagator = propagate.get_global_textmap()
+        parent = None
+        # Most messages of an untraced upstream carry no trace header: nothing to extract.
+        if any(getattr(request, field, None) is not None for field in propagator.fields):
+            parent = propagator.extract(request, getter=celery_getter)
+        span = self.tracer.start_span(f"{_RUN}/{task.name}", context=parent, kind=SpanKind.CONSUMER)
+        token = context_api.attach(trace.set_span_in_context(span, parent))
+        self._runs[task_id] = (span, token)
+
+    def postrun(
+        self, task_id: str | None = None, task: Any = None, state: Any = None, **_: Any
+    ) -> None:
+        run = self._runs.pop(task_id, None) if task_id is not None else None
+        if run is None:
+            return
+        span, token = run
+        if span.is_recording():
+            span.set_attribute(ACTION, _RUN)
+            set_attributes_from_context(span, {"state": state})
+            set_attributes_from_context(span, task.request)
+            span.set_attribute(TASK_NAME, task.name)
+            span.end()
+        context_api.detach(token)  # type: ignore[arg-type]
+
+    def failure(
+        self, task_id: str | None = None, sender: Any = None, einfo: Any = None, **_: Any
+    ) -> None:
+        run = self._runs.get(task_id) if task_id is not None else None
+        if run is None or not run[0].is_recording():
+            return
+        span = run[0]
+        error = einfo.exception if isinstance(einfo, ExceptionInfo) else einfo
+        if isinstance(error, ExceptionWithTraceback):
+            error = error.exc
+        throws = getattr(sender, "throws", ())
+        if error is not None and throws and isinstance(error, throws):
+            return  # an expected error, as Celery logs it: not a failed span
+        if isinstance(error, BaseException):
+            span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, None if error is None else str(error)))
+
+    def retry(self, request: Any = None, reason: Any = None, **_: Any) -> None:
+        task_id = getattr(request, "id", None)
+        run = self._runs.get(task_id) if task_id is not None else None
+        if run is not None and run[0].is_recording() and reason is not None:
+            run[0].set_attribute(RETRY_REASON, str(reason))
+
+    def before_publish(
+        self, sender: Any = None, headers: Any = None, body: Any = None, **_: Any
+    ) -> None:
+        """A task Celery publishes (a retry, a canvas): a PRODUCER span, sent in its headers."""
+        task_id = _published_id(headers, body)
+        if task_id is None:
+            return
+        name = str(getattr(sender, "name", sender) or "unknown")
+        span = self.tracer.start_span(f"{_APPLY_ASYNC}/{name}", kind=SpanKind.PRODUCER)
+        if span.is_recording():
+            span.set_attribute(ACTION, _APPLY_ASYNC)
+            span.set_attribute(MESSAGING_MESSAGE_ID, task_id)
+            span.set_attribute(TASK_NAME, name)
+        self._publishes[task_id] = span
+        if isinstance(headers, dict):
+            propagate.inject(headers, context=trace.set_span_in_context(span))
+
+    def after_publish(self, headers: Any = None, body: Any = None, **_: Any) -> None:
+        task_id = _published_id(headers, body)
+        span = self._publishes.pop(task_id, None) if task_id is not None else None
+        if span is not None:
+            span.end()
+
+
+def _published_id(headers: Any, body: Any) -> str | None:
+    # Protocol 2 keeps the id in the headers, protocol 1 in the body.
+    for carrier in (headers, body):
+        if isinstance(carrier, dict) and carrier.get("id"):
+            return str(carrier["id"])
+    return None
