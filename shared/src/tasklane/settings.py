@@ -7,11 +7,19 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, AliasChoices, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    Field,
+    IPvAnyAddress,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasklane.errors import SettingsError
@@ -22,7 +30,10 @@ if TYPE_CHECKING:
 
 BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp"})
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
-_NAMESPACE = re.compile(r"^([a-z0-9][a-z0-9\-]*\.)*$")
+#: One rule for ``TASKLANE_NAMESPACE`` everywhere (the chart's values schema repeats it): empty,
+#: or words of a-z, 0-9 and ``-``, each ending in a dot.
+NAMESPACE_PATTERN = r"([a-z0-9][a-z0-9\-]*\.)*"
+_NAMESPACE = re.compile(NAMESPACE_PATTERN)
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
@@ -92,7 +103,10 @@ class Settings(BaseSettings):
     )
     namespace: str = Field(
         default="",
-        description="Prefix of every queue name ending in a dot, like 'staging.'; empty for none.",
+        description=(
+            "Prefix of every queue name: empty, or lowercase words each ending in a dot, "
+            "like staging. or eu.staging."
+        ),
     )
     prefetch_multiplier: int = Field(default=1, ge=1, le=256)
     visibility_timeout: float | None = Field(
@@ -133,9 +147,25 @@ class Settings(BaseSettings):
         le=65535,
         description="Serve worker metrics and probes (/metrics, /livez, /readyz) on this port.",
     )
+    metrics_address: IPvAnyAddress = Field(
+        default=IPv4Address("0.0.0.0"),
+        description=(
+            "Address the metrics and probe server of workers and Beat binds: 0.0.0.0 (every "
+            "IPv4 interface, what a pod's probes and Prometheus reach), :: (IPv6 and IPv4), or "
+            "127.0.0.1 to keep them on the host."
+        ),
+    )
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto",
         description="Worker and Beat logs: JSON lines, text, or JSON unless on a terminal.",
+    )
+    log_task_data: bool = Field(
+        default=False,
+        description=(
+            "Show task payloads and results in worker logs (the 'received' and 'succeeded' "
+            "lines). Off: they hold personal data (an email's recipients), and logs reach more "
+            "people than the broker and the result backend do."
+        ),
     )
     liveness_timeout: float = Field(
         default=30.0,
@@ -170,9 +200,11 @@ class Settings(BaseSettings):
     @field_validator("namespace")
     @classmethod
     def _check_namespace(cls, value: str) -> str:
-        if not _NAMESPACE.match(value):
+        if not _NAMESPACE.fullmatch(value):
+            # The examples are not quoted: a quoted example reads like the value that was given.
             raise ValueError(
-                "must be empty or dotted lowercase words ending in a dot: 'eu.staging.'"
+                "must be empty or lowercase words (a-z, 0-9, -) each ending in a dot, "
+                "like staging. or eu.staging."
             )
         return value
 
@@ -194,6 +226,12 @@ class Settings(BaseSettings):
     def require_state(self) -> str:
         """The Redis URL for idempotency records, or a clear error."""
         if self.state_url is None:
+            if self.broker_url is None:
+                # Not the backend first: with a Redis broker, the broker URL is all it takes.
+                raise SettingsError(
+                    "no broker configured: set TASKLANE_BROKER_URL (or REDIS_URL); with a "
+                    "RabbitMQ broker, also TASKLANE_RESULT_BACKEND"
+                )
             raise SettingsError(
                 "no Redis for results and idempotency: set TASKLANE_RESULT_BACKEND "
                 "(required when the broker is not Redis)"

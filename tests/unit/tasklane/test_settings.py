@@ -69,3 +69,30 @@ def test_soft_shutdown_timeout_is_derived_unless_set_and_never_negative(
     monkeypatch.setenv("TASKLANE_SOFT_SHUTDOWN_TIMEOUT", "-1")
     with pytest.raises(SettingsError, match="TASKLANE_SOFT_SHUTDOWN_TIMEOUT"):
         load_settings()
+
+
+@pytest.mark.parametrize("namespace", ["", "staging.", "eu.staging.", "eu-west-1.prod.", "t1."])
+def test_a_namespace_is_empty_or_lowercase_words_each_ending_in_a_dot(namespace: str) -> None:
+    assert Settings(namespace=namespace).namespace == namespace
+
+
+@pytest.mark.parametrize(
+    "namespace",
+    ["Prod", "Prod.", "staging", "eu.staging", ".staging.", "eu..", "-x.", "staging.\n"],
+)
+def test_a_namespace_error_quotes_the_value_given_and_no_other(
+    monkeypatch: pytest.MonkeyPatch, namespace: str
+) -> None:
+    monkeypatch.setenv("TASKLANE_NAMESPACE", namespace)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "TASKLANE_NAMESPACE: must be empty or lowercase words" in message
+    assert f"(got {namespace!r})" in message
+    # The only quoted text is the value given: an example in quotes reads like the input.
+    assert message.count("'") == repr(namespace).count("'")
+
+
+def test_without_a_broker_the_state_store_asks_for_the_broker_first() -> None:
+    with pytest.raises(SettingsError, match=r"no broker configured: set TASKLANE_BROKER_URL"):
+        Settings().require_state()

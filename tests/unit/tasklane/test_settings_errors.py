@@ -54,6 +54,7 @@ BAD_VALUES: dict[tuple[type[BaseSettings], str], str] = {
     (Settings, "state_url"): "memcached://cache",
     (Settings, "namespace"): "Bad Name",
     (Settings, "timezone"): "Mars/Olympus",
+    (Settings, "metrics_address"): "every-interface",
     (FlowerSettings, "basic_auth"): "admin:short-pw",
     (FlowerSettings, "url_prefix"): "no spaces here",
     (NotifierSettings, "templates_dir"): "/nonexistent/templates",

@@ -172,7 +172,9 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
             # Here, not in __init__: `celery beat` also builds a scheduler just for its banner.
             # The default registry also holds what the publisher counts (tasks published).
             self.metrics = BeatMetrics.create(REGISTRY)
-            serve_endpoints(self.settings.metrics_port, REGISTRY, self.health)
+            serve_endpoints(
+                self.settings.metrics_port, REGISTRY, self.health, self.settings.metrics_address
+            )
         sleep = self._poll_interval()
         try:
             sleep = self._tick_in_redis(now)

@@ -67,8 +67,37 @@ def formatter(kind: str) -> logging.Formatter:
     return logging.Formatter(TEXT_FORMAT)
 
 
-def install_logging(kind: str) -> None:
-    """Format the worker's and Beat's logs as ``kind`` once Celery has set its handlers up."""
+class TaskDataNotLogged(logging.Filter):
+    """Keeps task payloads and results out of Celery's log lines.
+
+    They carry personal data (an email's recipients) into log aggregators that more people read
+    than the broker or the result backend; spans already leave them out. Celery has no setting
+    for it: its "succeeded" line ends with the result, and its "received" and "succeeded"
+    records carry args, kwargs and the result as an extra ``data`` mapping, which JSON lines
+    print. The filter drops both, on the handlers, so every Celery logger is covered.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from celery.app.trace import LOG_SUCCESS
+
+        if record.msg == LOG_SUCCESS:
+            record.msg = _SUCCESS_WITHOUT_RESULT
+        data = record.__dict__.get("data")
+        if isinstance(data, dict) and not _TASK_DATA.isdisjoint(data):
+            record.data = {key: value for key, value in data.items() if key not in _TASK_DATA}
+        return True
+
+
+_SUCCESS_WITHOUT_RESULT = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
+_TASK_DATA = frozenset({"args", "kwargs", "return_value"})
+
+
+def install_logging(kind: str, log_task_data: bool = False) -> None:
+    """Format the worker's and Beat's logs as ``kind`` once Celery has set its handlers up.
+
+    Task payloads and results stay out of them unless ``log_task_data``
+    (``TASKLANE_LOG_TASK_DATA``).
+    """
 
     def configure(logger: logging.Logger | None = None, **_: Any) -> None:
         if logger is None:
@@ -77,6 +106,10 @@ def install_logging(kind: str) -> None:
             handler.setFormatter(formatter(kind))
             if not any(isinstance(f, TaskContextFilter) for f in handler.filters):
                 handler.addFilter(TaskContextFilter())
+            if not log_task_data and not any(
+                isinstance(f, TaskDataNotLogged) for f in handler.filters
+            ):
+                handler.addFilter(TaskDataNotLogged())
 
     signals.after_setup_logger.connect(configure, weak=False)
     signals.after_setup_task_logger.connect(configure, weak=False)

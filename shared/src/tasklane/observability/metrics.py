@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterable, MutableMapping
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +78,11 @@ class TaskRecorder:
         health: WorkerHealth,
         labels: list[tuple[str, str]],
         exemplars: bool,
+        address: IPv4Address | IPv6Address | str = "0.0.0.0",
     ) -> None:
         self.service = service
         self.port = port
+        self.address = address
         self.health = health
         self.labels = labels
         self.exemplars = exemplars
@@ -106,10 +110,9 @@ class TaskRecorder:
                 child.unlink(missing_ok=True)
             clear(path)
             registry.register(ExemplarCollector(LiveGaugeSweep(path), path))
-        serve_endpoints(self.port, registry, self.health)
+        serve_endpoints(self.port, registry, self.health, self.address)
         self._zero_series()
         task_metrics().worker_up.labels(self.service).set(1)
-        logger.info("metrics on :%d/metrics", self.port)
 
     def _zero_series(self) -> None:
         # A counter that first appears at 1 hides that first event from rate() and increase():
@@ -252,6 +255,7 @@ def install_metrics(
     namespace: str,
     port: int,
     live_timeout: float,
+    address: IPv4Address | IPv6Address | str = "0.0.0.0",
 ) -> tuple[WorkerHealth, TaskRecorder]:
     """Record task metrics in this app's worker; serve them and its probes on ``port``.
 
@@ -260,7 +264,9 @@ def install_metrics(
     health = WorkerHealth(live_timeout=live_timeout)
     app.steps["consumer"].add(HealthStep)
     labels = [(c.name, queue_name(c, namespace)) for c in contracts]
-    recorder = TaskRecorder(service, port, health, labels, exemplars=tracing_enabled())
+    recorder = TaskRecorder(
+        service, port, health, labels, exemplars=tracing_enabled(), address=address
+    )
     signals.worker_init.connect(recorder.worker_init, weak=False)
     signals.task_received.connect(recorder.received, weak=False)
     signals.task_prerun.connect(recorder.prerun, weak=False)
@@ -271,10 +277,16 @@ def install_metrics(
     return health, recorder
 
 
-def serve_endpoints(port: int, registry: CollectorRegistry, health: Probes) -> None:
+def serve_endpoints(
+    port: int,
+    registry: CollectorRegistry,
+    health: Probes,
+    address: IPv4Address | IPv6Address | str = "0.0.0.0",
+) -> ThreadingHTTPServer:
     """Serve ``/metrics``, ``/livez`` and ``/readyz`` from a thread of this process.
 
     ``health`` answers the probes from memory (a worker's or Beat's), never from the broker.
+    ``address`` is ``TASKLANE_METRICS_ADDRESS``: IPv4 or IPv6 (``::`` takes both on Linux).
     """
 
     class Handler(BaseHTTPRequestHandler):
@@ -300,9 +312,23 @@ def serve_endpoints(port: int, registry: CollectorRegistry, health: Probes) -> N
         def log_message(self, format: str, *args: Any) -> None:
             pass  # probes every few seconds would flood the process's log
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    host = ip_address(str(address))
+    server_class = _IPv6Server if host.version == 6 else ThreadingHTTPServer
+    server = server_class((str(host), port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="tasklane-metrics", daemon=True).start()
+    logger.info("metrics and probes on %s", _url(host, port))
+    return server
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _url(host: IPv4Address | IPv6Address, port: int) -> str:
+    return (
+        f"http://[{host}]:{port}/metrics" if host.version == 6 else f"http://{host}:{port}/metrics"
+    )
 
 
 def prepare_multiproc_dir(environ: MutableMapping[str, str], base: Path | None = None) -> str:

@@ -221,9 +221,10 @@ def create_app(
             settings.namespace,
             settings.metrics_port,
             settings.liveness_timeout,
+            settings.metrics_address,
         )
     install_tracing(service)
-    install_logging(settings.log_format)
+    install_logging(settings.log_format, log_task_data=settings.log_task_data)
     return app
 
 
