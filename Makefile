@@ -38,13 +38,13 @@ $(DEMO_VENV)/.synced: uv.lock pyproject.toml shared/pyproject.toml services/*/py
 	UV_PROJECT_ENVIRONMENT=$(DEMO_VENV) $(UV) sync --locked --no-dev --package tasklane-dev
 	@touch $@
 
-demo: $(DEMO_VENV)/.synced ## Publish a sample email and IM message to a real notifier worker, then stop
+demo: $(DEMO_VENV)/.synced ## Real notifier and scraper workers: an email, an IM message and a crawl with its report (kept in ./demo-output/), then stop
 	$(DEMO_VENV)/bin/python -m tasklane_dev.demo
 
-up: $(DEMO_VENV)/.synced ## Start the demo stack (broker, sinks, notifier worker) and keep it running
+up: $(DEMO_VENV)/.synced ## Start the demo stack (broker, sinks, notifier and scraper workers) and keep it running; Ctrl-C stops it
 	$(DEMO_VENV)/bin/python -m tasklane_dev.demo --keep-running
 
-demo-django: install ## Django quick start: an order through the outbox and relay, a Beat firing added in the admin, Flower watching
+demo-django: install ## Django quick start with a notifier worker: an order through the outbox and relay, a Beat firing added in the admin, Flower watching
 	$(PY) examples/django_quickstart/demo.py
 
 test: lint typecheck ## Lint, type-check and run the whole test suite, then the Django tests on Django 6.1

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 
-def test_demo_runs_on_the_embedded_broker_and_shows_every_end() -> None:
+def test_demo_runs_on_the_embedded_broker_and_shows_every_end(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("TASKLANE_BROKER_URL", "REDIS_URL")}
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    # A narrow terminal: the report's long path must still come out whole.
+    env |= {"COLUMNS": "80", "TMPDIR": str(scratch)}
     done = subprocess.run(
         [sys.executable, "-m", "tasklane_dev.demo"],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
@@ -31,5 +38,13 @@ def test_demo_runs_on_the_embedded_broker_and_shows_every_end() -> None:
     assert "pages 9: 8 fetched, 1 failed" in out
     assert "by status: {'200': 7, '404': 1}" in out
     assert "most linked: / (6)" in out
-    assert "HTML report: file://" in out
     assert "demo finished" in out
+    # The report outlives the demo in ./demo-output/; its temporary files (broker data, worker
+    # logs) do not.
+    report = re.search(r"^HTML report: (.+)$", out, re.MULTILINE)
+    assert report, out
+    path = Path(report.group(1))
+    assert len(str(path)) > 80  # so the line really is wider than the terminal
+    assert path.is_file() and path.is_relative_to(tmp_path / "demo-output")
+    assert "<html" in path.read_text().lower()
+    assert list(scratch.iterdir()) == []
