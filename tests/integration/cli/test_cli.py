@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from kombu import Connection, Producer
+from kombu.connection import Connection
+from kombu.messaging import Producer
 from typer.testing import CliRunner, Result
 
 from tasklane.cli.main import app
@@ -182,8 +183,9 @@ def test_contracts_list_shows_every_contract(cli_env: CliEnv) -> None:
     assert "notifier.email.send" in output
     assert "notifier.im.send" in output
     # Queue names are shown as the workers use them: with the namespace.
-    assert cli_env.q("notifier.email.dlq") in output
-    assert "45" in output  # the hard time limit column
+    assert cli_env.q("notifier.email") in output
+    assert "45s" in output  # the hard time limit column
+    assert cli_env.q("notifier.email.dlq") in run("contracts", "list", "--wide").output
 
 
 def test_invalid_payload_exits_2_naming_the_field(cli_env: CliEnv) -> None:
@@ -195,7 +197,12 @@ def test_invalid_payload_exits_2_naming_the_field(cli_env: CliEnv) -> None:
 
 
 def test_unknown_task_and_bad_json_exit_2(cli_env: CliEnv) -> None:
-    assert "unknown task contract" in run("submit", "no.such.task", "--json", "{}", code=2).output
+    assert (
+        "unknown task 'no.such.task'"
+        in run("submit", "no.such.task", "--json", "{}", code=2).output
+    )
+    typo = run("submit", "notifier.emial.send", "--json", GOOD, code=2).output
+    assert "unknown task 'notifier.emial.send'; did you mean 'notifier.email.send'?" in typo
     assert "invalid JSON" in run("submit", "notifier.email.send", "--json", "{", code=2).output
 
 
@@ -268,8 +275,12 @@ def test_submit_wait_prints_the_result(cli_env: CliEnv) -> None:
     ).output
     thread.join(5)
 
+    lines = output.splitlines()
+    assert UUID.fullmatch(lines[0].removeprefix("task id: "))
+    # One state line, the final one: not PENDING first and SUCCESS after.
+    assert [line for line in lines if line.startswith("state:")] == ["state: SUCCESS"]
+    assert lines[1] == "state: SUCCESS"
     assert '"message_id": "<42@example.com>"' in output
-    assert "state: SUCCESS" in output
 
 
 def test_submit_wait_reports_a_failed_task_and_exits_1(cli_env: CliEnv) -> None:
@@ -317,8 +328,9 @@ def test_dlq_list_show_replay_purge(cli_env: CliEnv) -> None:
 
     listed = run("dlq", "list").output
     assert listed.count("retries-exhausted") == 2
-    assert first in listed and second in listed
     assert "x" * 200 not in listed  # errors are truncated in the table
+    wide = run("dlq", "list", "--wide").output
+    assert first in wide and second in wide
 
     shown = run("dlq", "show", "notifier.email", "--index", "1").output
     assert second in shown

@@ -141,7 +141,7 @@ def test_dlq_commands_survive_odd_bodies(cli: BrokerEnv, tmp_path: Path) -> None
     odds = odd_bodies(marker)
     ids = [write_dead_letter(cli, odd) for odd in odds]
 
-    listed = run("dlq", "list", "notifier.email", "--limit", "50").output
+    listed = run("dlq", "list", "notifier.email", "--limit", "50", "--wide").output
     for task_id in ids:
         assert task_id in listed
 
@@ -274,7 +274,8 @@ def test_worker_dead_letters_and_cli_shows_what_it_refused(
     assert all(letter.reason == "undecodable" for letter in letters.values())
     assert worker.process.poll() is None
 
-    assert all(task_id in run("dlq", "list", "notifier.email").output for task_id in letters)
+    listed = run("dlq", "list", "notifier.email", "--wide").output
+    assert all(task_id in listed for task_id in letters)
     by_id = {}
     for index in range(len(letters)):
         view = show_json(index)

@@ -6,9 +6,10 @@ or Redis unreachable), 2 when the input or configuration is wrong.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
@@ -16,8 +17,16 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rich.console import Console
 from rich.text import Text
+from typer._click import Context, Parameter
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from tasklane.errors import BrokerUnavailableError, TaskFailedError, TasklaneError
+from tasklane.contracts import REGISTRY
+from tasklane.errors import (
+    BrokerUnavailableError,
+    TaskFailedError,
+    TasklaneError,
+    UnknownContractError,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,6 +49,15 @@ def parse_json_object(text: str, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CliError(f"{where}: the payload must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def unknown_task(name: str, known: Iterable[str] | None = None) -> str:
+    """``unknown task 'x'; did you mean 'y'?``: the closest task names, or where to find them."""
+    names = sorted(known if known is not None else (contract.name for contract in REGISTRY))
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    if not close:
+        return f"unknown task {name!r}; `tasklane contracts list` shows the known tasks"
+    return f"unknown task {name!r}; did you mean {close[0]!r}?"
 
 
 def console() -> Console:
@@ -65,6 +83,8 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except (TaskFailedError, BrokerUnavailableError) as exc:
             fail(str(exc), EXIT_FAILED)
+        except UnknownContractError as exc:
+            fail(unknown_task(exc.name), EXIT_USAGE)
         except TasklaneError as exc:
             fail(str(exc), EXIT_USAGE)
         except TimeoutError as exc:
@@ -76,15 +96,44 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-class Commands(typer.Typer):
-    """A Typer app whose every command ends through :func:`handle_errors`.
+def _plain_flags(params: list[Parameter]) -> list[Parameter]:
+    """``params`` with every flag shown bare in ``--help``, as ``--yes``, not ``--yes <bool>``.
 
-    The boundary is applied where a command is registered, so a new command cannot forget it.
+    Typer's Rich help prints each option's type, flags included (Typer 0.29 renders
+    ``display_type_rich`` without looking at ``is_flag``), which reads as if ``--yes`` took a
+    value. A flag's metavar is never used otherwise, so an empty one hides the type alone.
     """
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        return _plain_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        return _plain_flags(super().get_params(ctx))
+
+
+class Commands(typer.Typer):
+    """A Typer app whose every command ends through :func:`handle_errors`, and whose help shows
+    flags as flags.
+
+    Both are applied where a command is registered, so a new command cannot forget them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("cls", _Group)
+        super().__init__(*args, **kwargs)
 
     def command(  # type: ignore[override]
         self, *args: Any, **kwargs: Any
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        kwargs.setdefault("cls", _Command)
         register = super().command(*args, **kwargs)
 
         def decorator(func: Callable[P, R]) -> Callable[P, R]:

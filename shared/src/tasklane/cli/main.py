@@ -20,12 +20,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from tasklane.beat.client import Schedules
+from tasklane.cli.backends import open_schedules, require_results, require_state
 from tasklane.cli.errors import CliError, Commands, parse_json_object
 from tasklane.cli.errors import console as _console
 from tasklane.cli.gateway import gateway_app
+from tasklane.cli.result import result
 from tasklane.cli.schedule import schedule_app
-from tasklane.contracts import REGISTRY, TaskContract
+from tasklane.cli.tables import (
+    AsJson,
+    Wide,
+    compact_table,
+    compact_time,
+    print_json,
+    print_wide,
+)
+from tasklane.contracts import REGISTRY, ContractRegistry, TaskContract
 from tasklane.contracts.validation import validate_payload
 from tasklane.errors import PayloadValidationError, Problem
 from tasklane.observability.metrics import prepare_multiproc_dir
@@ -70,9 +79,33 @@ class Pool(StrEnum):
 
 
 @contracts_app.command("list")
-def contracts_list() -> None:
-    """Show every task contract with its queues and policies."""
+def contracts_list(wide: Wide = False, as_json: AsJson = False) -> None:
+    """Show every task contract: queue, priority, retries, time limit (--wide: all policies)."""
     settings = load_settings()
+    if as_json:
+        print_json({"contracts": [_contract_json(c, settings.namespace) for c in REGISTRY]})
+        return
+    if wide:
+        print_wide(_console(), _contracts_wide(settings.namespace))
+        return
+    table = compact_table(f"Task contracts (namespace {settings.namespace or '-'})")
+    table.add_column("Task", style="bold", no_wrap=True)
+    table.add_column("Queue", overflow="fold")
+    table.add_column("Prio", justify="right")
+    table.add_column("Retries", justify="right")
+    table.add_column("Limit", justify="right")
+    for contract in REGISTRY:
+        table.add_row(
+            contract.name,
+            queue_name(contract, settings.namespace),
+            str(contract.priority),
+            str(contract.retry.max_retries),
+            f"{contract.time_limit:g}s",
+        )
+    _console().print(table)
+
+
+def _contracts_wide(namespace: str) -> Table:
     table = Table(title="Task contracts")
     table.add_column("Task", style="bold", no_wrap=True)
     table.add_column("Queue", no_wrap=True)
@@ -83,7 +116,7 @@ def contracts_list() -> None:
     table.add_column("Retries", justify="right")
     table.add_column("Idempotency key")
     for contract in REGISTRY:
-        queue = queue_name(contract, settings.namespace)
+        queue = queue_name(contract, namespace)
         table.add_row(
             contract.name,
             queue,
@@ -94,11 +127,31 @@ def contracts_list() -> None:
             str(contract.retry.max_retries),
             ", ".join(contract.idempotency_key) or "-",
         )
-    _console().print(table)
+    return table
+
+
+def _contract_json(contract: TaskContract[Any, Any], namespace: str) -> dict[str, Any]:
+    """``contracts list --json``: one contract's routing and policies."""
+    queue = queue_name(contract, namespace)
+    return {
+        "task": contract.name,
+        "service": contract.service,
+        "queue": queue,
+        "dlq": dlq_name(queue),
+        "priority": contract.priority,
+        "soft_time_limit": contract.soft_time_limit,
+        "time_limit": contract.time_limit,
+        "rate_limit": contract.rate_limit,
+        "max_retries": contract.retry.max_retries,
+        "idempotency_key": list(contract.idempotency_key),
+    }
 
 
 @contracts_app.command("export")
 def contracts_export(
+    tasks: Annotated[
+        list[str] | None, typer.Argument(help="Only these tasks (default: every contract).")
+    ] = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory for the schema files.", file_okay=False)
     ] = Path("contracts"),
@@ -114,15 +167,18 @@ def contracts_export(
     """Write a JSON Schema per contract payload (<name>.json) and result (<name>.result.json),
     or with --openapi the gateway's OpenAPI document."""
     console = _console()
+    # Unknown names fail here, with the closest known one suggested, before anything is written.
+    chosen = tuple(REGISTRY[task] for task in dict.fromkeys(tasks or []))
+    registry = ContractRegistry(chosen) if chosen else REGISTRY
     if openapi is not None:
         from tasklane.gateway.openapi import openapi_document
 
         openapi.parent.mkdir(parents=True, exist_ok=True)
-        document = json.dumps(openapi_document(REGISTRY), indent=2, ensure_ascii=False)
+        document = json.dumps(openapi_document(registry), indent=2, ensure_ascii=False)
         openapi.write_text(document + "\n", encoding="utf-8")
         console.print(str(openapi), highlight=False, soft_wrap=True)
         return
-    for path in export_schemas(REGISTRY, out):
+    for path in export_schemas(registry, out):
         console.print(str(path), highlight=False, soft_wrap=True)
 
 
@@ -173,8 +229,8 @@ def _submit_one(
     settings: Settings, contract: TaskContract[Any, Any], payload: str, wait: bool, timeout: float
 ) -> None:
     data = parse_json_object(payload, "--json")
-    if wait and settings.result_backend is None:
-        raise CliError("--wait needs a result backend: set TASKLANE_RESULT_BACKEND")
+    if wait:
+        require_results(settings)  # before publishing: a task nobody can wait for is not sent
     console = _console()
     with Publisher(settings) as publisher:
         handle = publisher.publish(contract, data)
@@ -183,12 +239,13 @@ def _submit_one(
             # Without a result backend Celery cannot tell any state; say so instead of failing.
             console.print("state: unknown (no result backend)", highlight=False)
             return
-        console.print(f"state: {handle.state}", highlight=False)
         if not wait:
+            console.print(f"state: {handle.state}", highlight=False)
             return
         with console.status(f"waiting up to {timeout:g}s for {contract.name} {handle.id}"):
             result = handle.get(timeout=timeout)
-    console.print(f"state: {handle.state}", highlight=False)
+        # One state line: the final one (the PENDING seen at publish time says nothing more).
+        console.print(f"state: {handle.state}", highlight=False)
     console.print_json(result.model_dump_json())
 
 
@@ -227,6 +284,10 @@ def submit(
     else:
         assert payload is not None  # checked above; narrows the type
         _submit_one(settings, contract, payload, wait, timeout)
+
+
+# The task's state by id, as `celery result` reads it (its own module: tasklane.cli.result).
+app.command("result")(result)
 
 
 # --------------------------------------------------------------------------- queues
@@ -365,10 +426,52 @@ def dlq_list(
         str | None, typer.Argument(help="Work queue or DLQ name; every DLQ when omitted.")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Dead letters per queue.")] = 20,
+    wide: Wide = False,
+    as_json: AsJson = False,
 ) -> None:
-    """List dead letters (oldest first) without removing them."""
+    """List dead letters (oldest first) without removing them: # (for dlq show --index), task,
+    reason, error, failed at, attempts; --wide adds the DLQ, id and error type."""
     settings = load_settings()
     names = [_resolve_dlq(settings, queue)[0]] if queue else list(_dead_letter_queues(settings))
+    found: dict[str, tuple[int, list[DeadLetter]]] = {}
+    with connect(settings) as connection:
+        for name in names:
+            dead_letters = DeadLetterQueue(connection, name, settings.namespace)
+            letters = dead_letters.peek(limit)
+            if letters or queue:
+                found[name] = (dead_letters.depth() if letters else 0, letters)
+    if as_json:
+        print_json({"dead_letters": [_listed_json(n, *entry) for n, entry in found.items()]})
+        return
+    console = _console()
+    if not any(letters for _, letters in found.values()):
+        console.print(f"no dead letters in {', '.join(names)}", highlight=False)
+    elif wide:
+        print_wide(console, _dead_letters_wide(found))
+    else:
+        for name, (depth, letters) in found.items():
+            console.print(_dead_letters_compact(name, depth, letters))
+
+
+def _dead_letters_compact(name: str, depth: int, letters: list[DeadLetter]) -> Table:
+    """One DLQ's letters in 80 columns: the error goes under the task, on a line of its own."""
+    table = compact_table(f"{name}: {len(letters)} of {depth}, oldest first")
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("Task / error", overflow="fold")
+    table.add_column("Reason", no_wrap=True)
+    table.add_column("Failed (UTC)", no_wrap=True)
+    table.add_column("Tries", justify="right", no_wrap=True)
+    for index, letter in enumerate(letters):
+        cell = Text(letter.task or "?", style="bold")
+        error = f"{letter.error_type}: {letter.error}" if letter.error_type else letter.error
+        cell.append("\n" + _truncate(error), style="dim")
+        table.add_row(
+            str(index), cell, letter.reason, compact_time(letter.failed_at), str(letter.attempts)
+        )
+    return table
+
+
+def _dead_letters_wide(found: dict[str, tuple[int, list[DeadLetter]]]) -> Table:
     table = Table(title="Dead letters")
     table.add_column("DLQ", no_wrap=True)
     table.add_column("#", justify="right")
@@ -379,26 +482,43 @@ def dlq_list(
     table.add_column("Error")
     table.add_column("Attempts", justify="right")
     table.add_column("Failed at")
-    with connect(settings) as connection:
-        for name in names:
-            letters = DeadLetterQueue(connection, name, settings.namespace).peek(limit)
-            for index, letter in enumerate(letters):
-                table.add_row(
-                    name,
-                    str(index),
-                    letter.task or "?",
-                    letter.task_id or "?",
-                    letter.reason,
-                    letter.error_type,
-                    _truncate(letter.error),
-                    str(letter.attempts),
-                    letter.failed_at,
-                )
-    console = _console()
-    if table.row_count:
-        console.print(table)
-    else:
-        console.print(f"no dead letters in {', '.join(names)}", highlight=False)
+    for name, (_, letters) in found.items():
+        for index, letter in enumerate(letters):
+            table.add_row(
+                name,
+                str(index),
+                letter.task or "?",
+                letter.task_id or "?",
+                letter.reason,
+                letter.error_type,
+                _truncate(letter.error),
+                str(letter.attempts),
+                letter.failed_at,
+            )
+    return table
+
+
+def _listed_json(name: str, depth: int, letters: list[DeadLetter]) -> dict[str, Any]:
+    """``dlq list --json``: one DLQ, its depth and its letters' fields (payloads: dlq show)."""
+    return {
+        "dlq": name,
+        "depth": depth,
+        "letters": [
+            {
+                "index": index,
+                "task": letter.task,
+                "id": letter.task_id,
+                "queue": letter.queue,
+                "reason": letter.reason,
+                "error_type": letter.error_type,
+                "error": letter.error,
+                "attempts": letter.attempts,
+                "failed_at": letter.failed_at,
+                "published_at": letter.published_at,
+            }
+            for index, letter in enumerate(letters)
+        ],
+    }
 
 
 @dlq_app.command("show")
@@ -628,7 +748,7 @@ def beat(
     from tasklane.settings import load
 
     # Clear errors now rather than in celery's banner, whichever app --app names.
-    load_settings().require_state()
+    require_state(load_settings())
     load(BeatSettings)
     argv = [sys.executable, "-m", "celery", "-A", celery_app, "beat"]
     argv += ["--scheduler", "tasklane.beat.scheduler:TasklaneScheduler", "--loglevel", loglevel]
@@ -660,7 +780,7 @@ def beat_health(
 ) -> None:
     """Exit 0 if a Beat process on this host ticked within --max-age (Kubernetes probes /livez)."""
     host = socket.gethostname()
-    with Schedules() as schedules:
+    with open_schedules() as schedules:
         mine = [s for s in schedules.beats() if s.process.split(":")[0] == host]
     if not mine:
         raise CliError(f"no Beat process on {host} has reported")

@@ -18,7 +18,7 @@ from pydantic_core import ErrorDetails
 from rich.table import Table
 from rich.text import Text
 
-from tasklane.beat.client import Schedules, default_actor
+from tasklane.beat.client import default_actor
 from tasklane.beat.models import (
     ClockedSchedule,
     CrontabSchedule,
@@ -27,8 +27,17 @@ from tasklane.beat.models import (
     Schedule,
     ScheduleEntry,
 )
+from tasklane.cli.backends import open_schedules
 from tasklane.cli.errors import Commands, parse_json_object
 from tasklane.cli.errors import console as _console
+from tasklane.cli.tables import (
+    AsJson,
+    Wide,
+    compact_table,
+    compact_time,
+    print_json,
+    print_wide,
+)
 from tasklane.errors import TasklaneError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -204,7 +213,7 @@ def add(
         priority=priority,
         expires_after=expires_after,
     )
-    with Schedules() as schedules:
+    with open_schedules() as schedules:
         view = schedules.add(entry, replace=replace, actor=default_actor("cli"))
     state = "added" if view.entry.enabled else "added (disabled)"
     _console().print(
@@ -261,7 +270,7 @@ def edit(
         changes[field] = None
     if not changes:
         raise ScheduleInputError("nothing to change: give at least one option")
-    with Schedules() as schedules:
+    with open_schedules() as schedules:
         try:
             view = schedules.edit(name, changes, actor=default_actor("cli"))
         except ValidationError as exc:
@@ -272,13 +281,47 @@ def edit(
 
 
 @schedule_app.command("list")
-def list_entries() -> None:
-    """Show every entry with its schedule, runs, next run and any problem."""
-    with Schedules() as schedules:
+def list_entries(wide: Wide = False, as_json: AsJson = False) -> None:
+    """Show every entry: name, task, schedule, enabled, next run (--wide: runs, problems...)."""
+    with open_schedules() as schedules:
         views = schedules.list()
+    if as_json:
+        print_json({"schedules": [view.model_dump(mode="json") for view in views]})
+        return
     if not views:
         _console().print("no schedules")
         return
+    console = _console()
+    if wide:
+        print_wide(console, _wide_table(views))
+    else:
+        console.print(_compact_table(views))
+
+
+def _compact_table(views: list[EntryView]) -> Table:
+    """The columns an operator needs at 80: problems, when there are any, in red below."""
+    table = compact_table("Schedules")
+    table.add_column("Name", style="bold", overflow="fold")
+    table.add_column("Task", no_wrap=True)
+    table.add_column("Schedule")
+    table.add_column("On")
+    table.add_column("Next run (UTC)", no_wrap=True)
+    for view in views:
+        entry = view.entry
+        name = Text(entry.name)
+        if view.problem:
+            name.append(f"\n{view.problem}", style="red")
+        table.add_row(
+            name,
+            entry.task,
+            _summary(entry.schedule),
+            "yes" if entry.enabled else "no",
+            compact_time(view.next_run_at),
+        )
+    return table
+
+
+def _wide_table(views: list[EntryView]) -> Table:
     table = Table(title="Schedules")
     table.add_column("Name", style="bold", no_wrap=True)
     table.add_column("Task", no_wrap=True)
@@ -286,8 +329,8 @@ def list_entries() -> None:
     table.add_column("Enabled")
     table.add_column("Source")
     table.add_column("Runs", justify="right")
-    table.add_column("Last run")
-    table.add_column("Next run")
+    table.add_column("Last run", no_wrap=True)
+    table.add_column("Next run", no_wrap=True)
     table.add_column("Problem")
     for view in views:
         entry = view.entry
@@ -302,13 +345,13 @@ def list_entries() -> None:
             _when(view.next_run_at),
             Text(view.problem or "-", style="red" if view.problem else ""),
         )
-    _console().print(table)
+    return table
 
 
 @schedule_app.command("show")
 def show(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Print one entry, its state and next run as JSON."""
-    with Schedules() as schedules:
+    with open_schedules() as schedules:
         view = schedules.show(name)
     _console().print_json(view.model_dump_json())
 
@@ -316,7 +359,7 @@ def show(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 @schedule_app.command("enable")
 def enable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Let an entry fire again, from its next slot (missed slots are not made up)."""
-    with Schedules() as schedules:
+    with open_schedules() as schedules:
         view = schedules.enable(name, actor=default_actor("cli"))
     _console().print(f"enabled {name}; {_next(view)}", highlight=False)
 
@@ -324,7 +367,7 @@ def enable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 @schedule_app.command("disable")
 def disable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Stop an entry firing, keeping it and its history."""
-    with Schedules() as schedules:
+    with open_schedules() as schedules:
         schedules.disable(name, actor=default_actor("cli"))
     _console().print(f"disabled {name}", highlight=False)
 
@@ -332,7 +375,7 @@ def disable(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 @schedule_app.command("remove")
 def remove(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Delete an entry added at run time (file- and code-managed ones are removed there)."""
-    with Schedules() as schedules:
+    with open_schedules() as schedules:
         schedules.remove(name, actor=default_actor("cli"))
     _console().print(f"removed {name}", highlight=False)
 
@@ -340,7 +383,7 @@ def remove(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
 @schedule_app.command("run-now")
 def run_now(name: Annotated[str, typer.Argument(help="Entry name.")]) -> None:
     """Publish the entry's task now, outside its schedule, and print the task id."""
-    with Schedules() as schedules:
+    with open_schedules() as schedules:
         task_id = schedules.run_now(name, actor=default_actor("cli"))
     _console().print(f"task id: {task_id}", highlight=False)
 
@@ -351,7 +394,7 @@ def history(
     limit: Annotated[int, typer.Option("--limit", min=1, max=50, help="Firings shown.")] = 20,
 ) -> None:
     """Show the entry's last firings: slot, task id and what became of the task."""
-    with Schedules() as schedules:
+    with open_schedules() as schedules:
         outcomes = schedules.history(name, limit)
     if not outcomes:
         _console().print(f"{name} has not fired yet", highlight=False)
@@ -375,7 +418,7 @@ def audit(
     limit: Annotated[int, typer.Option("--limit", min=1, help="Records shown.")] = 50,
 ) -> None:
     """Show who created, changed, enabled, disabled, ran or deleted entries, and when."""
-    with Schedules() as schedules:
+    with open_schedules() as schedules:
         records = schedules.audit(name, limit)
     if not records:
         _console().print("no audit records")
@@ -400,7 +443,7 @@ def audit(
 @schedule_app.command("beats")
 def beats() -> None:
     """Show the live Beat processes: when each last ticked and which one holds the lock."""
-    with Schedules() as schedules:
+    with open_schedules() as schedules:
         statuses = schedules.beats()
     if not statuses:
         _console().print("no Beat process is running")
