@@ -7,7 +7,10 @@ address of this host" on any machine: a server bound to 127.0.0.1 refuses it, on
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -108,3 +111,32 @@ def test_a_worker_binds_its_metrics_where_the_setting_says(
         assert not _answers("127.0.0.2", port)
     finally:
         worker.stop()
+
+
+def _exporter(env: dict[str, str], *arguments: str) -> subprocess.Popen[bytes]:
+    tasklane = str(Path(sys.executable).with_name("tasklane"))
+    return subprocess.Popen(
+        [tasklane, "exporter", *arguments],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_the_exporter_listens_on_the_metrics_address(redis_broker: BrokerEnv) -> None:
+    port = free_port()
+    env = {**redis_broker.env(), "TASKLANE_METRICS_ADDRESS": "127.0.0.1"}
+    exporter = _exporter(env, "--port", str(port))
+    try:
+        eventually(lambda: _answers("127.0.0.1", port), timeout=30, message="exporter up")
+        assert not _answers("127.0.0.2", port)
+    finally:
+        exporter.terminate()
+        exporter.wait(20)
+
+
+def test_the_exporter_refuses_an_address_that_is_not_an_ip(redis_broker: BrokerEnv) -> None:
+    exporter = _exporter(redis_broker.env(), "--address", "everywhere")
+    output, _ = exporter.communicate(timeout=60)
+    assert exporter.returncode == 2
+    assert "--address: 'everywhere' is not an IP address" in output.decode()

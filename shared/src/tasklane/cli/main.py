@@ -669,6 +669,18 @@ def worker_command(
     return argv + list(extra or [])
 
 
+def _ip_address(value: str, option: str) -> str:
+    """``value`` if it is an IP address, else a :class:`CliError` naming ``option``."""
+    from ipaddress import ip_address
+
+    try:
+        return str(ip_address(value))
+    except ValueError:
+        raise CliError(
+            f"{option}: {value!r} is not an IP address (0.0.0.0, ::, 127.0.0.1)"
+        ) from None
+
+
 def _module_exists(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
@@ -794,7 +806,19 @@ def beat_health(
 
 @app.command()
 def exporter(
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port.")] = 9808,
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port",
+            min=1,
+            max=65535,
+            help="Port; 9808 is celery-exporter's default too: give one of them another.",
+        ),
+    ] = 9808,
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Address to listen on [default: TASKLANE_METRICS_ADDRESS]."),
+    ] = None,
     interval: Annotated[
         float, typer.Option("--interval", min=0.0, help="Seconds a broker read is reused.")
     ] = 15.0,
@@ -802,7 +826,9 @@ def exporter(
     """Serve Prometheus queue gauges read from the broker on /metrics until SIGTERM."""
     from tasklane.observability.exporter import serve  # loaded by this command alone
 
-    serve(load_settings(), port=port, interval=interval)
+    settings = load_settings()
+    listen = str(settings.metrics_address) if address is None else address
+    serve(settings, port=port, interval=interval, addr=_ip_address(listen, "--address"))
 
 
 @app.command()
