@@ -32,7 +32,7 @@ from tests.deploy.validate import (
     validate_object,
 )
 
-#: The values file with the most objects: monitoring, Flower, celery-exporter, OTel.
+#: The values file with the most objects: monitoring, the celery-mixin rules, Flower, OTel.
 PROD = "production-redis-values"
 SCRAPER_REFUSED = [
     "169.254.169.254/32",
@@ -314,13 +314,9 @@ def test_probes_use_livez_and_readyz_on_the_metrics_port(rendered: Rendered) -> 
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
 
-def test_task_events_are_on_only_when_asked_for_or_celery_exporter_runs(
-    rendered: Rendered,
-) -> None:
-    # Off by default (Flower enables them at run time); celery-exporter counts task events.
-    wanted = (
-        rendered.merged["tasklane"]["taskEvents"] or rendered.merged["celeryExporter"]["enabled"]
-    )
+def test_task_events_are_on_only_when_asked_for(rendered: Rendered) -> None:
+    # Off by default: Flower enables them at run time; nothing the chart runs needs them.
+    wanted = rendered.merged["tasklane"]["taskEvents"]
     for deployment in rendered.pools().values():
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e.get("value") for e in container["env"]}
@@ -637,8 +633,8 @@ def test_secrets_only_by_reference(rendered: Rendered) -> None:
         for container in _containers(obj):
             for env in container.get("env", []):
                 if env["name"] in ("TASKLANE_BROKER_URL", "TASKLANE_RESULT_BACKEND",
-                                   "TASKLANE_SCHEDULE_API_TOKEN", "TASKLANE_FLOWER_BASIC_AUTH",
-                                   "CE_BROKER_URL"):  # fmt: skip
+                                   "TASKLANE_SCHEDULE_API_TOKEN",
+                                   "TASKLANE_FLOWER_BASIC_AUTH"):  # fmt: skip
                     assert set(env) == {"name", "valueFrom"}
                     assert "secretKeyRef" in env["valueFrom"]
     created = [s for s in rendered.kind("Secret")]
@@ -650,7 +646,7 @@ def test_secrets_only_by_reference(rendered: Rendered) -> None:
 
 def test_alerts_and_dashboards_come_from_the_repository(chart: Any) -> None:
     objects = [o for objs in _render(PROD, chart).values() for o in objs]
-    (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
+    rule = next(o for o in objects if o["metadata"]["name"] == f"{RELEASE}-alerts")
     source = Path(CHART).parents[1] / "prometheus" / "tasklane-alerts.yaml"
     assert rule["spec"]["groups"] == yaml.safe_load(source.read_text("utf-8"))["groups"]
     boards = [
@@ -672,10 +668,56 @@ def test_alerts_and_dashboards_come_from_the_repository(chart: Any) -> None:
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
 
 
+def test_celery_mixin_rules_are_the_repository_file_behind_their_value(
+    chart: Any, rendered: Rendered
+) -> None:
+    name = f"{RELEASE}-celery-mixin"
+    rules = [o for o in rendered.kind("PrometheusRule") if o["metadata"]["name"] == name]
+    assert bool(rules) == rendered.merged["monitoring"]["celeryMixinRules"]["enabled"]
+    if rendered.name == "default":
+        assert rules == []
+    if rendered.name != PROD:
+        return
+    (rule,) = rules
+    source = Path(CHART).parents[1] / "prometheus" / "celery-mixin-rules.yaml"
+    assert rule["spec"]["groups"] == yaml.safe_load(source.read_text("utf-8"))["groups"]
+    recorded = {r["record"] for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert {"celery_worker_up", "celery_queue_length", "celery_task_runtime_bucket"} <= recorded
+    # Picked up by the same Prometheus as the alerts (its ruleSelector).
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert rule["metadata"]["labels"]["app.kubernetes.io/component"] == "celery-mixin"
+    validate_object(rule)
+
+
+def test_celery_mixin_rules_render_on_their_own_with_extra_labels(chart: Any) -> None:
+    values = {"monitoring": {"celeryMixinRules": {"enabled": True, "labels": {"team": "sre"}}}}
+    chart.validate_schema(values)
+    (rule,) = [o for o in _objects(chart, values) if o["kind"] == "PrometheusRule"]
+    assert rule["metadata"]["name"] == f"{RELEASE}-celery-mixin"
+    assert rule["metadata"]["labels"]["team"] == "sre"
+    assert rule["spec"]["groups"][0]["name"] == "tasklane-celery-mixin"
+    validate_object(rule)
+
+
+def test_celery_exporter_left_no_object_and_no_value(chart: Any, rendered: Rendered) -> None:
+    assert [o["metadata"]["name"] for o in rendered.objects
+            if "celery-exporter" in o["metadata"]["name"]] == []  # fmt: skip
+    assert "celeryExporter" not in rendered.merged
+    assert "celeryExporter" not in rendered.merged["images"]
+    assert "CE_BROKER_URL" not in yaml.safe_dump(rendered.objects)
+
+
+def test_values_that_keep_celery_exporter_switched_off_still_render(chart: Any) -> None:
+    # Upgrading releases may still carry the key; only enabling it is refused.
+    values = {"celeryExporter": {"enabled": False}, "images": {"celeryExporter": {"tag": "1"}}}
+    chart.validate_schema(values)
+    assert [o for o in _objects(chart, values) if "celery" in o["metadata"]["name"]] == []
+
+
 def test_otel_settings_reach_every_tasklane_container(chart: Any) -> None:
     objects = [o for objs in _render(PROD, chart).values() for o in objs]
     for obj in objects:
-        if obj["kind"] != "Deployment" or "celery-exporter" in obj["metadata"]["name"]:
+        if obj["kind"] != "Deployment":
             continue
         env = {e["name"]: e.get("value") for e in _containers(obj)[0]["env"]}
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
@@ -683,7 +725,7 @@ def test_otel_settings_reach_every_tasklane_container(chart: Any) -> None:
         assert env["OTEL_SERVICE_NAME"].startswith("tasklane-")
 
 
-# --------------------------------------------------------------- Flower and celery-exporter
+# ----------------------------------------------------------------------------- Flower
 
 FLOWER_VALUES: dict[str, Any] = {
     "flower": {
@@ -796,56 +838,6 @@ def test_flower_demo_credentials_live_only_in_the_secret_the_chart_creates(chart
         if e["name"] == "TASKLANE_FLOWER_BASIC_AUTH"
     )
     assert auth["valueFrom"]["secretKeyRef"] == {"name": f"{RELEASE}-flower", "key": "basic-auth"}
-
-
-def test_celery_exporter_renders_when_enabled(chart: Any) -> None:
-    assert [o for o in _objects(chart, {}) if "celery-exporter" in o["metadata"]["name"]] == []
-    values = {
-        "celeryExporter": {"enabled": True},
-        "images": {"celeryExporter": {"digest": "sha256:" + "ab" * 32}},
-        "monitoring": {"podMonitor": {"enabled": True}},
-    }
-    chart.validate_schema(values)
-    rendered = Rendered("celery-exporter", values, {}, render(chart, values))
-    name = f"{RELEASE}-celery-exporter"
-    deployment = rendered.named("Deployment", name)
-    assert deployment["spec"]["replicas"] == 1
-    template = deployment["spec"]["template"]
-    (container,) = template["spec"]["containers"]
-    assert container["image"] == "danihodovic/celery-exporter@sha256:" + "ab" * 32
-    assert "command" not in container  # its own entrypoint: not a Tasklane image
-    assert container["args"] == ["--port=9100"]
-    assert container["env"] == [
-        {"name": "CE_BROKER_URL",
-         "valueFrom": {"secretKeyRef": {"name": "tasklane-broker", "key": "broker-url"}}}
-    ]  # fmt: skip
-    assert container["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "metrics"}
-    assert container["resources"] == rendered_defaults(chart)["celeryExporter"]["resources"]
-    # The PodMonitor scrapes it (its pods carry the selector's labels and a "metrics" port).
-    (monitor,) = rendered.kind("PodMonitor")
-    assert (
-        monitor["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
-    )
-    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
-    policy = rendered.named("NetworkPolicy", name)
-    assert (
-        policy["spec"]["podSelector"]["matchLabels"]
-        == deployment["spec"]["selector"]["matchLabels"]
-    )
-    assert any(
-        {"protocol": "TCP", "port": 9100} in rule.get("ports", [])
-        for rule in policy["spec"]["ingress"]
-    )
-    # It counts task events: every worker sends them.
-    for pool in rendered.pools().values():
-        env = {
-            e["name"]: e.get("value")
-            for e in pool["spec"]["template"]["spec"]["containers"][0]["env"]
-        }
-        assert env["TASKLANE_TASK_EVENTS"] == "true"
-    for obj in (deployment, policy, monitor):
-        validate_object(obj)
 
 
 def rendered_defaults(chart: Any) -> dict[str, Any]:
@@ -983,6 +975,16 @@ BAD_VALUES = {
         {"flower": {"enabled": True}},
         "flower.enabled needs flower.basicAuth.existingSecret",
     ),
+    # Values written for the removed component, image pin included, fail naming the replacement.
+    "celery-exporter-removed": (
+        {
+            "celeryExporter": {"enabled": True},
+            "images": {"celeryExporter": {"digest": "sha256:" + "ab" * 32}},
+        },
+        "celeryExporter was removed from this chart: it mislabels Tasklane's queues and, on a "
+        "Tasklane Redis broker, blocks remote control (Flower, celery inspect). Delete "
+        "celeryExporter from your values and set monitoring.celeryMixinRules.enabled instead",
+    ),  # fmt: skip
 }
 
 
@@ -995,3 +997,42 @@ def test_bad_values_are_refused_with_a_clear_message(chart: Any, case: str) -> N
     with pytest.raises(helm_python.HelmRenderError) as caught:
         chart.render(values, name=RELEASE, namespace=NAMESPACE)
     assert message in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- queue namespace
+
+
+@pytest.mark.parametrize("namespace", ["", "staging.", "eu.staging.", "eu-west-1.prod.", "t1."])
+def test_the_namespace_the_code_accepts_is_accepted_and_prefixes_every_queue(
+    chart: Any, namespace: str
+) -> None:
+    from tasklane.settings import Settings
+
+    Settings(namespace=namespace)  # the code's own rule accepts it
+    values = {"tasklane": {"namespace": namespace}}
+    chart.validate_schema(values)
+    rendered = Rendered("namespace", values, {}, render(chart, values))
+    scaled = {s["spec"]["scaleTargetRef"]["name"]: s for s in rendered.kind("ScaledObject")}
+    for deployment in rendered.pools().values():
+        env = {e["name"]: e.get("value") for e in _containers(deployment)[0]["env"]}
+        assert env["TASKLANE_NAMESPACE"] == namespace
+        # KEDA reads the namespaced lists the workers consume.
+        triggers = scaled[deployment["metadata"]["name"]]["spec"]["triggers"]
+        queues = [namespace + queue for queue in _queues_of(deployment)]
+        assert [t["metadata"]["listName"] for t in triggers] == [
+            key for queue in queues for key in redis_queue_keys(queue)
+        ]
+
+
+@pytest.mark.parametrize(
+    "namespace", ["Prod", "Prod.", "staging", "eu.staging", ".staging.", "eu..", "-x."]
+)
+def test_a_namespace_the_code_refuses_is_refused_by_the_schema(chart: Any, namespace: str) -> None:
+    import helm_python
+
+    from tasklane.settings import Settings
+
+    with pytest.raises(ValueError):
+        Settings(namespace=namespace)
+    with pytest.raises(helm_python.HelmValuesError, match="/tasklane/namespace"):
+        chart.validate_schema({"tasklane": {"namespace": namespace}})

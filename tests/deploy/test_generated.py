@@ -55,15 +55,27 @@ def test_schema_closes_every_object_and_describes_every_key() -> None:
             assert node.get("description"), path
     values = yaml.safe_load((CHART / "values.yaml").read_text("utf-8"))
 
+    removed: list[str] = []
+
     def defaults(node: dict[str, Any], value: Any, path: str) -> None:
         assert node.get("default") == value, path
         for name, child in node.get("properties", {}).items():
             if path.endswith("pools"):
                 continue
+            if name not in value:
+                removed.append(f"{path}.{name}")
+                continue
             defaults(child, value[name], f"{path}.{name}")
 
-    for name, child in schema["properties"].items():
-        defaults(child, values[name], name)
+    defaults({**schema, "default": values}, values, "")
+    # Keys only in the schema are removed ones, kept so the chart can refuse them by name.
+    assert sorted(removed) == [".celeryExporter", ".images.celeryExporter"]
+    for path in removed:
+        node = schema
+        for step in path.strip(".").split("."):
+            node = node["properties"][step]
+        assert node["description"].startswith("Removed"), path
+        assert "default" not in node, path
 
 
 def test_every_values_key_has_a_comment_above_it() -> None:

@@ -148,7 +148,7 @@ def test_each_profile_renders_a_complete_install(skaffold: dict[str, Any], profi
             continue
         spec = obj["spec"]["template"]["spec"] if obj["kind"] == "Deployment" else obj["spec"]
         for container in spec["containers"]:
-            # Every image is the one Skaffold built, by tag and digest (celery-exporter is off).
+            # Every image is the one Skaffold built, by tag and digest.
             repository = container["image"].split(":", 1)[0]
             assert repository in {v for k, v in BUILT.items() if k.startswith("IMAGE_REPO_")}
             assert container["image"].endswith(f":dev-1a2b3c@sha256:{'0123456789abcdef' * 4}")

@@ -218,7 +218,7 @@ Args: root, otelService (OTEL_SERVICE_NAME), metrics (bool).
 - name: TASKLANE_TIMEZONE
   value: {{ $root.Values.tasklane.timezone | quote }}
 - name: TASKLANE_TASK_EVENTS
-  value: {{ or $root.Values.tasklane.taskEvents $root.Values.celeryExporter.enabled | quote }}
+  value: {{ $root.Values.tasklane.taskEvents | quote }}
 {{- if .metrics }}
 - name: TASKLANE_METRICS_PORT
   value: {{ $root.Values.tasklane.metricsPort | quote }}
