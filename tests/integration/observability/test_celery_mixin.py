@@ -51,7 +51,7 @@ JOB = "tasklane-celery"
 #: What Grafana's interval variables become here: every sample of this short test is inside.
 WINDOW = "1m"
 #: celery series with no Tasklane counterpart (docs/observability.md): their queries stay empty.
-NO_COUNTERPART = {"celery_task_revoked_total"}
+NO_COUNTERPART: set[str] = set()
 #: Labels of celery series Tasklane has no counterpart for: legends naming them stay blank.
 NO_LABEL = {"exception"}
 #: What must be recorded before the checks start (each also proves a part of the workload).
@@ -173,11 +173,13 @@ def _prometheus_config(directory: Path, jobs: dict[str, int]) -> Path:
 
 
 def _ready(api: PrometheusApi) -> bool:
+    # /-/ready, not the query API: while its storage starts, Prometheus answers the API with a
+    # 503 whose body is not JSON, which a busy machine makes likely to be seen.
     try:
-        api.get("/api/v1/status/buildinfo")
-    except OSError:
+        with urllib.request.urlopen(f"{api.url}/-/ready", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:  # refused, or an HTTPError such as that 503
         return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -316,8 +318,7 @@ def test_every_dashboard_panel_query_finds_series_but_the_named_gaps(stack: Stac
 
     eventually(clear, timeout=15, interval=1, message=lambda: "panel problems:\n" + "\n".join(left))
     _, gaps = _target_problems(stack.prometheus)
-    # The Revoked series of the task-state panels, on both dashboards, and nothing else.
-    assert len(gaps) == 6, gaps
+    assert not gaps, gaps
 
 
 def test_every_mixin_alert_selects_series_and_evaluates(stack: Stack) -> None:

@@ -178,3 +178,20 @@ def test_a_retry_is_counted_once_and_the_task_once_as_succeeded(
     assert total(samples, "tasklane_tasks_started_total", task=TASK) == 2
     assert total(samples, "tasklane_notifier_deliveries_total", outcome="delivered") == 1
     assert total(samples, "tasklane_tasks_in_flight") == 0
+
+
+def test_a_task_that_expires_before_it_runs_is_counted_as_revoked(
+    broker: BrokerEnv, metered: tuple[WorkerProcess, int, Path], webhook_sink: WebhookSink
+) -> None:
+    _, port, _ = metered
+    payload = {"channel": "webhook", "url": f"{webhook_sink.url}/hook", "text": "too late"}
+    with Publisher(broker.settings) as publisher:
+        # The worker holds it until its countdown, when it has expired: dropped, never run.
+        publisher.publish(TASK, payload, countdown=2, expires=0.5)
+        wait_for_total(port, "tasklane_tasks_revoked_total", 1, task=TASK)
+        publisher.publish(TASK, payload).get(timeout=30)  # a later task runs as usual
+    samples = scrape(port)
+    assert total(samples, "tasklane_tasks_received_total", task=TASK) == 2
+    assert total(samples, "tasklane_tasks_started_total", task=TASK) == 1
+    assert total(samples, "tasklane_tasks_revoked_total", task=TASK) == 1
+    assert webhook_sink.wait_for(1)[0].body  # only the later task was delivered

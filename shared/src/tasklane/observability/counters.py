@@ -43,6 +43,7 @@ class TaskMetrics:
     succeeded: Counter
     failed: Counter
     retried: Counter
+    revoked: Counter
     dead_lettered: Counter
     rejected: Counter
     runtime: Histogram
@@ -70,6 +71,11 @@ def task_metrics() -> TaskMetrics:
         succeeded=Counter("tasklane_tasks_succeeded", "Tasks that returned a result.", TASK_LABELS),
         failed=Counter("tasklane_tasks_failed", "Tasks that failed for good.", TASK_LABELS),
         retried=Counter("tasklane_tasks_retried", "Retries scheduled.", TASK_LABELS),
+        revoked=Counter(
+            "tasklane_tasks_revoked",
+            "Tasks a worker dropped unrun: revoked (celery control revoke, Flower) or expired.",
+            TASK_LABELS,
+        ),
         dead_lettered=Counter(
             "tasklane_tasks_dead_lettered",
             "Messages sent to a dead-letter queue, by reason.",

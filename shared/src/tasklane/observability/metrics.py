@@ -125,6 +125,7 @@ class TaskRecorder:
                 metrics.succeeded,
                 metrics.failed,
                 metrics.retried,
+                metrics.revoked,
                 metrics.rejected,
             ):
                 counter.labels(task, queue)
@@ -192,6 +193,13 @@ class TaskRecorder:
 
     def retry(self, sender: Any = None, **_: Any) -> None:
         self._child(task_metrics().retried, _labels(sender)).inc()
+
+    def revoked(self, sender: Any = None, request: Any = None, **_: Any) -> None:
+        # Sent by the worker's main process, for a revoked id or an expired message it dropped;
+        # ``request`` is the message's context there, which holds no task name: the sender does.
+        queue = _request_labels(request)[1]
+        name = str(getattr(sender, "name", "") or "unknown")
+        self._child(task_metrics().revoked, (name, queue)).inc()
 
     def child_exit(self, pid: int | None = None, **_: Any) -> None:
         if self._recorder is not None:
@@ -273,6 +281,7 @@ def install_metrics(
     signals.task_postrun.connect(recorder.postrun, weak=False)
     signals.task_failure.connect(recorder.failure, weak=False)
     signals.task_retry.connect(recorder.retry, weak=False)
+    signals.task_revoked.connect(recorder.revoked, weak=False)
     signals.worker_process_shutdown.connect(recorder.child_exit, weak=False)
     return health, recorder
 
