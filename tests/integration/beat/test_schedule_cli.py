@@ -61,9 +61,9 @@ def fails(*args: str) -> str:
 
 
 def rows() -> dict[str, list[str]]:
-    """``tasklane schedule list`` parsed: entry name to its cells."""
+    """``tasklane schedule list --wide`` parsed (every column): entry name to its cells."""
     found: dict[str, list[str]] = {}
-    for line in run("list").output.splitlines():
+    for line in run("list", "--wide").output.splitlines():
         cells = [cell.strip() for cell in re.split(r"[│┃|]", line) if cell.strip()]
         if len(cells) == 9 and cells[0] != "Name":
             found[cells[0]] = cells
@@ -175,7 +175,7 @@ def test_bad_schedule_options_name_the_option(
 @pytest.mark.parametrize(
     ("name", "task", "payload", "message"),
     [
-        ("ping", "no.such.task", PAYLOAD, "unknown task contract 'no.such.task'"),
+        ("ping", "no.such.task", PAYLOAD, "unknown task 'no.such.task'"),
         ("ping", SEND_IM.name, "[1]", "--json: the payload must be a JSON object"),
         ("ping", SEND_IM.name, "{", "--json: invalid JSON"),
         ("bad name!", SEND_IM.name, PAYLOAD, "NAME: String should match pattern"),

@@ -27,7 +27,10 @@ def test_two_copies_of_one_task_id_running_together_deliver_once(
 ) -> None:
     # The first delivery is held at the receiver long enough for the second copy to run beside it.
     webhook_sink.script(Reply(delay=15))
-    worker = start_worker(concurrency=2, TASKLANE_NOTIFIER_WEBHOOK_TIMEOUT="60")
+    # Results in the log: the second copy's answer is only seen in its "succeeded" line.
+    worker = start_worker(
+        concurrency=2, TASKLANE_NOTIFIER_WEBHOOK_TIMEOUT="60", TASKLANE_LOG_TASK_DATA="true"
+    )
     im = {"channel": "webhook", "url": webhook_sink.url, "text": "Order 31 shipped",
           "idempotency_key": "order-31"}  # fmt: skip
     with Publisher(broker.settings) as publisher:

@@ -24,9 +24,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,6 +47,7 @@ from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
 from tasklane_dev.sinks import Reply, SiteServer, WebhookSink, free_port
 from tests.support import eventually
 from tests.support.harness import BrokerEnv, WorkerProcess, cleanup, wait_for_dead_letters
+from tests.support.prometheus import PrometheusApi
 
 ROOT = Path(__file__).resolve().parents[3]
 GENERATOR = ROOT / "deploy" / "grafana" / "generate.py"
@@ -327,37 +325,6 @@ def test_dashboards_follow_the_contracts_without_naming_them() -> None:
 # --------------------------------------------------------------------------- a real Prometheus
 
 
-class PrometheusApi:
-    """Prometheus' HTTP API; every answer is checked for ``status: success``."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def get(self, path: str, **params: str) -> Any:
-        query = urllib.parse.urlencode(params, doseq=True)
-        try:
-            with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as answer:
-                body = json.load(answer)
-        except urllib.error.HTTPError as exc:  # 400 and 422 carry the error as JSON
-            body = json.load(exc)
-        if body.get("status") != "success":
-            raise AssertionError(f"{path} {params}: {body.get('errorType')}: {body.get('error')}")
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        data = self.get("/api/v1/query", query=expr)
-        assert data["resultType"] == "vector", (expr, data["resultType"])
-        result: list[dict[str, Any]] = data["result"]
-        return result
-
-    def label_values(self, label: str, match: str) -> list[str]:
-        values: list[str] = self.get(
-            f"/api/v1/label/{label}/values",
-            **{"match[]": match, "start": str(time.time() - 600)},
-        )
-        return values
-
-
 @dataclass
 class Stack:
     """What the module's fixture started, for the tests to query."""
@@ -388,14 +355,6 @@ def _prometheus_config(directory: Path, jobs: dict[str, list[int]]) -> Path:
     path = directory / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
 
 
 def _send_invalid(broker: BrokerEnv, task: str, kwargs: dict[str, Any]) -> None:
@@ -648,9 +607,8 @@ def _bring_up(services: Services, broker: BrokerEnv, tmp: Path) -> tuple[Prometh
         {},
         tmp / "prometheus.log",
     )
-    url = f"http://127.0.0.1:{port}"
-    eventually(lambda: _ready(url), timeout=30, interval=0.2, message="Prometheus ready")
-    api = PrometheusApi(url)
+    api = PrometheusApi(f"http://127.0.0.1:{port}")
+    eventually(api.ready, timeout=30, interval=0.2, message="Prometheus ready")
     _workload(services, broker, hooks, site, tmp)
     targets = sum(len(ports) for ports in jobs.values())
     eventually(

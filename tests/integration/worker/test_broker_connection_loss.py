@@ -46,7 +46,12 @@ def test_a_running_task_survives_a_redis_restart_and_its_redelivery_deduplicates
         return None  # accepted
 
     with SmtpSink(before_data=stall_until_released) as sink:
-        env = {**env_broker.env(), "TASKLANE_NOTIFIER_SMTP_PORT": str(sink.port)}
+        env = {
+            **env_broker.env(),
+            "TASKLANE_NOTIFIER_SMTP_PORT": str(sink.port),
+            # Results in the log: the redelivery's answer is only seen in its "succeeded" line.
+            "TASKLANE_LOG_TASK_DATA": "true",
+        }
         worker = WorkerProcess("notifier", env, tmp_path / "worker.log", concurrency=2)
         try:
             worker.wait_ready()

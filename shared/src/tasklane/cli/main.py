@@ -380,10 +380,9 @@ def _print_json(console: Console, data: Any) -> None:
     console.print_json(data=data, default=str, ensure_ascii=_json_ascii(data))
 
 
-def _letter_json(name: str, letter: DeadLetter) -> dict[str, Any]:
-    """``dlq show --json``: every field of the letter and :meth:`DeadLetter.body_view`."""
+def _letter_fields(letter: DeadLetter) -> dict[str, Any]:
+    """What ``dlq list --json`` gives of each letter; ``dlq show --json`` adds the rest."""
     return {
-        "dlq": name,
         "task": letter.task,
         "id": letter.task_id,
         "queue": letter.queue,
@@ -393,6 +392,14 @@ def _letter_json(name: str, letter: DeadLetter) -> dict[str, Any]:
         "attempts": letter.attempts,
         "failed_at": letter.failed_at,
         "published_at": letter.published_at,
+    }
+
+
+def _letter_json(name: str, letter: DeadLetter) -> dict[str, Any]:
+    """``dlq show --json``: every field of the letter and :meth:`DeadLetter.body_view`."""
+    return {
+        "dlq": name,
+        **_letter_fields(letter),
         "content_type": letter.content_type,
         "content_encoding": letter.content_encoding,
         **letter.body_view(),
@@ -504,19 +511,7 @@ def _listed_json(name: str, depth: int, letters: list[DeadLetter]) -> dict[str, 
         "dlq": name,
         "depth": depth,
         "letters": [
-            {
-                "index": index,
-                "task": letter.task,
-                "id": letter.task_id,
-                "queue": letter.queue,
-                "reason": letter.reason,
-                "error_type": letter.error_type,
-                "error": letter.error,
-                "attempts": letter.attempts,
-                "failed_at": letter.failed_at,
-                "published_at": letter.published_at,
-            }
-            for index, letter in enumerate(letters)
+            {"index": index, **_letter_fields(letter)} for index, letter in enumerate(letters)
         ],
     }
 
