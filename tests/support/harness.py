@@ -279,3 +279,37 @@ def publish_through_kombu(connection: Connection, message: TaskMessage, queue: s
         delivery_mode=2,
         **message.properties,
     )
+
+
+def dead_letter_email(settings: Settings, error: str, subject: str = "Hi") -> str:
+    """One email task in the email DLQ, as a worker leaves it after its last retry; its id."""
+    from tasklane.contracts import SEND_EMAIL
+    from tasklane.wire.broker import connect
+    from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
+    from tasklane.wire.protocol import task_message
+
+    task_id = str(uuid.uuid4())
+    kwargs = {"to": ["ada@example.com"], "subject": subject, "text": "Hi"}
+    message = task_message(SEND_EMAIL.name, task_id, kwargs, priority=SEND_EMAIL.priority)
+    queue = queue_name(SEND_EMAIL, settings.namespace)
+    headers = dead_letter_headers(
+        {**message.headers, "retries": 8},  # a task that used up its retries
+        queue=queue,
+        reason="retries-exhausted",
+        error_type="TransientError",
+        error=error,
+        attempts=9,
+        worker="test@host",
+    )
+    with connect(settings) as connection:
+        send_to_dlq(
+            Producer(connection.default_channel),
+            queue=queue,
+            namespace=settings.namespace,
+            body=message.body,
+            content_type=CONTENT_TYPE,
+            content_encoding=CONTENT_ENCODING,
+            headers=headers,
+            properties=message.properties,
+        )
+    return task_id

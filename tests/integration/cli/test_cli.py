@@ -16,7 +16,6 @@ import pytest
 import redis
 from celery import Celery
 from kombu.connection import Connection
-from kombu.messaging import Producer
 from typer.testing import CliRunner, Result
 
 from tasklane.cli.main import app
@@ -24,11 +23,10 @@ from tasklane.contracts import REGISTRY, SEND_EMAIL, TaskContract
 from tasklane.errors import PermanentError
 from tasklane.settings import Settings, load_settings
 from tasklane.wire.broker import connect
-from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
 from tasklane.wire.headers import REASON
-from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
 from tasklane.wire.routing import dead_letter_exchange, dlq_name, queue_name, work_queue
 from tests.support import eventually
+from tests.support.harness import dead_letter_email
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -129,31 +127,7 @@ def take_all(env: CliEnv, contract: TaskContract[Any, Any]) -> list[dict[str, An
 
 def dead_letter(env: CliEnv, subject: str, error: str) -> str:
     """Put one email task into the email DLQ as a worker would; returns its task id."""
-    task_id = str(uuid.uuid4())
-    kwargs = {"to": ["ada@example.com"], "subject": subject, "text": "Hi"}
-    message = task_message(SEND_EMAIL.name, task_id, kwargs, priority=SEND_EMAIL.priority)
-    queue = queue_name(SEND_EMAIL, env.namespace)
-    headers = dead_letter_headers(
-        {**message.headers, "retries": 8},  # a task that used up its retries
-        queue=queue,
-        reason="retries-exhausted",
-        error_type="TransientError",
-        error=error,
-        attempts=9,
-        worker="test@host",
-    )
-    with connect(env.settings) as connection:
-        send_to_dlq(
-            Producer(connection.default_channel),
-            queue=queue,
-            namespace=env.namespace,
-            body=message.body,
-            content_type=CONTENT_TYPE,
-            content_encoding=CONTENT_ENCODING,
-            headers=headers,
-            properties=message.properties,
-        )
-    return task_id
+    return dead_letter_email(env.settings, error, subject)
 
 
 def answer_next_task(env: CliEnv, store: Callable[[Celery, str], None]) -> threading.Thread:

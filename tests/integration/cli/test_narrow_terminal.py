@@ -11,20 +11,15 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu.connection import Connection
-from kombu.messaging import Producer
 
 from tasklane.contracts import REGISTRY, SEND_EMAIL
-from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
-from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
 from tasklane.wire.routing import dlq_name, queue_name
-from tests.support.harness import BrokerEnv
+from tests.support.harness import BrokerEnv, dead_letter_email
 
 TASKLANE = str(Path(sys.executable).with_name("tasklane"))
 #: ``12-04 14:03:11``: month-day and time, UTC.
@@ -57,31 +52,7 @@ def assert_fits(output: str, columns: int = 80) -> None:
 
 def dead_letter(broker: BrokerEnv, error: str) -> str:
     """One email task in the email DLQ, as a worker leaves it after its last retry; its id."""
-    task_id = str(uuid.uuid4())
-    kwargs = {"to": ["ada@example.com"], "subject": "Hi", "text": "Hi"}
-    message = task_message(SEND_EMAIL.name, task_id, kwargs, priority=SEND_EMAIL.priority)
-    queue = queue_name(SEND_EMAIL, broker.namespace)
-    headers = dead_letter_headers(
-        {**message.headers, "retries": 8},
-        queue=queue,
-        reason="retries-exhausted",
-        error_type="TransientError",
-        error=error,
-        attempts=9,
-        worker="test@host",
-    )
-    with Connection(broker.broker_url) as connection:
-        send_to_dlq(
-            Producer(connection.default_channel),
-            queue=queue,
-            namespace=broker.namespace,
-            body=message.body,
-            content_type=CONTENT_TYPE,
-            content_encoding=CONTENT_ENCODING,
-            headers=headers,
-            properties=message.properties,
-        )
-    return task_id
+    return dead_letter_email(broker.settings, error)
 
 
 def rows(output: str) -> list[list[str]]:
