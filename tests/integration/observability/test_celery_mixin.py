@@ -59,9 +59,9 @@ SETTLED = (
     "sum(celery_task_retried_total) > 0",
     "sum(celery_task_rejected_total) > 0",
     "sum(celery_task_runtime_count) > 0",
-    # rate() needs two samples of a series: the dashboards' [1w] panels are empty before.
-    "count(rate(celery_task_runtime_sum[1w])) > 0",
-    "count(rate(celery_task_succeeded_total[1w])) > 0",
+    # The increase seen, from two samples or more: the dashboards' rate() panels show it.
+    "sum(rate(celery_task_runtime_sum[1w])) > 0",
+    "sum(rate(celery_task_succeeded_total[1w])) > 0",
     "sum(celery_task_queue_wait_time_count) > 0",
     "count(celery_queue_length) > 0",
     "celery_worker_up == 1",
@@ -190,10 +190,19 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             api = PrometheusApi(f"http://127.0.0.1:{ports['prometheus']}")
             eventually(api.ready, timeout=30, interval=0.2, message="Prometheus ready")
             worker.wait_ready()
+            # Every target scraped once before the first task: a counter whose first sample is
+            # already its final value shows no increase, and the dashboards' rate() panels
+            # would be empty on a machine busy enough to delay that first scrape.
+            eventually(
+                lambda: api.query("count(up == 1) == 3"),
+                timeout=60,
+                interval=0.2,
+                message="Prometheus to scrape the worker, the exporter and this process",
+            )
             _workload(broker, hooks)
             eventually(
                 lambda: all(api.query(expr) for expr in SETTLED),
-                timeout=60,
+                timeout=90,
                 interval=0.2,
                 message="Prometheus to record the workload",
             )
