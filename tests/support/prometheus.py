@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 
@@ -51,3 +53,17 @@ class PrometheusApi:
                 return bool(answer.status == 200)
         except OSError:  # refused, or an HTTPError such as that 503
             return False
+
+
+PROMETHEUS = Path("/usr/bin/prometheus")
+
+
+def prometheus_binary() -> Path:
+    """The Debian ``prometheus`` server; skips the test without it (fails where CI requires it)."""
+    import pytest
+
+    if not PROMETHEUS.exists():
+        if os.environ.get("TASKLANE_REQUIRE_PROMTOOL"):
+            pytest.fail(f"{PROMETHEUS} is required (Debian package prometheus)")
+        pytest.skip(f"{PROMETHEUS} not installed: apt-get install prometheus")
+    return PROMETHEUS

@@ -37,12 +37,11 @@ from tests.support.harness import (
     publish_through_kombu,
     wait_for_dead_letters,
 )
-from tests.support.prometheus import PrometheusApi
+from tests.support.prometheus import PROMETHEUS, PrometheusApi, prometheus_binary
 
 ROOT = Path(__file__).resolve().parents[3]
 RULES = ROOT / "deploy" / "prometheus" / "celery-mixin-rules.yaml"
 MIXIN = Path(__file__).parent / "celery_mixin"
-PROMETHEUS = Path("/usr/bin/prometheus")
 TASKLANE = str(Path(sys.executable).with_name("tasklane"))
 JOB = "tasklane-celery"
 #: What Grafana's interval variables become here: every sample of this short test is inside.
@@ -143,10 +142,7 @@ def _prometheus_config(directory: Path, jobs: dict[str, int]) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not PROMETHEUS.exists():
-        if os.environ.get("TASKLANE_REQUIRE_PROMTOOL"):
-            pytest.fail(f"{PROMETHEUS} is required (Debian package prometheus)")
-        pytest.skip(f"{PROMETHEUS} not installed: apt-get install prometheus")
+    prometheus_binary()
     tmp = tmp_path_factory.mktemp("celery-mixin")
     broker = BrokerEnv("redis", redis_url, redis_url, f"t{uuid.uuid4().hex[:10]}.")
     ports = {name: free_port() for name in ("worker", "exporter", "publisher", "prometheus")}

@@ -47,13 +47,12 @@ from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
 from tasklane_dev.sinks import Reply, SiteServer, WebhookSink, free_port
 from tests.support import eventually
 from tests.support.harness import BrokerEnv, WorkerProcess, cleanup, wait_for_dead_letters
-from tests.support.prometheus import PrometheusApi
+from tests.support.prometheus import PROMETHEUS, PrometheusApi, prometheus_binary
 
 ROOT = Path(__file__).resolve().parents[3]
 GENERATOR = ROOT / "deploy" / "grafana" / "generate.py"
 DASHBOARD_DIR = ROOT / "deploy" / "grafana" / "dashboards"
 RULES = ROOT / "deploy" / "prometheus" / "tasklane-alerts.yaml"
-PROMETHEUS = Path("/usr/bin/prometheus")
 TASKLANE = str(Path(sys.executable).with_name("tasklane"))
 #: What Grafana's interval variables become here: every sample of this short test is inside.
 WINDOW = "1m"
@@ -622,10 +621,7 @@ def _bring_up(services: Services, broker: BrokerEnv, tmp: Path) -> tuple[Prometh
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not PROMETHEUS.exists():
-        if os.environ.get("TASKLANE_REQUIRE_PROMTOOL"):
-            pytest.fail(f"{PROMETHEUS} is required (Debian package prometheus)")
-        pytest.skip(f"{PROMETHEUS} not installed: apt-get install prometheus")
+    prometheus_binary()
     tmp = tmp_path_factory.mktemp("dashboards")
     broker = BrokerEnv("redis", redis_url, redis_url, f"t{uuid.uuid4().hex[:10]}.")
     services = Services()
