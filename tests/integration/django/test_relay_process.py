@@ -3,17 +3,20 @@ and its metrics and probes as Prometheus and Kubernetes read them."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasklane_dev.sinks import SmtpSink, free_port
+from tests.integration.django.conftest import ADMIN_DSN
 from tests.integration.django.relay_support import (
     EMAIL,
     RelayProcess,
@@ -156,7 +159,8 @@ def test_once_sends_what_it_can_and_fails_loudly_without_a_broker(
     configure(tasklane_setting, broker)
     ids = write_emails(["once 1", "once 2", "once 3"])
     out = StringIO()
-    call_command("tasklane_relay", "--once", "--batch-size", "2", stdout=out)
+    # A transaction of another test, open anywhere on the server, may hold the rows back a while.
+    call_command("tasklane_relay", "--once", "--wait", "60", "--batch-size", "2", stdout=out)
     assert "3 outbox rows sent" in out.getvalue()
     assert all_sent(ids)
 
@@ -166,6 +170,62 @@ def test_once_sends_what_it_can_and_fails_loudly_without_a_broker(
     with pytest.raises(CommandError, match="outbox rows not sent: broker .* unavailable"):
         call_command("tasklane_relay", "--once", stdout=StringIO())
     assert states([waiting]) == {waiting: "pending"}
+
+
+@REDIS_ONLY
+def test_once_waits_for_rows_an_open_transaction_holds_back_and_says_what_it_left(
+    broker: BrokerEnv, tasklane_setting: Callable[..., None]
+) -> None:
+    from io import StringIO
+
+    import psycopg
+    from django.core.management import call_command
+    from django.db import connection
+
+    configure(tasklane_setting, broker)
+    # A transaction that has a txid and stays open, in another database of the same server:
+    # every row written after it began is held back until it ends (commit order).
+    blocker = psycopg.connect(ADMIN_DSN)
+    try:
+        blocker.execute("SELECT txid_current()")
+        ids = write_emails(["held 1", "held 2", "held 3"])
+
+        out = StringIO()
+        call_command("tasklane_relay", "--once", "--wait", "0", stdout=out)
+        assert out.getvalue().strip() == (
+            "0 outbox rows sent; 3 still pending (held back by a transaction still open on "
+            "the database server, or written since)"
+        )
+        assert set(states(ids).values()) == {"pending"}
+
+        claimed = threading.Event()
+        waited = StringIO()
+
+        def watch_claims(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
+            answer = execute(sql, *args)
+            if "pg_snapshot_xmin" in sql:
+                claimed.set()  # a claim ran, and the open transaction held its rows back
+            return answer
+
+        def once() -> None:
+            try:
+                with connection.execute_wrapper(watch_claims):
+                    call_command("tasklane_relay", "--once", "--wait", "60", stdout=waited)
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=once)
+        thread.start()
+        try:
+            assert claimed.wait(60), "the relay never tried to claim the rows"
+        finally:
+            blocker.rollback()  # the rows' turn
+            thread.join(90)
+        assert not thread.is_alive()
+        assert waited.getvalue().strip() == "3 outbox rows sent"
+        assert all_sent(ids)
+    finally:
+        blocker.close()
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

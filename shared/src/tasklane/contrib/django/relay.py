@@ -178,15 +178,36 @@ class Relay:
         """
         return self._pass().sent
 
-    def drain(self) -> int:
-        """Run passes until nothing more can be sent now; returns the rows sent."""
+    def drain(self, held_wait: float = 0.0) -> int:
+        """Run passes until nothing more can be sent now; returns the rows sent.
+
+        Args:
+            held_wait: seconds to keep looking at rows held back (by a transaction still open
+                anywhere on the PostgreSQL server, or by another relay) before giving up on them.
+                The wait starts again whenever a pass sends something.
+        """
         sent = 0
+        deadline: float | None = None
+        pause = 0.0
         while not self._stop.is_set():
             result = self._pass()
             sent += result.sent
-            if not result.progressed:
+            if result.progressed:
+                deadline, pause = None, 0.0
+                continue
+            if not result.held_back:
                 break
+            now = time.monotonic()
+            deadline = now + held_wait if deadline is None else deadline
+            if now >= deadline:
+                break
+            pause = min(pause * 2 or HELD_BACK_PAUSE, WAIT_SLICE)
+            self._stop.wait(min(pause, deadline - now))
         return sent
+
+    def pending(self) -> int:
+        """Rows still pending: not yet sent, or held back."""
+        return OutboxMessage.objects.using(self.using).filter(state=_PENDING).count()
 
     def run(self, stop: threading.Event) -> None:
         """Relay until ``stop`` is set, then return after the batch in hand.

@@ -25,6 +25,17 @@ def _positive(value: str) -> int:
     return number
 
 
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ArgumentTypeError(f"{value} is not a number of seconds (0 or more)")
+    return number
+
+
+#: ``--once``'s default wait for rows held back: long enough for a web request's transaction.
+ONCE_HELD_WAIT = 10.0
+
+
 class Command(BaseCommand):
     """The outbox relay as a management command."""
 
@@ -39,6 +50,16 @@ class Command(BaseCommand):
             "--once",
             action="store_true",
             help="Send what can be sent now, then exit (non-zero if the broker is unavailable).",
+        )
+        parser.add_argument(
+            "--wait",
+            type=_seconds,
+            default=ONCE_HELD_WAIT,
+            metavar="SECONDS",
+            help=(
+                "With --once: how long to wait for rows held back by a transaction still open "
+                f"on the database server (default: {ONCE_HELD_WAIT:g})."
+            ),
         )
         parser.add_argument(
             "--batch-size",
@@ -60,10 +81,19 @@ class Command(BaseCommand):
         if arguments["once"]:
             relay = Relay(batch_size=arguments["batch_size"])
             try:
-                sent = relay.drain()
+                sent = relay.drain(held_wait=arguments["wait"])
+                pending = relay.pending()
             except (BrokerUnavailableError, DatabaseError) as exc:
                 raise CommandError(f"outbox rows not sent: {exc}") from exc
-            self.stdout.write(f"{sent} outbox rows sent")
+            self.stdout.write(
+                f"{sent} outbox rows sent"
+                + (
+                    f"; {pending} still pending (held back by a transaction still open on the "
+                    "database server, or written since)"
+                    if pending
+                    else ""
+                )
+            )
             return
         relay = Relay(batch_size=arguments["batch_size"], metrics=process_metrics())
         port = arguments["metrics_port"] or options().relay_metrics_port
