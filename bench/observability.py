@@ -18,7 +18,16 @@ Run with ``make bench-observability`` (or ``.venv/bin/python bench/observability
    * throughput, "metrics + tracing 10 %" against bare Celery, target >= 0.95x, judged only with
      at least 5 rounds.
 
-2. **Long run**: Tasklane with metrics + 10 % tracing on a prefork pool of 4 runs 100,000 tasks.
+2. **Side by side**: the two comparisons the issue sets targets for, each pair of workers
+   running *at the same time* on queues of their own, both filled before either starts: "metrics
+   + tracing 10 %" beside Tasklane without observability (CPU per task), and beside bare Celery
+   (tasks/s). CPU and finished tasks are read for both at the moment both are busy and again when
+   the first queue runs dry, so both figures of a pair cover the same seconds of the same machine.
+   Runs one after another (part 1) swing by a third between rounds here as the host's speed
+   drifts; two workers sharing the same seconds see the same drift. Each round gives one ratio per
+   pair; the targets are judged on their median over at least 5 rounds.
+
+3. **Long run**: Tasklane with metrics + 10 % tracing on a prefork pool of 4 runs 100,000 tasks.
    Worker RSS (main process + children) after a warm-up and at the end, and the time of a
    ``/metrics`` scrape (median and max of 20) at the end.
 
@@ -38,6 +47,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -313,7 +323,192 @@ def bench_throughput(
     cleanup(client)
 
 
-# --------------------------------------------------------------------------- 2. long run
+# --------------------------------------------------------------------------- 2. side by side
+
+
+@dataclass(frozen=True)
+class Side:
+    """One worker of a side-by-side pair, on a queue of its own."""
+
+    variant: Variant
+    namespace: str
+    metered: bool
+
+    @property
+    def queue(self) -> str:
+        import noop_service as svc
+
+        if self.variant.side == "bare":
+            return svc.BARE_QUEUE_NAME
+        return f"{self.namespace}{svc.NOOP.queue}"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A worker's group CPU and finished tasks at one moment."""
+
+    cpu: float
+    done: int
+    at: float
+
+
+def prefill_side(side: Side, count: int) -> list[str]:
+    """``count`` no-op messages in the side's own queue; returns their ids in order."""
+    if side.variant.side == "bare":
+        return prefill("bare", count)
+    import noop_service as svc
+
+    from tasklane.publish import Publisher
+
+    settings = svc.settings.model_copy(update={"namespace": side.namespace})
+    with Publisher(settings, registry=svc.BENCH_REGISTRY) as publisher:
+        handles = publisher.publish_many(svc.NOOP, ({"n": i} for i in range(count)))
+        return [handle.id for handle in handles]
+
+
+def read(client: redis.Redis, worker: Worker, keys: Sequence[str]) -> Reading:
+    return Reading(group_cpu_seconds(worker), finished(client, keys), time.monotonic())
+
+
+def side_by_side(
+    client: redis.Redis,
+    pair: tuple[Side, Side],
+    opts: Options,
+    multiproc: Path,
+    log_dir: Path,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Both workers of ``pair`` at once, each on its own full queue; per worker, CPU per task and
+    tasks/s over the seconds both were busy: from both having stored a result until the first
+    queue runs dry (both still hold prefetched tasks then).
+    """
+    cleanup(client)
+    keys = []
+    for side in pair:
+        ids = prefill_side(side, opts.tasks)
+        assert queue_depth(client, side.queue) == opts.tasks
+        keys.append([f"{RESULT_PREFIX}{task_id}" for task_id in ids])
+    workers = []
+    for side in pair:
+        env = {**side.variant.env, "TASKLANE_NAMESPACE": side.namespace}
+        if side.metered:
+            env.update(metrics_env(multiproc, free_port()))
+        workers.append(
+            Worker(
+                side.variant.side,
+                opts.broker_url,
+                pool="prefork",
+                concurrency=2,
+                log_dir=log_dir,
+                extra_env=env,
+            )
+        )
+    try:
+        for worker, side_keys, side in zip(workers, keys, pair, strict=True):
+            first_key = side_keys[0]
+            wait_for(
+                lambda: bool(client.exists(first_key)),  # noqa: B023 (called in this iteration)
+                120,
+                f"{side.variant.key} start",
+                worker,
+                poll=0.01,
+            )
+        first = [read(client, w, k) for w, k in zip(workers, keys, strict=True)]
+        wait_for(
+            lambda: min(queue_depth(client, side.queue) for side in pair) == 0,
+            600,
+            "a queue to run dry",
+            workers[0],
+            poll=0.05,
+        )
+        last = [read(client, w, k) for w, k in zip(workers, keys, strict=True)]
+        for worker, side_keys, side in zip(workers, keys, pair, strict=True):
+            wait_for(
+                lambda: finished(client, side_keys) >= opts.tasks,  # noqa: B023 (as above)
+                600,
+                f"{side.variant.key}: all {opts.tasks} results",
+                worker,
+            )
+    finally:
+        for worker in workers:
+            worker.stop()
+    figures = []
+    for start, end in zip(first, last, strict=True):
+        tasks = end.done - start.done
+        figures.append(
+            {
+                "cpu_us_per_task": (end.cpu - start.cpu) / max(1, tasks) * 1e6,
+                "tasks_per_s": tasks / (end.at - start.at),
+                "tasks": float(tasks),
+            }
+        )
+    return figures[0], figures[1]
+
+
+def bench_side_by_side(
+    client: redis.Redis, opts: Options, endpoint: str, multiproc: Path, log_dir: Path
+) -> dict[str, list[float]]:
+    """Rounds of both pairs; returns each pair's ratio per round."""
+    traced = Variant(
+        TRACED, "Tasklane, metrics + tracing 10 %", "tasklane", tracing_env(endpoint, 0.1)
+    )
+    pairs = {
+        "cpu": (Side(traced, "perf.obs.", True), Side(TASKLANE, "perf.off.", False)),
+        "throughput": (Side(traced, "perf.obs.", True), Side(BARE, NAMESPACE, False)),
+    }
+    ratios: dict[str, list[float]] = {"cpu": [], "throughput": []}
+    for round_no in range(opts.rounds):
+        for what, pair in pairs.items():
+            # Which worker starts first alternates, so neither gets the head start every time.
+            if round_no % 2 == 0:
+                observed, baseline = side_by_side(client, pair, opts, multiproc, log_dir)
+            else:
+                baseline, observed = side_by_side(
+                    client, (pair[1], pair[0]), opts, multiproc, log_dir
+                )
+            if what == "cpu":
+                ratio = observed["cpu_us_per_task"] / baseline["cpu_us_per_task"]
+            else:
+                ratio = observed["tasks_per_s"] / baseline["tasks_per_s"]
+            ratios[what].append(ratio)
+            print(
+                f"  round {round_no + 1} {pair[0].variant.label} beside {pair[1].variant.label}: "
+                + "; ".join(
+                    f"{side.variant.label} {figures['tasks_per_s']:.0f} tasks/s, "
+                    f"CPU {figures['cpu_us_per_task']:.0f} us/task "
+                    f"(over {figures['tasks']:.0f} tasks)"
+                    for side, figures in zip(pair, (observed, baseline), strict=True)
+                )
+                + f"; {what} ratio {ratio:.3f}x",
+                flush=True,
+            )
+    cleanup(client)
+    return ratios
+
+
+def print_side_by_side_targets(ratios: dict[str, list[float]]) -> None:
+    """The issue's two targets, judged on side-by-side ratios (median over rounds)."""
+    print("targets, side by side (one ratio per round, median over rounds):")
+    cpu = ratios["cpu"]
+    print(
+        "  worker CPU per task, metrics + tracing 10 % / Tasklane, observability off: "
+        f"{_spread(cpu)}; target <= {CPU_TARGET}x: "
+        + _verdict(cpu, statistics.median(cpu) <= CPU_TARGET)
+    )
+    rate = ratios["throughput"]
+    print(
+        "  throughput, metrics + tracing 10 % / bare Celery: "
+        f"{_spread(rate)}; target >= {THROUGHPUT_TARGET}x: "
+        + _verdict(rate, statistics.median(rate) >= THROUGHPUT_TARGET)
+    )
+
+
+def _verdict(ratios: Sequence[float], met: bool) -> str:
+    if len(ratios) < MIN_ROUNDS:
+        return f"not judged (needs {MIN_ROUNDS} rounds)"
+    return "met" if met else "missed"
+
+
+# --------------------------------------------------------------------------- 3. long run
 
 
 def group_rss(worker: Worker) -> int:
@@ -426,7 +621,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--rounds", type=int, help=f"throughput rounds (default {MIN_ROUNDS}, 1 with --quick)"
     )
     parser.add_argument("--long-tasks", type=int, help="tasks of the long run (default 100000)")
-    parser.add_argument("--only", choices=("throughput", "long"), help="run only this part")
+    parser.add_argument(
+        "--only", choices=("throughput", "side-by-side", "long"), help="run only this part"
+    )
     return parser.parse_args(argv)
 
 
@@ -471,6 +668,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.only in (None, "throughput"):
                     print(f"throughput: {opts.tasks} no-op tasks per run, prefork -c 2")
                     bench_throughput(client, opts, sink, work, work, figures)
+                side_ratios: dict[str, list[float]] = {}
+                if args.only in (None, "side-by-side"):
+                    print(f"side by side: {opts.tasks} no-op tasks per worker, prefork -c 2 each")
+                    side_ratios = bench_side_by_side(client, opts, sink.url, work, work)
                 if args.only in (None, "long"):
                     print(f"long run: {long_tasks} tasks, prefork -c 4, metrics + tracing 10 %")
                     bench_long_run(client, opts, long_tasks, sink.url, work, work, figures)
@@ -483,8 +684,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     minutes, seconds = divmod(round(time.monotonic() - started), 60)
     print(f"took {minutes} min {seconds:02d} s; load average {_load()} at the end")
     _print_observability_ratios(figures)
-    print_table(figures)
+    if figures:
+        print_table(figures)
     _print_targets(figures)
+    if side_ratios:
+        print_side_by_side_targets(side_ratios)
     return 0
 
 
