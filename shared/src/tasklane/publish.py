@@ -47,7 +47,13 @@ from tasklane.wire.protocol import (
     task_message,
 )
 from tasklane.wire.redis_envelope import Envelope, EnvelopeWriter, envelope, push
-from tasklane.wire.routing import MAX_PRIORITY, dead_letter_queue, queue_name, work_queue
+from tasklane.wire.routing import (
+    MAX_PRIORITY,
+    QueueOptions,
+    dead_letter_queue,
+    queue_name,
+    work_queue,
+)
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -213,6 +219,7 @@ class Publisher:
         self._connection: Connection = self._connect()
         self._confirmed: ConfirmedChannel | None = None
         self._declared: set[str] = set()
+        self._queue_options = QueueOptions.of(self.settings)
         self._lock = threading.Lock()
         self._results = ResultReader(self.settings)
         # The API's proxy: no-op spans until this process starts tracing
@@ -656,8 +663,8 @@ class Publisher:
         if name not in self._declared:
             channel = self._connection.default_channel
             for queue in (
-                work_queue(contract, self.settings.namespace),
-                dead_letter_queue(contract, self.settings.namespace),
+                work_queue(contract, self.settings.namespace, self._queue_options),
+                dead_letter_queue(contract, self.settings.namespace, self._queue_options),
             ):
                 queue.bind(channel).declare()
             self._declared.add(name)

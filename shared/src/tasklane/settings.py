@@ -181,6 +181,25 @@ class Settings(BaseSettings):
         ),
     )
 
+    rabbitmq_queue_type: Literal["quorum", "classic"] = Field(
+        default="classic",
+        description=(
+            "RabbitMQ only: the type of work queues and DLQs. Quorum queues are replicated "
+            "across the cluster's nodes and survive losing a minority of them; classic queues "
+            "live on one node. A queue keeps the type it was declared with: a queue declared "
+            "before must be drained and deleted (or a new TASKLANE_NAMESPACE used) to change it."
+        ),
+    )
+    rabbitmq_delivery_limit: int = Field(
+        default=20,
+        ge=1,
+        description=(
+            "RabbitMQ quorum queues only: how often one message may come back unacknowledged "
+            "(a worker that died running it, a rejection with requeue) and be handed out again; "
+            "the next return dead-letters it to the DLQ."
+        ),
+    )
+
     @field_validator("broker_url")
     @classmethod
     def _check_broker(cls, value: str | None) -> str | None:

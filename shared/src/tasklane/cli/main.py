@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -44,7 +44,16 @@ from tasklane.settings import Settings, load, load_settings
 from tasklane.wire.broker import connect
 from tasklane.wire.deadletter import DeadLetter, DeadLetterQueue
 from tasklane.wire.queues import queue_depths
-from tasklane.wire.routing import dlq_name, queue_name, queues_for_service, work_queue
+from tasklane.wire.routing import (
+    QueueOptions,
+    dlq_name,
+    queue_name,
+    queues_for_service,
+    work_queue,
+)
+
+if TYPE_CHECKING:
+    from kombu.connection import Connection
 
 ERROR_PREVIEW_CHARS = 60
 HEX_ROW_BYTES = 16
@@ -325,6 +334,10 @@ def _dead_letter_queues(settings: Settings) -> dict[str, TaskContract[Any, Any]]
     return found
 
 
+def _dead_letter_queue(connection: Connection, name: str, settings: Settings) -> DeadLetterQueue:
+    return DeadLetterQueue(connection, name, settings.namespace, QueueOptions.of(settings))
+
+
 def _resolve_dlq(settings: Settings, queue: str) -> tuple[str, TaskContract[Any, Any]]:
     """The DLQ meant by ``queue``: a work queue or DLQ name, with or without the namespace."""
     known = _dead_letter_queues(settings)
@@ -443,7 +456,7 @@ def dlq_list(
     found: dict[str, tuple[int, list[DeadLetter]]] = {}
     with connect(settings) as connection:
         for name in names:
-            dead_letters = DeadLetterQueue(connection, name, settings.namespace)
+            dead_letters = _dead_letter_queue(connection, name, settings)
             letters = dead_letters.peek(limit)
             if letters or queue:
                 found[name] = (dead_letters.depth() if letters else 0, letters)
@@ -533,7 +546,7 @@ def dlq_show(
     settings = load_settings()
     name, _ = _resolve_dlq(settings, queue)
     with connect(settings) as connection:
-        letters = DeadLetterQueue(connection, name, settings.namespace).peek(index + 1)
+        letters = _dead_letter_queue(connection, name, settings).peek(index + 1)
     if len(letters) <= index:
         raise CliError(f"{name} holds {len(letters)} dead letters; there is none at index {index}")
     letter = letters[index]
@@ -578,8 +591,8 @@ def dlq_replay(
     settings = load_settings()
     name, contract = _resolve_dlq(settings, queue)
     with connect(settings) as connection:
-        target_queue = work_queue(contract, settings.namespace)
-        count = DeadLetterQueue(connection, name, settings.namespace).replay(target_queue, limit)
+        target_queue = work_queue(contract, settings.namespace, QueueOptions.of(settings))
+        count = _dead_letter_queue(connection, name, settings).replay(target_queue, limit)
     target = queue_name(contract, settings.namespace)
     _console().print(f"replayed {count} dead letters from {name} to {target}", highlight=False)
 
@@ -593,7 +606,7 @@ def dlq_purge(
     settings = load_settings()
     name, _ = _resolve_dlq(settings, queue)
     with connect(settings) as connection:
-        dead_letters = DeadLetterQueue(connection, name, settings.namespace)
+        dead_letters = _dead_letter_queue(connection, name, settings)
         if not yes:
             typer.confirm(f"Delete all {dead_letters.depth()} dead letters of {name}?", abort=True)
         count = dead_letters.purge()

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tasklane.contracts import REGISTRY
 from tasklane.settings import Settings, load_settings
 from tasklane.wire.config import base_config
-from tasklane.wire.routing import dead_letter_queues, task_routes, work_queues
+from tasklane.wire.routing import QueueOptions, dead_letter_queues, task_routes, work_queues
 
 MIN_PASSWORD_LENGTH = 12
 _URL_PREFIX = re.compile(r"^[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$")
@@ -114,11 +114,12 @@ def create_flower_app(settings: Settings | None = None) -> Celery:
     reports its queues; the transport options let it count Redis's priority sub-lists.
     """
     settings = settings or load_settings()
-    queues = work_queues(REGISTRY, settings.namespace)
+    options = QueueOptions.of(settings)
+    queues = work_queues(REGISTRY, settings.namespace, options)
     app = Celery("tasklane-flower", set_as_current=False)
     app.conf.update(
         base_config(settings),
-        task_queues=queues + dead_letter_queues(REGISTRY, settings.namespace),
+        task_queues=queues + dead_letter_queues(REGISTRY, settings.namespace, options),
         task_default_queue=queues[0].name,
         # Tasks sent from Flower's UI reach their contract's queue (and are validated there).
         task_routes=task_routes(REGISTRY, settings.namespace),

@@ -29,7 +29,14 @@ from tasklane.wire.headers import (
 )
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE
 from tasklane.wire.queues import depths
-from tasklane.wire.routing import DLQ_SUFFIX, dead_letter_exchange, dlq_name
+from tasklane.wire.routing import (
+    CLASSIC,
+    DLQ_SUFFIX,
+    QueueOptions,
+    dead_letter_exchange,
+    dead_letter_queue_named,
+    dlq_name,
+)
 
 MAX_ERROR_CHARS = 2000
 
@@ -200,9 +207,10 @@ def send_to_dlq(
     content_encoding: str | None,
     headers: dict[str, Any],
     properties: dict[str, Any] | None = None,
+    options: QueueOptions = CLASSIC,
 ) -> None:
     """Publish one dead letter to the DLQ of ``queue`` (declared on the way)."""
-    dlq = Queue(dlq_name(queue), dead_letter_exchange(namespace), routing_key=dlq_name(queue))
+    dlq = dead_letter_queue_named(dlq_name(queue), namespace, options)
     props = {k: v for k, v in (properties or {}).items() if k in ("correlation_id", "reply_to")}
     producer.publish(
         body,
@@ -260,13 +268,20 @@ def _raw_channel(connection: Connection) -> Iterator[Any]:
 class DeadLetterQueue:
     """Operations on one DLQ over a Kombu connection."""
 
-    def __init__(self, connection: Connection, dlq: str, namespace: str = "") -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        dlq: str,
+        namespace: str = "",
+        options: QueueOptions = CLASSIC,
+    ) -> None:
         self.connection = connection
         self.name = dlq
         self.namespace = namespace
+        self.options = options
 
     def _queue(self) -> Queue:
-        return Queue(self.name, dead_letter_exchange(self.namespace), routing_key=self.name)
+        return dead_letter_queue_named(self.name, self.namespace, self.options)
 
     def depth(self) -> int:
         """Messages waiting in the DLQ (without creating it)."""

@@ -19,7 +19,13 @@ from tasklane.observability.metrics import TaskRecorder, install_metrics
 from tasklane.observability.tracing import install_tracing
 from tasklane.settings import Settings, load_settings
 from tasklane.wire.config import base_config
-from tasklane.wire.routing import dead_letter_queues, queue_name, queues_for_service, task_routes
+from tasklane.wire.routing import (
+    QueueOptions,
+    dead_letter_queues,
+    queue_name,
+    queues_for_service,
+    task_routes,
+)
 from tasklane.worker.consumer import DeclareDeadLetterQueues
 from tasklane.worker.shutdown import ShutdownDeadline
 from tasklane.worker.task import ContractTask
@@ -85,7 +91,7 @@ def celery_config(
 ) -> dict[str, Any]:
     """The complete Celery configuration of one worker service: the shared base and its own."""
     contracts = registry.for_service(service)
-    queues = queues_for_service(registry, service, settings.namespace)
+    queues = queues_for_service(registry, service, settings.namespace, QueueOptions.of(settings))
     if settings.result_backend is None:
         raise SettingsError(
             "no result backend: set TASKLANE_RESULT_BACKEND (required when the broker is not Redis)"
@@ -137,6 +143,8 @@ class TasklaneApp(Celery):  # type: ignore[misc]
         #: The contracts this service implements, ping contracts included.
         self.contracts = registry.for_service(service)
         self.soft_shutdown_timeout = soft_shutdown_timeout(settings, self.contracts)
+        #: How this service's queues are declared on RabbitMQ (quorum or classic).
+        self.queue_options = QueueOptions.of(settings)
         #: The DLQs declared at start-up (tasklane.worker.consumer.DeclareDeadLetterQueues).
         self.dead_letter_queues = [
             q.name for q in dead_letter_queues(self.contracts, settings.namespace)

@@ -15,13 +15,12 @@ from typing import Any
 from celery import bootsteps, signals
 from celery.exceptions import CPendingDeprecationWarning, InvalidTaskError, NotRegistered
 from celery.worker.consumer import Consumer
-from kombu.entity import Queue
 from kombu.exceptions import ContentDisallowed, DecodeError
 
 from tasklane.observability.metrics import record_dead_letter
 from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
 from tasklane.wire.redis_transport import ENVELOPE_PROBLEM
-from tasklane.wire.routing import dead_letter_exchange
+from tasklane.wire.routing import dead_letter_queue_named
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +87,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
                     producer,
                     queue=queue,
                     namespace=self.app.settings.namespace,
+                    options=self.app.queue_options,
                     body=message.body,
                     content_type=message.content_type,
                     content_encoding=message.content_encoding,
@@ -191,8 +191,8 @@ class DeclareDeadLetterQueues(bootsteps.StartStopStep):  # type: ignore[misc]
     requires = ("celery.worker.consumer.connection:Connection",)
 
     def start(self, c: Consumer) -> None:
-        exchange = dead_letter_exchange(c.app.settings.namespace)
+        namespace, options = c.app.settings.namespace, c.app.queue_options
         with c.app.connection_for_write() as connection:
             channel = connection.default_channel
             for name in c.app.dead_letter_queues:
-                Queue(name, exchange, routing_key=name, durable=True).bind(channel).declare()
+                dead_letter_queue_named(name, namespace, options).bind(channel).declare()

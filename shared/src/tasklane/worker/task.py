@@ -26,7 +26,7 @@ from tasklane.settings import Settings
 from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
 from tasklane.wire.headers import DEAD_LETTER_HEADERS, PREFIX
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, encode_body, task_headers
-from tasklane.wire.routing import queue_name
+from tasklane.wire.routing import QueueOptions, queue_name
 from tasklane.worker.idempotency import IdempotencyStore
 
 logger = logging.getLogger(__name__)
@@ -230,6 +230,7 @@ class ContractTask(Task):  # type: ignore[misc]
                     producer,
                     queue=queue,
                     namespace=self.settings.namespace,
+                    options=QueueOptions.of(self.settings),
                     body=encode_body(dict(kwargs or {}), list(args or [])),
                     content_type=CONTENT_TYPE,
                     content_encoding=CONTENT_ENCODING,
