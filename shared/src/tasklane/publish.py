@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
@@ -37,6 +38,7 @@ from tasklane.errors import (
 from tasklane.wire.amqp_confirms import ConfirmedChannel
 from tasklane.wire.broker import connect
 from tasklane.wire.config import base_config
+from tasklane.wire.delayed import declare_delayed_delivery, delayed_route
 from tasklane.wire.headers import PREFIX, PUBLISHER_HEADERS
 from tasklane.wire.protocol import (
     TaskMessage,
@@ -220,6 +222,8 @@ class Publisher:
         self._confirmed: ConfirmedChannel | None = None
         self._declared: set[str] = set()
         self._queue_options = QueueOptions.of(self.settings)
+        #: Work queues the broker's delay levels lead to, declared on this connection.
+        self._delayed: set[str] = set()
         self._lock = threading.Lock()
         self._results = ResultReader(self.settings)
         # The API's proxy: no-op spans until this process starts tracing
@@ -246,6 +250,7 @@ class Publisher:
         with self._lock:
             self._confirmed = None
             self._declared.clear()
+            self._delayed.clear()
             self._connection.release()
         self._results.close()
 
@@ -563,6 +568,7 @@ class Publisher:
         with self._lock:
             self._confirmed = None
             self._declared.clear()
+            self._delayed.clear()
             with contextlib.suppress(Exception):
                 self._connection.collect(socket_timeout=0.1)
             self._connection = self._connect()
@@ -653,6 +659,36 @@ class Publisher:
                 ],
             )
 
+    def _publish_holding_countdowns(
+        self, contract: TaskContract[Any, Any], messages: Sequence[TaskMessage], queue: str
+    ) -> None:
+        """Send the batch in order; a message with a countdown goes to the broker's delay
+        levels (:mod:`tasklane.wire.delayed`) instead of its queue, one run of equal routes at a
+        time."""
+        assert self._confirmed is not None
+        now = datetime.now(UTC)
+        runs: list[tuple[tuple[str, str], list[TaskMessage]]] = []
+        for message in messages:
+            route = delayed_route(message.headers, queue, now) or ("", queue)
+            if runs and runs[-1][0] == route:
+                runs[-1][1].append(message)
+            else:
+                runs.append((route, [message]))
+        for (exchange, routing_key), run in runs:
+            if exchange:
+                self._declare_delayed(contract)
+            self._confirmed.publish(
+                run, routing_key, timeout=self.settings.publish_timeout, exchange=exchange
+            )
+
+    def _declare_delayed(self, contract: TaskContract[Any, Any]) -> None:
+        """The delay levels, and their way to this contract's queue, once per connection."""
+        name = queue_name(contract, self.settings.namespace)
+        if name not in self._delayed:
+            queue = work_queue(contract, self.settings.namespace, self._queue_options)
+            declare_delayed_delivery(self._connection, [queue])
+            self._delayed.add(name)
+
     def _declare(self, contract: TaskContract[Any, Any]) -> None:
         """Declare the contract's queue and DLQ through Kombu, once per connection.
 
@@ -689,7 +725,10 @@ class Publisher:
                 self._confirmed = ConfirmedChannel(Producer(self._connection.default_channel))
             # Only Redis batches are envelopes (_batch_writer).
             messages = cast(Sequence[TaskMessage], batch)
-            self._confirmed.publish(messages, queue, timeout=self.settings.publish_timeout)
+            if self._queue_options.quorum:
+                self._publish_holding_countdowns(contract, messages, queue)
+            else:
+                self._confirmed.publish(messages, queue, timeout=self.settings.publish_timeout)
         _published_counter().labels(contract.name, queue).inc(len(batch))
 
 

@@ -13,15 +13,16 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from celery import Celery
 from kombu import Connection
 
-from tasklane.contracts import SEND_EMAIL
+from tasklane.contracts import SEND_EMAIL, SEND_IM
 from tasklane.publish import Publisher
 from tasklane.settings import Settings
 from tasklane.wire.deadletter import DeadLetterQueue
 from tasklane.wire.protocol import encode_body
 from tasklane.wire.routing import QueueOptions, dlq_name, queue_name
-from tasklane_dev.sinks import SmtpSink
+from tasklane_dev.sinks import Reply, SmtpSink, WebhookSink
 from tests.integration.wire.test_dead_letters import EMAIL, send_raw
 from tests.support import eventually
 from tests.support.harness import BrokerEnv
@@ -136,3 +137,70 @@ def test_a_worker_on_quorum_queues_runs_tasks_and_dead_letters_bad_ones(
     (letter,) = letters
     assert letter.headers["id"] == bad
     assert letter.reason == "invalid-payload"
+
+
+@RABBITMQ_ONLY
+def test_a_retry_waits_in_the_broker_and_leaves_the_worker_free(
+    broker: BrokerEnv, webhook_sink: WebhookSink, start_worker: Any
+) -> None:
+    # One slot, one prefetched message: a retry the worker held until its countdown (what Celery
+    # does with classic queues) would keep every other message of the queue waiting, because
+    # a quorum queue takes no global QoS that could make room for it.
+    worker = start_worker(
+        concurrency=1, TASKLANE_RABBITMQ_QUEUE_TYPE="quorum", TASKLANE_PREFETCH_MULTIPLIER="1"
+    )
+    settings = quorum_settings(broker)
+    webhook_sink.script(Reply(status=429, headers={"Retry-After": "600"}))
+    url = f"{webhook_sink.url}/hook"
+    with Publisher(settings) as publisher:
+        later = publisher.publish(SEND_IM, {"channel": "slack", "url": url, "text": "later"})
+        webhook_sink.wait_for(1, timeout=60)  # refused: retried in 600 s
+        now = publisher.publish(SEND_IM, {"channel": "slack", "url": url, "text": "now"})
+        assert now.get(timeout=60).status_code == 200
+    assert not later.ready()
+    control = Celery(broker=broker.broker_url)
+    replies = eventually(
+        lambda: control.control.inspect(destination=[worker.node], timeout=2).scheduled(),
+        timeout=30,
+        message="the worker's answer",
+    )
+    assert replies == {worker.node: []}  # not held by the worker: by the broker
+    # The retry is in one of the delay levels (their counts reach the management API within
+    # its statistics interval).
+    eventually(
+        lambda: sum(queue.get("messages", 0) for queue in _delay_levels()) >= 1,
+        timeout=30,
+        message="the retry in a delay level",
+    )
+
+
+def _delay_levels() -> list[dict[str, Any]]:
+    answer = httpx.get(
+        f"{MANAGEMENT}/queues/%2F",
+        params={"name": "^celery_delayed_[0-9]+$", "use_regex": "true"},
+        auth=("guest", "guest"),
+    )
+    answer.raise_for_status()
+    levels: list[dict[str, Any]] = answer.json()
+    return levels
+
+
+@RABBITMQ_ONLY
+def test_a_countdown_waits_in_the_broker_and_runs_after_it(
+    broker: BrokerEnv, smtp_sink: SmtpSink, start_worker: Any
+) -> None:
+    worker = start_worker(
+        concurrency=1, TASKLANE_RABBITMQ_QUEUE_TYPE="quorum", TASKLANE_PREFETCH_MULTIPLIER="1"
+    )
+    settings = quorum_settings(broker)
+    control = Celery(broker=broker.broker_url)
+    with Publisher(settings) as publisher:
+        later = publisher.publish(SEND_EMAIL, {**EMAIL, "subject": "later"}, countdown=30)
+        now = publisher.publish(SEND_EMAIL, {**EMAIL, "subject": "now"})
+        now.get(timeout=25)
+        # The worker took "now" after "later" was sent, and holds nothing: the broker does.
+        replies = control.control.inspect(destination=[worker.node], timeout=5).scheduled()
+        assert replies == {worker.node: []}
+        assert not later.ready()
+        later.get(timeout=90)
+    assert sorted(mail.message["Subject"] for mail in smtp_sink.wait_for(2)) == ["later", "now"]

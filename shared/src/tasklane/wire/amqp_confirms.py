@@ -244,11 +244,19 @@ class ConfirmedChannel:
         """How many ack and nack frames the broker has sent on this channel so far."""
         return self._state.frames
 
-    def publish(self, messages: Sequence[TaskMessage], routing_key: str, *, timeout: float) -> None:
+    def publish(
+        self,
+        messages: Sequence[TaskMessage],
+        routing_key: str,
+        *,
+        timeout: float,
+        exchange: str = "",
+    ) -> None:
         """Send every message, then wait until the broker has acked all of them.
 
-        Messages go to the default exchange with the AMQP content of Kombu's ``Producer.publish``
-        as Tasklane calls it (persistent, JSON, the message's headers and properties).
+        Messages go to ``exchange`` (the default exchange unless given) with the AMQP content of
+        Kombu's ``Producer.publish`` as Tasklane calls it (persistent, JSON, the message's
+        headers and properties).
 
         Raises:
             PublishNackedError: the broker refused a message; ``.confirmed`` counts the batch's
@@ -263,7 +271,7 @@ class ConfirmedChannel:
         state = self._state
         first = state.next_tag
         try:
-            self._send(messages, routing_key, timeout)
+            self._send(messages, exchange, routing_key, timeout)
         finally:
             self._encoder.clear()
         last = state.next_tag - 1
@@ -282,14 +290,16 @@ class ConfirmedChannel:
         if refused:
             raise PublishNackedError(min(refused) - first, len(messages))
 
-    def _send(self, messages: Sequence[TaskMessage], routing_key: str, timeout: float) -> None:
+    def _send(
+        self, messages: Sequence[TaskMessage], exchange: str, routing_key: str, timeout: float
+    ) -> None:
         """Write a basic.publish of every message; each is numbered once it is on the socket."""
         connection = self.channel.connection
         if connection is None:
             raise RecoverableConnectionError("publish: connection closed")
         channel_id = self.channel.channel_id
-        # exchange "", not mandatory, not immediate: the same for every message of the batch.
-        arguments = dumps("Bssbb", (0, "", routing_key, False, False))
+        # Not mandatory, not immediate: the same for every message of the batch.
+        arguments = dumps("Bssbb", (0, exchange, routing_key, False, False))
         frames, buffered = self._frames, 0
         try:
             with connection.transport.having_timeout(timeout):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from functools import cached_property
 from typing import Any, TypeVar
@@ -24,9 +25,10 @@ from tasklane.errors import PayloadValidationError, PermanentError, TransientErr
 from tasklane.observability.metrics import record_dead_letter
 from tasklane.settings import Settings
 from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
+from tasklane.wire.delayed import declare_delayed_delivery
 from tasklane.wire.headers import DEAD_LETTER_HEADERS, PREFIX
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, encode_body, task_headers
-from tasklane.wire.routing import QueueOptions, queue_name
+from tasklane.wire.routing import QueueOptions, queue_name, work_queue
 from tasklane.worker.idempotency import IdempotencyStore
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ class ContractTask(Task):  # type: ignore[misc]
     #: account for work that will not be done (a crawl counting its pages, say).
     dead_letter_hook: Callable[[Any, Exception], None] | None = None
     typing = False  # the payload model checks arguments, with better errors
+    #: Whether this process declared the broker's delay levels for retries (quorum queues).
+    _delayed_ready = False
 
     @property
     def settings(self) -> Settings:
@@ -99,7 +103,7 @@ class ContractTask(Task):  # type: ignore[misc]
                     raise
                 raise self.retry(
                     exc=TransientError(f"idempotency key held by task {claim.owner}"),
-                    countdown=BUSY_RETRY_DELAY,
+                    countdown=self._countdown(BUSY_RETRY_DELAY),
                     max_retries=self._this_retry(),
                 )
         try:
@@ -160,6 +164,25 @@ class ContractTask(Task):  # type: ignore[misc]
                 str(PayloadValidationError(self.contract.name, problems_of(exc)))
             ) from None
 
+    def _countdown(self, seconds: float) -> float:
+        """The retry's countdown as the broker can hold it.
+
+        On quorum queues the broker holds a retry (Celery's native delayed delivery) in whole
+        seconds, and refuses less than one: a fraction is rounded up.
+        """
+        options = QueueOptions.of(self.settings)
+        if not options.quorum:
+            return seconds
+        if not self._delayed_ready:
+            # Celery declares the delay levels when the consumer starts, possibly after this
+            # process took its first message: a retry sent to a level not declared yet would be
+            # dropped by the broker.
+            queue = work_queue(self.contract, self.settings.namespace, options)
+            with self.app.connection_for_write() as connection:
+                declare_delayed_delivery(connection, [queue])
+            self._delayed_ready = True
+        return float(max(1, math.ceil(seconds)))
+
     def _retry_or_raise(self, exc: Exception) -> None:
         policy = self.contract.retry
         if not policy.retries(exc):
@@ -170,7 +193,7 @@ class ContractTask(Task):  # type: ignore[misc]
                 f"gave up after {done + 1} attempts: {type(exc).__name__}: {exc}"
             ) from exc
         retry_after = getattr(exc, "retry_after", None)
-        countdown = policy.delay(done, retry_after)
+        countdown = self._countdown(policy.delay(done, retry_after))
         logger.warning(
             "%s[%s] attempt %d failed (%s: %s); retrying in %.1fs",
             self.contract.name,
