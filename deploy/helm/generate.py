@@ -147,6 +147,8 @@ _CONSTRAINTS: dict[str, Schema] = {
     "metricsPort": _PORT,
     "port": _PORT,
     "broker.kind": {"enum": ["redis", "rabbitmq"]},
+    "queueType": {"enum": ["quorum", "classic"]},
+    "deliveryLimit": {"minimum": 1},
     "pool": {"enum": ["prefork", "threads", "solo"]},
     "loglevel": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]},
     "concurrency": {"minimum": 1},

@@ -325,6 +325,31 @@ def test_task_events_are_on_only_when_asked_for(rendered: Rendered) -> None:
         assert wanted is False
 
 
+def test_rabbitmq_queue_type_reaches_every_tasklane_container(chart: Any) -> None:
+    def queue_types(values: dict[str, Any]) -> set[str | None]:
+        found: set[str | None] = set()
+        for obj in _objects(chart, values):
+            if obj["kind"] not in ("Deployment", "Pod", "Job"):
+                continue
+            for container in _pod_spec(obj)["containers"]:
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                if "TASKLANE_BROKER_URL" in env:
+                    found.add(env.get("TASKLANE_RABBITMQ_QUEUE_TYPE"))
+                    if "TASKLANE_RABBITMQ_QUEUE_TYPE" in env:
+                        assert env["TASKLANE_RABBITMQ_DELIVERY_LIMIT"] == "20"
+        return found
+
+    assert queue_types(values_of("production-rabbitmq-values")) == {"quorum"}
+    assert queue_types({"broker": {"kind": "rabbitmq"}}) == {"quorum"}
+    classic = {"broker": {"kind": "rabbitmq", "rabbitmq": {"queueType": "classic"}}}
+    assert queue_types(classic) == {"classic"}
+    assert queue_types({}) == {None}  # Redis: nothing to choose
+    import helm_python
+
+    with pytest.raises(helm_python.HelmValuesError):
+        chart.validate_schema({"broker": {"rabbitmq": {"queueType": "mirrored"}}})
+
+
 def test_a_pool_is_a_values_entry(chart: Any) -> None:
     values = {
         "workers": {

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 from kombu.connection import Connection
 from kombu.exceptions import BatchPublishError, OperationalError
 from kombu.messaging import Producer
-from kombu.utils.url import maybe_sanitize_url
 from opentelemetry import trace
 from opentelemetry.propagate import inject
 from opentelemetry.trace import SpanKind
@@ -33,10 +32,11 @@ from tasklane.errors import (
     PayloadTooLargeError,
     PayloadValidationError,
     Problem,
+    SettingsError,
     TaskFailedError,
 )
 from tasklane.wire.amqp_confirms import ConfirmedChannel
-from tasklane.wire.broker import connect
+from tasklane.wire.broker import connect, redacted
 from tasklane.wire.config import base_config
 from tasklane.wire.delayed import declare_delayed_delivery, delayed_route
 from tasklane.wire.headers import PREFIX, PUBLISHER_HEADERS
@@ -54,6 +54,7 @@ from tasklane.wire.routing import (
     QueueOptions,
     dead_letter_queue,
     queue_name,
+    queue_type_mismatch,
     work_queue,
 )
 
@@ -218,6 +219,7 @@ class Publisher:
             settings = load_settings()
         self.settings = settings
         self.registry = registry
+        self._reconnects = 0
         self._connection: Connection = self._connect()
         self._confirmed: ConfirmedChannel | None = None
         self._declared: set[str] = set()
@@ -243,7 +245,11 @@ class Publisher:
 
     def _connect(self) -> Connection:
         # A publisher never waits for messages, so every socket call may time out.
-        return connect(self.settings, socket_timeout=self.settings.publish_timeout)
+        return connect(
+            self.settings,
+            socket_timeout=self.settings.publish_timeout,
+            first_node=self._reconnects,
+        )
 
     def close(self) -> None:
         """Release the broker connection."""
@@ -539,7 +545,7 @@ class Publisher:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise BrokerUnavailableError(
-                            str(maybe_sanitize_url(self.settings.require_broker())),
+                            redacted(self.settings.require_broker()),
                             self.settings.publish_timeout,
                             attempts,
                             sent,
@@ -571,6 +577,8 @@ class Publisher:
             self._delayed.clear()
             with contextlib.suppress(Exception):
                 self._connection.collect(socket_timeout=0.1)
+            # With several broker nodes, the next try goes to the next node.
+            self._reconnects += 1
             self._connection = self._connect()
 
     @contextlib.contextmanager
@@ -702,7 +710,13 @@ class Publisher:
                 work_queue(contract, self.settings.namespace, self._queue_options),
                 dead_letter_queue(contract, self.settings.namespace, self._queue_options),
             ):
-                queue.bind(channel).declare()
+                try:
+                    queue.bind(channel).declare()
+                except Exception as exc:
+                    hint = queue_type_mismatch(exc, queue.name, self._queue_options)
+                    if hint is None:
+                        raise
+                    raise SettingsError(hint) from exc
             self._declared.add(name)
 
     def _send_batch(

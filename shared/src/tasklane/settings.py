@@ -182,7 +182,7 @@ class Settings(BaseSettings):
     )
 
     rabbitmq_queue_type: Literal["quorum", "classic"] = Field(
-        default="classic",
+        default="quorum",
         description=(
             "RabbitMQ only: the type of work queues and DLQs. Quorum queues are replicated "
             "across the cluster's nodes and survive losing a minority of them; classic queues "

@@ -17,6 +17,7 @@ from celery import Celery
 from kombu import Connection
 
 from tasklane.contracts import SEND_EMAIL, SEND_IM
+from tasklane.errors import SettingsError
 from tasklane.publish import Publisher
 from tasklane.settings import Settings
 from tasklane.wire.deadletter import DeadLetterQueue
@@ -204,3 +205,21 @@ def test_a_countdown_waits_in_the_broker_and_runs_after_it(
         assert not later.ready()
         later.get(timeout=90)
     assert sorted(mail.message["Subject"] for mail in smtp_sink.wait_for(2)) == ["later", "now"]
+
+
+def test_a_queue_of_the_other_type_is_named_with_what_to_do(rabbitmq_broker: BrokerEnv) -> None:
+    classic = rabbitmq_broker.settings.model_copy(update={"rabbitmq_queue_type": "classic"})
+    with Publisher(classic) as publisher:  # as an earlier release declared it
+        publisher.publish(SEND_EMAIL, EMAIL)
+    with (
+        Publisher(quorum_settings(rabbitmq_broker)) as publisher,
+        pytest.raises(SettingsError) as refused,
+    ):
+        publisher.publish(SEND_EMAIL, EMAIL)
+    queue = queue_name(SEND_EMAIL, rabbitmq_broker.namespace)
+    assert str(refused.value) == (
+        f"queue '{queue}' was declared on the broker for another TASKLANE_RABBITMQ_QUEUE_TYPE "
+        "than quorum: drain it, delete it and its exchange (both are declared again), or set "
+        "TASKLANE_RABBITMQ_QUEUE_TYPE to what they were declared with; "
+        "docs/configuration.md#tasklane_rabbitmq_queue_type"
+    )

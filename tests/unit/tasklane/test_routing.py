@@ -65,3 +65,22 @@ def test_dead_letter_queues_are_bound_to_the_dead_letter_exchange() -> None:
 def test_unknown_service_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="services: media, notifier, scraper"):
         queues_for_service(REGISTRY, "fax")
+
+
+def test_quorum_queues_take_no_priorities_and_a_topic_exchange() -> None:
+    from tasklane.wire.routing import QueueOptions
+
+    options = QueueOptions("quorum", delivery_limit=5)
+    (email, _) = queues_for_service(REGISTRY, "notifier", "prod.", options)
+    assert email.max_priority is None
+    assert email.exchange.type == "topic"  # Celery's native delayed delivery routes through it
+    assert email.queue_arguments == {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "prod.tasklane.dlx",
+        "x-dead-letter-routing-key": "prod.notifier.email.dlq",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        "x-delivery-limit": 5,
+    }
+    dlq = dead_letter_queues(REGISTRY, "prod.", options)[0]
+    assert dlq.queue_arguments == {"x-queue-type": "quorum"}

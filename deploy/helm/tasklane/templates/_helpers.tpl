@@ -213,6 +213,12 @@ Args: root, otelService (OTEL_SERVICE_NAME), metrics (bool).
 {{- end }}
 - name: TASKLANE_NAMESPACE
   value: {{ $root.Values.tasklane.namespace | quote }}
+{{- if eq $root.Values.broker.kind "rabbitmq" }}
+- name: TASKLANE_RABBITMQ_QUEUE_TYPE
+  value: {{ $root.Values.broker.rabbitmq.queueType | quote }}
+- name: TASKLANE_RABBITMQ_DELIVERY_LIMIT
+  value: {{ $root.Values.broker.rabbitmq.deliveryLimit | quote }}
+{{- end }}
 - name: TASKLANE_LOG_FORMAT
   value: {{ $root.Values.tasklane.logFormat | quote }}
 - name: TASKLANE_TIMEZONE

@@ -41,7 +41,7 @@ from tasklane.observability.metrics import prepare_multiproc_dir
 from tasklane.publish import Publisher
 from tasklane.schema import export_schemas
 from tasklane.settings import Settings, load, load_settings
-from tasklane.wire.broker import connect
+from tasklane.wire.broker import connect, redacted
 from tasklane.wire.deadletter import DeadLetter, DeadLetterQueue
 from tasklane.wire.queues import queue_depths
 from tasklane.wire.routing import (
@@ -318,9 +318,7 @@ def queues() -> None:
 
 def _redacted(url: str) -> str:
     # Titles end up in terminals and logs: never show the broker password.
-    from kombu.utils.url import maybe_sanitize_url
-
-    return str(maybe_sanitize_url(url))
+    return redacted(url)
 
 
 # --------------------------------------------------------------------------- dlq

@@ -48,11 +48,28 @@ def redis_queue_keys(queue: str) -> list[str]:
     return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS[1:]]
 
 
+#: Separates the nodes of a broker URL that names several (``amqp://a//;amqp://b//``).
+URL_SEPARATOR = ";"
+
+
+def broker_urls(url: str) -> list[str]:
+    """Each node's URL of a broker URL, in the order given."""
+    return [part for part in url.split(URL_SEPARATOR) if part.strip()]
+
+
+def redacted(url: str) -> str:
+    """``url`` with every node's password replaced by ``**``, for logs, errors and terminals."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    return URL_SEPARATOR.join(str(maybe_sanitize_url(part)) for part in broker_urls(url))
+
+
 def connect(
     settings: Settings,
     visibility_timeout: float | None = None,
     *,
     socket_timeout: float | None = None,
+    first_node: int = 0,
 ) -> Connection:
     """A lazy Kombu connection to the configured broker.
 
@@ -61,6 +78,9 @@ def connect(
         visibility_timeout: Redis only; seconds before an unacknowledged message is redelivered.
         socket_timeout: seconds a connect or a socket read may block. For connections that never
             wait for messages (publishers): a consumer's blocking read must not time out.
+        first_node: with a URL naming several nodes, the one to try first (counted round, so a
+            caller that failed on node ``i`` asks for ``i + 1``); with a ``socket_timeout``,
+            only that node is tried by each use of the connection.
     """
     options = transport_options(settings, visibility_timeout)
     if socket_timeout is None:
@@ -70,6 +90,8 @@ def connect(
     options["max_retries"] = 0
     if settings.broker_is_redis:
         options.update(socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
-    return Connection(
-        settings.require_broker(), transport_options=options, connect_timeout=socket_timeout
-    )
+    nodes = broker_urls(settings.require_broker())
+    start = first_node % len(nodes)
+    # Kombu tries the first node of the list, and with one try per use never reaches the rest.
+    url = URL_SEPARATOR.join(nodes[start:] + nodes[:start])
+    return Connection(url, transport_options=options, connect_timeout=socket_timeout)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tasklane.wire.broker import transport_options
+from tasklane.wire.routing import QueueOptions
 
 if TYPE_CHECKING:
     from tasklane.settings import Settings
@@ -41,11 +42,15 @@ def base_config(settings: Settings, *, visibility_timeout: float | None = None) 
         "broker_connection_retry_on_startup": True,
         # A worker's remote-control queue is not exclusive to one connection: after a silent
         # partition the worker reconnects while RabbitMQ still holds the old connection, and an
-        # exclusive queue stopped it with RESOURCE_LOCKED. Durable rather than transient (which
-        # RabbitMQ 4 deprecates for non-exclusive queues); it expires once no worker uses it
-        # (``control_queue_expires``, Celery's 10 s).
+        # exclusive queue stopped it with RESOURCE_LOCKED. With classic queues it is durable
+        # rather than transient (which RabbitMQ 4 deprecates for non-exclusive queues); it
+        # expires once no worker uses it (``control_queue_expires``, Celery's 10 s). On a
+        # cluster with quorum queues it is transient: a durable classic queue whose node is
+        # down cannot be declared anywhere (404 "home node ... is down") until that node is
+        # back, and the worker's consumer would not start again; a transient one goes with its
+        # node and is declared again on a surviving one.
         "control_queue_exclusive": False,
-        "control_queue_durable": True,
+        "control_queue_durable": not QueueOptions.of(settings).quorum,
         "result_backend": settings.result_backend,
         "result_expires": settings.result_expires,
         "result_backend_always_retry": True,

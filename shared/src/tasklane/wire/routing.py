@@ -62,6 +62,23 @@ class QueueOptions:
 CLASSIC = QueueOptions()
 
 
+def queue_type_mismatch(error: BaseException, queue: str, options: QueueOptions) -> str | None:
+    """What to do when RabbitMQ refused to declare ``queue`` (or its exchange, topic for quorum
+    queues and direct for classic ones) because it exists as the other type; ``None`` for any
+    other error."""
+    text = str(error)
+    if "inequivalent arg 'x-queue-type'" not in text and (
+        "inequivalent arg 'type' for exchange" not in text
+    ):
+        return None
+    return (
+        f"queue {queue!r} was declared on the broker for another TASKLANE_RABBITMQ_QUEUE_TYPE "
+        f"than {options.type}: drain it, delete it and its exchange (both are declared again), "
+        "or set TASKLANE_RABBITMQ_QUEUE_TYPE to what they were declared with; "
+        "docs/configuration.md#tasklane_rabbitmq_queue_type"
+    )
+
+
 def queue_name(contract: TaskContract[Any, Any], namespace: str = "") -> str:
     """The dedicated queue of a task type."""
     return f"{namespace}{contract.queue}"

@@ -20,7 +20,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 from tasklane.observability.metrics import record_dead_letter
 from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
 from tasklane.wire.redis_transport import ENVELOPE_PROBLEM
-from tasklane.wire.routing import dead_letter_queue_named
+from tasklane.wire.routing import dead_letter_queue_named, queue_type_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,18 @@ class DeclareDeadLetterQueues(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, c: Consumer) -> None:
         namespace, options = c.app.settings.namespace, c.app.queue_options
+        dead_letter_queues = [
+            dead_letter_queue_named(n, namespace, options) for n in c.app.dead_letter_queues
+        ]
         with c.app.connection_for_write() as connection:
             channel = connection.default_channel
-            for name in c.app.dead_letter_queues:
-                dead_letter_queue_named(name, namespace, options).bind(channel).declare()
+            # The work queues too (Celery declares them as well): a queue of another type than
+            # TASKLANE_RABBITMQ_QUEUE_TYPE is then named with what to do, not only refused.
+            for queue in [*c.app.conf.task_queues, *dead_letter_queues]:
+                try:
+                    queue.bind(channel).declare()
+                except Exception as exc:
+                    hint = queue_type_mismatch(exc, queue.name, options)
+                    if hint is not None:
+                        logger.critical("%s", hint)
+                    raise

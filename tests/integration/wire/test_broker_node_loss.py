@@ -1,0 +1,113 @@
+"""Losing a RabbitMQ node: a three-node cluster with quorum queues, its queue leader killed while
+workers drain and a publisher keeps publishing.
+
+Counted at an independent sink (the SMTP server the notifier delivers to): what was published
+and confirmed, what arrived once, twice, or never, and how long deliveries stopped. The figures
+of a run are printed (``-s``) and written down in docs/reliability.md#losing-a-broker-node.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tasklane.contracts import SEND_EMAIL
+from tasklane.publish import Publisher
+from tasklane.wire.routing import queue_name
+from tasklane_dev.sinks import SmtpSink
+from tests.support import eventually
+from tests.support.harness import BrokerEnv, WorkerProcess, cleanup
+from tests.support.rabbit_cluster import RabbitCluster
+
+pytestmark = pytest.mark.integration
+
+BEFORE = 500  # published before the kill
+AFTER = 500  # published from the moment of the kill on
+
+
+def email(n: int) -> dict[str, object]:
+    # The idempotency key lets a redelivered task find its first run's result instead of
+    # sending again: what duplicates remain are the ones the worker could not know about.
+    return {
+        "to": ["ops@example.com"],
+        "subject": f"n-{n}",
+        "text": "node loss",
+        "idempotency_key": f"node-loss-{n}",
+    }
+
+
+def test_killing_the_queue_leader_loses_no_confirmed_task(tmp_path: Path, redis_url: str) -> None:
+    namespace = f"t{uuid.uuid4().hex[:10]}."
+    arrivals: list[float] = []
+
+    def arrived(recipients: list[str]) -> None:
+        arrivals.append(time.monotonic())
+
+    with RabbitCluster(tmp_path / "cluster") as cluster, SmtpSink(before_data=arrived) as smtp_sink:
+        # Every client tries node 0 first, so node 0 leads the queues and holds the connections:
+        # killing it makes the workers and the publisher fail over as well.
+        broker = BrokerEnv("rabbitmq", ";".join(cluster.urls), redis_url, namespace)
+        settings = broker.settings.model_copy(update={"rabbitmq_queue_type": "quorum"})
+        env = {
+            **broker.env(),
+            "TASKLANE_RABBITMQ_QUEUE_TYPE": "quorum",
+            "TASKLANE_NOTIFIER_SMTP_PORT": str(smtp_sink.port),
+        }
+        worker = WorkerProcess("notifier", env, tmp_path / "worker.log", concurrency=2)
+        try:
+            worker.wait_ready(timeout=120)
+            queue = queue_name(SEND_EMAIL, namespace)
+            confirmed: list[int] = []
+            with Publisher(settings) as publisher:
+                for n in range(BEFORE):
+                    publisher.publish(SEND_EMAIL, email(n))
+                    confirmed.append(n)
+                leader = cluster.queue_leader(queue)
+                assert leader == 0
+                smtp_sink.wait_for(BEFORE // 5, timeout=120)  # mid-drain
+
+                killed_at = time.monotonic()
+                killer = threading.Thread(target=cluster.kill_node, args=(leader,))
+                killer.start()
+                # Publishing goes on through the kill: each call returns once a node confirmed.
+                for n in range(BEFORE, BEFORE + AFTER):
+                    publisher.publish(SEND_EMAIL, email(n))
+                    confirmed.append(n)
+                killer.join()
+
+            total = BEFORE + AFTER
+            eventually(
+                lambda: len({m.message["Subject"] for m in smtp_sink.messages}) >= total,
+                timeout=100,
+                interval=1.0,
+                message=lambda: (
+                    f"{total} distinct emails, not "
+                    f"{len({m.message['Subject'] for m in smtp_sink.messages})}\n"
+                    f"{worker.output()[-3000:]}"
+                ),
+            )
+            mails = smtp_sink.messages
+            subjects = Counter(m.message["Subject"] for m in mails)
+            # Deliveries stopped for the longest gap between two arrivals after the kill.
+            after = [killed_at] + sorted(t for t in arrivals if t > killed_at)
+            stopped = max(b - a for a, b in zip(after, after[1:], strict=False))
+            lost = [n for n in confirmed if subjects[f"n-{n}"] == 0]
+            twice = sum(1 for count in subjects.values() if count > 1)
+            print(
+                f"\nnode loss (RabbitMQ, 3 nodes, quorum): confirmed {len(confirmed)}, "
+                f"delivered once {sum(1 for c in subjects.values() if c == 1)}, more than once "
+                f"{twice}, lost {len(lost)}; deliveries stopped for {stopped:.1f} s at most"
+            )
+            assert lost == []
+            assert len(confirmed) == total
+
+            cluster.start_node(leader)
+            assert cluster.running_nodes() == [0, 1, 2]
+            cleanup(broker)
+        finally:
+            worker.stop()
