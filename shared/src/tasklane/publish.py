@@ -732,6 +732,8 @@ class Publisher:
             push(
                 self._connection.default_channel.client,  # type: ignore[attr-defined]
                 [m if isinstance(m, Envelope) else envelope(queue, m) for m in batch],
+                replicas=self.settings.redis_wait_replicas,
+                timeout=self.settings.publish_timeout,
             )
         else:
             # Every message of the batch sent, then the broker's acks of all awaited at once.

@@ -17,6 +17,7 @@ from pydantic import (
     AliasChoices,
     Field,
     IPvAnyAddress,
+    SecretStr,
     field_validator,
     model_validator,
 )
@@ -28,8 +29,10 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
     from pydantic_settings import SettingsError as SourceError
 
-BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp"})
-REDIS_SCHEMES = frozenset({"redis", "rediss"})
+BROKER_SCHEMES = frozenset({"redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp"})
+#: Redis, and Redis behind Sentinel: ``sentinel://host:26379/0;sentinel://host2:26379/0``.
+REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel"})
+SENTINEL_SCHEME = "sentinel"
 #: One rule for ``TASKLANE_NAMESPACE`` everywhere (the chart's values schema repeats it): empty,
 #: or words of a-z, 0-9 and ``-``, each ending in a dot.
 NAMESPACE_PATTERN = r"([a-z0-9][a-z0-9\-]*\.)*"
@@ -44,8 +47,13 @@ def _scheme(url: str) -> str:
 
 
 def is_redis_url(url: str | None) -> bool:
-    """Whether ``url`` points at Redis or Valkey."""
+    """Whether ``url`` points at Redis or Valkey (Sentinel-managed included)."""
     return url is not None and _scheme(url) in REDIS_SCHEMES
+
+
+def is_sentinel_url(url: str | None) -> bool:
+    """Whether ``url`` names Redis Sentinels rather than a Redis server."""
+    return url is not None and _scheme(url) == SENTINEL_SCHEME
 
 
 def known_timezone(value: str) -> str:
@@ -181,6 +189,30 @@ class Settings(BaseSettings):
         ),
     )
 
+    redis_sentinel_master: str = Field(
+        default="mymaster",
+        min_length=1,
+        description=(
+            "With sentinel:// URLs: the name the Sentinels monitor the Redis master under "
+            "(their 'sentinel monitor <name> ...')."
+        ),
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None,
+        description=(
+            "With sentinel:// URLs: the Sentinels' own password, when they require one "
+            "(the Redis servers' password goes in the URL)."
+        ),
+    )
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Redis only: a publish returns once this many replicas have its messages (WAIT), "
+            "so a failover to a replica cannot lose what a publisher was told was sent. 0: "
+            "once the master has them (Redis replicates asynchronously)."
+        ),
+    )
     rabbitmq_queue_type: Literal["quorum", "classic"] = Field(
         default="quorum",
         description=(
@@ -213,7 +245,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_redis(cls, value: str | None) -> str | None:
         if value is not None and _scheme(value) not in REDIS_SCHEMES:
-            raise ValueError(f"must be a redis:// or rediss:// URL, got {_scheme(value)!r}")
+            raise ValueError(
+                f"must be a redis://, rediss:// or sentinel:// URL, got {_scheme(value)!r}"
+            )
         return value
 
     @field_validator("namespace")

@@ -46,3 +46,22 @@ def test_a_message_due_within_the_second_goes_to_its_queue() -> None:
     assert delayed_route({"eta": now.isoformat()}, "q", now) is None
     assert delayed_route({"eta": None}, "q", now) is None
     assert delayed_route({}, "q", now) is None
+
+
+def test_sentinel_urls_configure_kombu_and_celery_for_the_named_master() -> None:
+    from tasklane.wire.config import SENTINEL_TRANSPORT, base_config
+
+    url = "sentinel://:pw@s-0:26379/0;sentinel://:pw@s-1:26379/0;sentinel://:pw@s-2:26379/0"
+    settings = Settings(
+        broker_url=url, redis_sentinel_master="tasklane", redis_sentinel_password="sentinel-pw"
+    )
+    assert settings.broker_is_redis and settings.result_backend == url
+    config = base_config(settings)
+    assert config["broker_transport"] == SENTINEL_TRANSPORT
+    expected = {
+        "master_name": "tasklane",
+        "sentinel_kwargs": {"socket_timeout": 5.0, "password": "sentinel-pw"},
+    }
+    assert config["result_backend_transport_options"] == expected
+    assert {k: config["broker_transport_options"][k] for k in expected} == expected
+    assert "pw" not in redacted(url).replace("**", "")

@@ -59,6 +59,7 @@ from tasklane.errors import TransientError
 from tasklane.net.guard import NetGuardPolicy
 from tasklane.publish import Publisher
 from tasklane.settings import load
+from tasklane.wire.broker import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ REPORT_TYPES = {"csv": "text/csv", "json": "application/json", "html": "text/htm
 # One of each per worker process, created lazily after the pool forks.
 @cache
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.require_state())
+    return redis_client(settings.require_state(), settings)
 
 
 @cache

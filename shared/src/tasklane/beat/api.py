@@ -45,6 +45,7 @@ from tasklane.errors import (
     UnknownContractError,
 )
 from tasklane.settings import Settings
+from tasklane.wire.broker import redis_client
 
 #: The environment variable holding the bearer token.
 TOKEN_ENV = "TASKLANE_SCHEDULE_API_TOKEN"
@@ -133,8 +134,9 @@ def create_api(schedules: Schedules, token: str) -> FastAPI:
         SettingsError: the token is shorter than :data:`MIN_TOKEN_CHARS`.
     """
     _check_token(token)
-    probe = redis.Redis.from_url(
+    probe = redis_client(
         schedules.settings.require_state(),
+        schedules.settings,
         socket_connect_timeout=HEALTH_TIMEOUT,
         socket_timeout=HEALTH_TIMEOUT,
     )

@@ -15,8 +15,6 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-import redis
-
 from tasklane.beat.errors import (
     ScheduleError,
     ScheduleInvalidError,
@@ -38,6 +36,7 @@ from tasklane.contracts import REGISTRY, ContractRegistry
 from tasklane.publish import Publisher, ResultReader
 from tasklane.settings import Settings, load_settings
 from tasklane.wire import headers
+from tasklane.wire.broker import redis_client
 
 
 class Schedules:
@@ -55,7 +54,7 @@ class Schedules:
         publisher: Publisher | None = None,
     ) -> None:
         self.settings = settings or load_settings()
-        self._client = redis.Redis.from_url(self.settings.require_state())
+        self._client = redis_client(self.settings.require_state(), self.settings)
         self.store = ScheduleStore(
             self._client, namespace=self.settings.namespace, registry=registry
         )

@@ -40,6 +40,7 @@ from tasklane.observability.tracing import start_tracing, stop_tracing
 from tasklane.publish import Publisher
 from tasklane.settings import Settings, load, load_settings
 from tasklane.wire import headers as wire_headers
+from tasklane.wire.broker import redis_client
 from tasklane.wire.config import base_config
 from tasklane.wire.protocol import TaskMessage
 
@@ -136,8 +137,9 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         self.settings = app.settings if isinstance(app, BeatApp) else load_settings()
         self.beat_settings = load(BeatSettings)
         # A black-holed Redis fails the tick (not ready) instead of hanging it (not live).
-        client = redis.Redis.from_url(
+        client = redis_client(
             self.settings.require_state(),
+            self.settings,
             socket_connect_timeout=REDIS_TIMEOUT,
             socket_timeout=REDIS_TIMEOUT,
         )

@@ -48,6 +48,7 @@ from tasklane.gateway.settings import GatewaySettings
 from tasklane.gateway.tokens import Caller, Tokens
 from tasklane.publish import Publisher, ResultReader
 from tasklane.settings import Settings
+from tasklane.wire.broker import async_redis_client
 from tasklane.wire.protocol import TaskMessage
 
 JSON = "application/json"
@@ -117,8 +118,9 @@ class Gateway:
         self._openapi = json.dumps(
             openapi_document(self.registry, max_batch=self.gateway.max_batch)
         ).encode()
-        self.redis = Redis.from_url(
+        self.redis = async_redis_client(
             self._state_url,
+            self.settings,
             decode_responses=True,
             socket_timeout=self.settings.publish_timeout,
             socket_connect_timeout=self.settings.publish_timeout,

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from kombu.connection import Connection
 
 if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
     from tasklane.settings import Settings
+
+#: Sentinel's default port, and how long a Sentinel may take to answer.
+SENTINEL_PORT = 26379
+SENTINEL_SOCKET_TIMEOUT = 5.0
 
 #: Redis has no native priorities; Kombu emulates them with one list per step ("queue:5").
 PRIORITY_STEPS = list(range(10))
@@ -38,9 +46,80 @@ def transport_options(
         }
         if visibility_timeout is not None:
             options["visibility_timeout"] = visibility_timeout
+        if settings.broker_url is not None and is_sentinel_url(settings.broker_url):
+            options.update(sentinel_options(settings))
         return options
     # RabbitMQ: confirms make a publish return only once the broker has the message.
     return {"confirm_publish": True}
+
+
+def is_sentinel_url(url: str) -> bool:
+    """Whether ``url`` names Redis Sentinels (``sentinel://``) rather than a server."""
+    return urlsplit(url).scheme.lower() == "sentinel"
+
+
+def sentinel_options(settings: Settings) -> dict[str, Any]:
+    """Kombu's and Celery's transport options for Redis behind Sentinel."""
+    password = settings.redis_sentinel_password
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": SENTINEL_SOCKET_TIMEOUT}
+    if password is not None:
+        sentinel_kwargs["password"] = password.get_secret_value()
+    return {"master_name": settings.redis_sentinel_master, "sentinel_kwargs": sentinel_kwargs}
+
+
+def redis_client(url: str, settings: Settings, **options: Any) -> redis.Redis:
+    """A redis-py client of ``url``: of the current master when ``url`` names Sentinels.
+
+    The master client asks the Sentinels again after a failover (redis-py's
+    ``SentinelConnectionPool``), so a long-lived client follows the promoted replica.
+    """
+    import redis
+    from redis.sentinel import Sentinel
+
+    if not is_sentinel_url(url):
+        return redis.Redis.from_url(url, **options)
+
+    nodes = [urlsplit(part) for part in broker_urls(url)]
+    first = nodes[0]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        [(node.hostname or "127.0.0.1", node.port or SENTINEL_PORT) for node in nodes],
+        sentinel_kwargs=sentinel_options(settings)["sentinel_kwargs"],
+        **options,
+    )
+    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        settings.redis_sentinel_master, db=_db(first), **_credentials(first), **options
+    )
+    return master
+
+
+def async_redis_client(url: str, settings: Settings, **options: Any) -> redis.asyncio.Redis:
+    """:func:`redis_client` for asyncio code."""
+    import redis.asyncio
+    from redis.asyncio.sentinel import Sentinel
+
+    if not is_sentinel_url(url):
+        return redis.asyncio.Redis.from_url(url, **options)
+    nodes = [urlsplit(part) for part in broker_urls(url)]
+    first = nodes[0]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        [(node.hostname or "127.0.0.1", node.port or SENTINEL_PORT) for node in nodes],
+        sentinel_kwargs=sentinel_options(settings)["sentinel_kwargs"],
+        **options,
+    )
+    connection: dict[str, Any] = {"db": _db(first), **_credentials(first), **options}
+    master: redis.asyncio.Redis = sentinel.master_for(settings.redis_sentinel_master, **connection)
+    return master
+
+
+def _db(node: SplitResult) -> int:
+    return int((node.path or "/0").strip("/") or 0)
+
+
+def _credentials(node: SplitResult) -> dict[str, str]:
+    credentials = {"password": unquote(node.password)} if node.password else {}
+    if node.username:
+        credentials["username"] = unquote(node.username)
+    return credentials
 
 
 def redis_queue_keys(queue: str) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tasklane.wire.broker import transport_options
+from tasklane.wire.broker import is_sentinel_url, sentinel_options, transport_options
 from tasklane.wire.routing import QueueOptions
 
 if TYPE_CHECKING:
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 #: Kombu's Redis transport with each popped envelope checked (tasklane.wire.redis_transport).
 REDIS_TRANSPORT = "tasklane.wire.redis_transport:Transport"
+SENTINEL_TRANSPORT = "tasklane.wire.redis_transport:SentinelTransport"
 
 #: The only serializer Tasklane writes or reads: tasks, results and events.
 JSON_ONLY: dict[str, Any] = {
@@ -37,7 +38,7 @@ def base_config(settings: Settings, *, visibility_timeout: float | None = None) 
     return {
         "broker_url": settings.require_broker(),
         # Redis: no message lost between its pop and its record, nor to an unreadable envelope.
-        **({"broker_transport": REDIS_TRANSPORT} if settings.broker_is_redis else {}),
+        **({"broker_transport": _redis_transport(settings)} if settings.broker_is_redis else {}),
         "broker_transport_options": transport_options(settings, visibility_timeout),
         "broker_connection_retry_on_startup": True,
         # A worker's remote-control queue is not exclusive to one connection: after a silent
@@ -52,9 +53,20 @@ def base_config(settings: Settings, *, visibility_timeout: float | None = None) 
         "control_queue_exclusive": False,
         "control_queue_durable": not QueueOptions.of(settings).quorum,
         "result_backend": settings.result_backend,
+        # Redis behind Sentinel: the master's name and the Sentinels' password.
+        **(
+            {"result_backend_transport_options": sentinel_options(settings)}
+            if settings.result_backend and is_sentinel_url(settings.result_backend)
+            else {}
+        ),
         "result_expires": settings.result_expires,
         "result_backend_always_retry": True,
         **JSON_ONLY,
         "timezone": settings.timezone,
         "enable_utc": True,
     }
+
+
+def _redis_transport(settings: Settings) -> str:
+    broker = settings.require_broker()
+    return SENTINEL_TRANSPORT if is_sentinel_url(broker) else REDIS_TRANSPORT

@@ -139,20 +139,41 @@ class EnvelopeWriter:
         return Envelope(self.key, data.encode())
 
 
-def push(client: Any, envelopes: Sequence[Envelope]) -> None:
+class NotReplicatedError(ConnectionError):
+    """Fewer replicas than asked acknowledged a push within the time given (``WAIT``).
+
+    A ``ConnectionError``: the publisher sends the batch again, as after an outage, so a task
+    may arrive twice (once per idempotency key at the worker).
+    """
+
+
+def push(
+    client: Any, envelopes: Sequence[Envelope], *, replicas: int = 0, timeout: float = 0.0
+) -> None:
     """``LPUSH`` the envelopes onto their lists in one round trip, in order.
 
     One ``LPUSH`` carries every consecutive envelope of one list: Redis pushes its values in
     order, so the first is the first a consumer's ``RPOP`` takes, as with one ``LPUSH`` each.
+    With ``replicas``, the same round trip ends with ``WAIT``: the push returns once that many
+    replicas have the envelopes, so a failover to one of them cannot lose them.
+
+    Raises:
+        NotReplicatedError: fewer replicas acknowledged within ``timeout`` seconds.
     """
     groups = [
         (key, [e.data for e in group]) for key, group in groupby(envelopes, attrgetter("key"))
     ]
-    if len(groups) == 1:
+    if len(groups) == 1 and not replicas:
         (key, values), *_ = groups
         client.lpush(key, *values)
         return
     with client.pipeline(transaction=False) as pipeline:
         for key, values in groups:
             pipeline.lpush(key, *values)
-        pipeline.execute()
+        if replicas:
+            pipeline.execute_command("WAIT", replicas, max(1, int(timeout * 1000)))
+        answers = pipeline.execute()
+    if replicas and int(answers[-1]) < replicas:
+        raise NotReplicatedError(
+            f"{answers[-1]} of {replicas} replicas acknowledged the push within {timeout:g}s"
+        )

@@ -306,3 +306,18 @@ class Transport(redis.Transport):
 
     def _deliver(self, message: Any, queue: str) -> None:
         super()._deliver(complete_envelope(message, queue), queue)  # type: ignore[no-untyped-call]
+
+
+class SentinelChannel(Channel, redis.SentinelChannel):
+    """:class:`Channel` on the Redis master the Sentinels name (``sentinel://`` broker URLs).
+
+    Kombu's Sentinel channel supplies the connections (the master asked of the Sentinels again
+    after a failover), this module's channel the claim of each message as it is read.
+    """
+
+
+class SentinelTransport(Transport):
+    """:class:`Transport` for Redis behind Sentinel."""
+
+    Channel = SentinelChannel
+    default_port = 26379  # type: ignore[assignment]

@@ -24,6 +24,7 @@ from tasklane.contracts.validation import problems_of
 from tasklane.errors import PayloadValidationError, PermanentError, TransientError
 from tasklane.observability.metrics import record_dead_letter
 from tasklane.settings import Settings
+from tasklane.wire.broker import redis_client
 from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
 from tasklane.wire.delayed import declare_delayed_delivery
 from tasklane.wire.headers import DEAD_LETTER_HEADERS, PREFIX
@@ -69,7 +70,7 @@ class ContractTask(Task):  # type: ignore[misc]
     @cached_property
     def idempotency(self) -> IdempotencyStore:
         """This process's idempotency store (created after the pool forks)."""
-        client = redis.Redis.from_url(self.settings.require_state())
+        client = redis_client(self.settings.require_state(), self.settings)
         return IdempotencyStore(
             client, namespace=self.settings.namespace, done_ttl=self.settings.idempotency_ttl
         )
