@@ -350,6 +350,36 @@ def test_rabbitmq_queue_type_reaches_every_tasklane_container(chart: Any) -> Non
         chart.validate_schema({"broker": {"rabbitmq": {"queueType": "mirrored"}}})
 
 
+def test_redis_behind_sentinel_reaches_containers_and_keda(chart: Any) -> None:
+    objects = _objects(chart, values_of("production-redis-sentinel-values"))
+    tasklane_envs = [
+        {e["name"]: e for e in container.get("env", [])}
+        for obj in objects
+        if obj["kind"] in ("Deployment", "Pod", "Job")
+        for container in _pod_spec(obj)["containers"]
+        if any(e["name"] == "TASKLANE_BROKER_URL" for e in container.get("env", []))
+    ]
+    assert tasklane_envs
+    for env in tasklane_envs:
+        assert env["TASKLANE_REDIS_SENTINEL_MASTER"]["value"] == "tasklane"
+        password = env["TASKLANE_REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert password == {"name": "tasklane-broker", "key": "sentinel-password"}
+    triggers = [t for o in objects if o["kind"] == "ScaledObject" for t in o["spec"]["triggers"]]
+    assert triggers and {t["type"] for t in triggers} == {"redis-sentinel"}
+    assert {t["metadata"]["sentinelMaster"] for t in triggers} == {"tasklane"}
+    (auth,) = [o for o in objects if o["kind"] == "TriggerAuthentication"]
+    assert {(r["parameter"], r["key"]) for r in auth["spec"]["secretTargetRef"]} == {
+        ("addresses", "sentinel-addresses"),
+        ("sentinelPassword", "sentinel-password"),
+        ("password", "redis-password"),
+    }
+    # Without a master name nothing changes: plain Redis.
+    plain = _objects(chart, values_of("production-redis-values"))
+    assert {
+        t["type"] for o in plain if o["kind"] == "ScaledObject" for t in o["spec"]["triggers"]
+    } == {"redis"}
+
+
 def test_a_pool_is_a_values_entry(chart: Any) -> None:
     values = {
         "workers": {
@@ -499,7 +529,13 @@ def test_scaled_objects_read_every_list_of_exactly_the_pools_queues(rendered: Re
         queues = [namespace + q for q in _queues_of(deployment)]
         if redis:
             expected = [key for q in queues for key in redis_queue_keys(q)]
-            assert [t["type"] for t in spec["triggers"]] == ["redis"] * len(expected)
+            # Behind Sentinel, KEDA asks the Sentinels for the master first.
+            kind = (
+                "redis-sentinel"
+                if rendered.merged["broker"]["redisSentinel"]["master"]
+                else "redis"
+            )
+            assert [t["type"] for t in spec["triggers"]] == [kind] * len(expected)
             assert [t["metadata"]["listName"] for t in spec["triggers"]] == expected
         else:
             assert [t["metadata"]["queueName"] for t in spec["triggers"]] == queues
@@ -522,7 +558,11 @@ def test_trigger_authentication_reads_a_secret(rendered: Rendered) -> None:
     for auth in rendered.kind("TriggerAuthentication"):
         refs = auth["spec"]["secretTargetRef"]
         assert refs and all(ref["name"] for ref in refs)
-        wanted = {"address"} if rendered.merged["broker"]["kind"] == "redis" else {"host"}
+        broker = rendered.merged["broker"]
+        if broker["kind"] != "redis":
+            wanted = {"host"}
+        else:
+            wanted = {"addresses"} if broker["redisSentinel"]["master"] else {"address"}
         assert wanted <= {ref["parameter"] for ref in refs}
 
 

@@ -213,6 +213,17 @@ Args: root, otelService (OTEL_SERVICE_NAME), metrics (bool).
 {{- end }}
 - name: TASKLANE_NAMESPACE
   value: {{ $root.Values.tasklane.namespace | quote }}
+{{- if and (eq $root.Values.broker.kind "redis") $root.Values.broker.redisSentinel.master }}
+- name: TASKLANE_REDIS_SENTINEL_MASTER
+  value: {{ $root.Values.broker.redisSentinel.master | quote }}
+{{- if $root.Values.broker.redisSentinel.passwordKey }}
+- name: TASKLANE_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tasklane.brokerSecretName" $root }}
+      key: {{ $root.Values.broker.redisSentinel.passwordKey }}
+{{- end }}
+{{- end }}
 {{- if eq $root.Values.broker.kind "rabbitmq" }}
 - name: TASKLANE_RABBITMQ_QUEUE_TYPE
   value: {{ $root.Values.broker.rabbitmq.queueType | quote }}
