@@ -55,7 +55,7 @@ from tasklane.settings import Settings
 from tasklane.wire.broker import redis_queue_keys
 from tasklane.wire.deadletter import DeadLetterQueue
 from tasklane.wire.queues import depths
-from tasklane.wire.routing import dlq_name, queue_name
+from tasklane.wire.routing import QueueOptions, dlq_name, queue_name
 from tasklane_dev.sinks import ReceivedMail, SmtpSink
 from tests.chaos.nodes import (
     RABBITMQ_SERVER,
@@ -640,7 +640,9 @@ class Lab:
             (depth,) = depths(conn, [dlq])
             if depth == self._dead[0]:
                 return self._dead[1]
-            letters = DeadLetterQueue(conn, dlq, self.namespace).peek(limit=depth + 100)
+            letters = DeadLetterQueue(
+                conn, dlq, self.namespace, QueueOptions.of(self.env.settings)
+            ).peek(limit=depth + 100)
         ids = {letter.task_id for letter in letters if letter.task_id}
         self._dead = (depth, ids)
         return ids

@@ -33,7 +33,7 @@ from tasklane.observability.exporter import read_queues
 from tasklane.publish import Publisher
 from tasklane.settings import Settings
 from tasklane.wire.broker import connect
-from tasklane.wire.routing import work_queue
+from tasklane.wire.routing import QueueOptions, work_queue
 from tests.deploy.conftest import RELEASE, render
 from tests.support import eventually
 
@@ -180,7 +180,7 @@ def held_unacked(settings: Settings, count: int) -> Iterator[None]:
     """Take ``count`` messages from notifier.email without acknowledging them, while inside."""
     with connect(settings) as connection:
         channel = connection.channel()
-        queue = work_queue(SEND_EMAIL, settings.namespace)(channel)
+        queue = work_queue(SEND_EMAIL, settings.namespace, QueueOptions.of(settings))(channel)
         taken = [queue.get(no_ack=False) for _ in range(count)]
         assert all(message is not None for message in taken)
         try:

@@ -20,7 +20,7 @@ from tasklane.contracts import REGISTRY, ContractRegistry
 from tasklane.settings import Settings, is_redis_url
 from tasklane.wire.deadletter import DeadLetter, DeadLetterQueue
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, TaskMessage
-from tasklane.wire.routing import dead_letter_exchange, dlq_name, queue_name
+from tasklane.wire.routing import QueueOptions, dead_letter_exchange, dlq_name, queue_name
 from tests.support import eventually
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -54,7 +54,9 @@ class BrokerEnv:
 def dead_letters(broker: BrokerEnv, queue: str) -> list[DeadLetter]:
     """The dead letters of a contract queue (``notifier.email``) in the broker's namespace."""
     with Connection(broker.broker_url) as conn:
-        return DeadLetterQueue(conn, dlq_name(broker.namespace + queue), broker.namespace).peek()
+        name = dlq_name(broker.namespace + queue)
+        options = QueueOptions.of(broker.settings)
+        return DeadLetterQueue(conn, name, broker.namespace, options).peek()
 
 
 def wait_for_dead_letters(
@@ -306,6 +308,7 @@ def dead_letter_email(settings: Settings, error: str, subject: str = "Hi") -> st
             Producer(connection.default_channel),
             queue=queue,
             namespace=settings.namespace,
+            options=QueueOptions.of(settings),
             body=message.body,
             content_type=CONTENT_TYPE,
             content_encoding=CONTENT_ENCODING,

@@ -15,7 +15,7 @@ from celery import Celery
 
 from tasklane.settings import load_settings
 from tasklane.wire.broker import transport_options
-from tasklane.wire.routing import work_queue
+from tasklane.wire.routing import QueueOptions, work_queue
 from tests.support.plain_contracts import PLAIN_ECHO
 
 settings = load_settings()
@@ -27,7 +27,7 @@ app.conf.update(
     accept_content=["json"],
     result_serializer="json",
     broker_transport_options=transport_options(settings),
-    task_queues=[work_queue(PLAIN_ECHO, settings.namespace)],
+    task_queues=[work_queue(PLAIN_ECHO, settings.namespace, QueueOptions.of(settings))],
     worker_prefetch_multiplier=1,
 )
 

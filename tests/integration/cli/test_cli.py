@@ -24,7 +24,13 @@ from tasklane.errors import PermanentError
 from tasklane.settings import Settings, load_settings
 from tasklane.wire.broker import connect
 from tasklane.wire.headers import REASON
-from tasklane.wire.routing import dead_letter_exchange, dlq_name, queue_name, work_queue
+from tasklane.wire.routing import (
+    QueueOptions,
+    dead_letter_exchange,
+    dlq_name,
+    queue_name,
+    work_queue,
+)
 from tests.support import eventually
 from tests.support.harness import dead_letter_email
 
@@ -119,7 +125,7 @@ def take_all(env: CliEnv, contract: TaskContract[Any, Any]) -> list[dict[str, An
     """Remove every message of a contract's work queue; their headers, oldest first."""
     taken: list[dict[str, Any]] = []
     with connect(env.settings) as connection, connection.channel() as channel:
-        queue = work_queue(contract, env.namespace).bind(channel)
+        queue = work_queue(contract, env.namespace, QueueOptions.of(env.settings)).bind(channel)
         while (message := queue.get(no_ack=True, accept=["json"])) is not None:
             taken.append(dict(message.headers))
     return taken
@@ -136,7 +142,9 @@ def answer_next_task(env: CliEnv, store: Callable[[Celery, str], None]) -> threa
     def work() -> None:
         results = Celery("test-results", backend=env.settings.result_backend, set_as_current=False)
         with connect(env.settings) as connection, connection.channel() as channel:
-            queue = work_queue(SEND_EMAIL, env.namespace).bind(channel)
+            queue = work_queue(SEND_EMAIL, env.namespace, QueueOptions.of(env.settings)).bind(
+                channel
+            )
             queue.declare()
             message = eventually(
                 lambda: queue.get(no_ack=True, accept=["json"]),

@@ -33,7 +33,7 @@ from tasklane.wire.deadletter import (
     send_to_dlq,
 )
 from tasklane.wire.protocol import encode_body, task_headers
-from tasklane.wire.routing import dlq_name, queue_name, work_queue
+from tasklane.wire.routing import QueueOptions, dlq_name, queue_name, work_queue
 from tasklane_dev.sinks import SmtpSink
 from tests.support.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
 
@@ -110,6 +110,7 @@ def write_dead_letter(broker: BrokerEnv, odd: Odd) -> str:
             Producer(connection.default_channel),
             queue=queue,
             namespace=broker.namespace,
+            options=QueueOptions.of(broker.settings),
             body=odd.body,
             content_type=odd.content_type,
             content_encoding=odd.content_encoding,
@@ -188,7 +189,7 @@ def test_dlq_commands_survive_odd_bodies(cli: BrokerEnv, tmp_path: Path) -> None
     assert f"replayed {len(odds)} dead letters" in replayed
     assert not marker.exists()
     with Connection(cli.broker_url) as connection, connection.channel() as channel:
-        queue = work_queue(SEND_EMAIL, cli.namespace).bind(channel)
+        queue = work_queue(SEND_EMAIL, cli.namespace, QueueOptions.of(cli.settings)).bind(channel)
         back: dict[str, tuple[bytes, str, str]] = {}
         while (message := queue.get(no_ack=True, accept=None)) is not None:
             body = message.body
@@ -313,7 +314,7 @@ def test_a_body_labelled_with_a_text_codec_is_read_back_byte_for_byte(
     task_id = write_dead_letter(broker, Odd(label, body, "application/json", label))
     name = dlq_name(queue_name(SEND_EMAIL, broker.namespace))
     with Connection(broker.broker_url) as connection:
-        dlq = DeadLetterQueue(connection, name, broker.namespace)
+        dlq = DeadLetterQueue(connection, name, broker.namespace, QueueOptions.of(broker.settings))
         [peeked] = [letter for letter in dlq.peek() if letter.task_id == task_id]
         assert peeked.body == body
         drained = []

@@ -27,7 +27,7 @@ from tasklane.settings import Settings
 from tasklane.wire.broker import connect, redis_queue_keys
 from tasklane.wire.deadletter import send_to_dlq
 from tasklane.wire.queues import queue_names
-from tasklane.wire.routing import queue_name, work_queue
+from tasklane.wire.routing import QueueOptions, queue_name, work_queue
 from tests.support import eventually
 from tests.support.harness import BrokerEnv, RedisServer
 
@@ -84,6 +84,7 @@ def test_depths_per_queue_and_kind(broker: BrokerEnv, email_queue: str) -> None:
             Producer(conn.default_channel),
             queue=email_queue,
             namespace=broker.namespace,
+            options=QueueOptions.of(broker.settings),
             body=b"[[], {}, {}]",
             content_type="application/json",
             content_encoding="utf-8",
@@ -115,7 +116,7 @@ def test_reserved_message_counts_as_unacked_on_redis_and_consumer_on_rabbitmq(
     with connect(broker.settings) as conn:
         consumer = Consumer(
             conn,
-            queues=[work_queue(SEND_EMAIL, broker.namespace)],
+            queues=[work_queue(SEND_EMAIL, broker.namespace, QueueOptions.of(broker.settings))],
             callbacks=[lambda _body, message: received.append(message)],  # never acked
             accept=["json"],
             no_ack=False,
@@ -154,7 +155,7 @@ def test_oldest_message_age(broker: BrokerEnv, email_queue: str) -> None:
             {"hello": "world"},
             exchange="",
             routing_key=im_queue,
-            declare=[work_queue(SEND_IM, broker.namespace)],
+            declare=[work_queue(SEND_IM, broker.namespace, QueueOptions.of(broker.settings))],
         )
 
     found = values(collect_once(broker.settings))

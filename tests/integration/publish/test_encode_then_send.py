@@ -12,7 +12,7 @@ from tasklane.errors import PayloadValidationError
 from tasklane.publish import Publisher
 from tasklane.wire.broker import connect
 from tasklane.wire.protocol import TaskMessage
-from tasklane.wire.routing import work_queue
+from tasklane.wire.routing import QueueOptions, work_queue
 from tasklane_dev.sinks import SmtpSink
 from tests.support import eventually
 from tests.support.harness import BrokerEnv
@@ -26,7 +26,9 @@ def taken_ids(broker: BrokerEnv, count: int) -> list[str]:
     """The task ids of the first ``count`` emails waiting in the namespace's queue, taken."""
     ids = []
     with connect(broker.settings) as connection:
-        queue = connection.SimpleQueue(work_queue(SEND_EMAIL, broker.namespace))
+        queue = connection.SimpleQueue(
+            work_queue(SEND_EMAIL, broker.namespace, QueueOptions.of(broker.settings))
+        )
         try:
             for _ in range(count):
                 message = queue.get(timeout=10)

@@ -24,7 +24,8 @@ from tests.support import eventually
 from tests.support.harness import BrokerEnv, WorkerProcess, cleanup
 from tests.support.rabbit_cluster import RabbitCluster
 
-pytestmark = pytest.mark.integration
+# Three broker nodes start, die and start again beside the rest of the suite: minutes, not seconds.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 BEFORE = 500  # published before the kill
 AFTER = 500  # published from the moment of the kill on
@@ -83,7 +84,7 @@ def test_killing_the_queue_leader_loses_no_confirmed_task(tmp_path: Path, redis_
             total = BEFORE + AFTER
             eventually(
                 lambda: len({m.message["Subject"] for m in smtp_sink.messages}) >= total,
-                timeout=100,
+                timeout=300,
                 interval=1.0,
                 message=lambda: (
                     f"{total} distinct emails, not "

@@ -16,7 +16,7 @@ from tasklane.errors import TaskFailedError
 from tasklane.publish import Publisher
 from tasklane.wire.deadletter import DeadLetter, DeadLetterQueue
 from tasklane.wire.protocol import encode_body, task_headers
-from tasklane.wire.routing import dead_letter_queue, dlq_name, work_queue
+from tasklane.wire.routing import QueueOptions, dead_letter_queue, dlq_name, work_queue
 from tasklane_dev.sinks import SmtpSink
 from tests.support import eventually
 from tests.support.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
@@ -163,8 +163,8 @@ def test_rabbitmq_dead_letters_natively_what_the_broker_rejects(
     with Connection(broker.broker_url) as conn:
         # The queues as every Tasklane process declares them; no worker consumes here.
         for declared in (
-            work_queue(SEND_EMAIL, broker.namespace),
-            dead_letter_queue(SEND_EMAIL, broker.namespace),
+            work_queue(SEND_EMAIL, broker.namespace, QueueOptions.of(broker.settings)),
+            dead_letter_queue(SEND_EMAIL, broker.namespace, QueueOptions.of(broker.settings)),
         ):
             declared.bind(conn.default_channel).declare()
         Producer(conn.default_channel).publish(
@@ -181,7 +181,9 @@ def test_rabbitmq_dead_letters_natively_what_the_broker_rejects(
         with Connection(broker.broker_url) as conn:
             return [
                 letter
-                for letter in DeadLetterQueue(conn, dlq_name(queue), broker.namespace).peek()
+                for letter in DeadLetterQueue(
+                    conn, dlq_name(queue), broker.namespace, QueueOptions.of(broker.settings)
+                ).peek()
                 if letter.task_id == "expired-1"
             ]
 

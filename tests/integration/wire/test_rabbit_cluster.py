@@ -19,7 +19,8 @@ from kombu.messaging import Producer
 from tests.support import eventually
 from tests.support.rabbit_cluster import RabbitCluster
 
-pytestmark = pytest.mark.integration
+# Three broker nodes start, die and start again beside the rest of the suite: minutes, not seconds.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 MESSAGES = 100
 

@@ -25,7 +25,7 @@ from tasklane.wire.protocol import (
     task_message,
 )
 from tasklane.wire.redis_envelope import EnvelopeWriter, envelope
-from tasklane.wire.routing import MAX_PRIORITY, queue_name, work_queue
+from tasklane.wire.routing import MAX_PRIORITY, QueueOptions, queue_name, work_queue
 from tests.support.harness import BrokerEnv, WorkerProcess, cleanup, publish_through_kombu
 from tests.support.plain_contracts import PLAIN_ECHO, EchoPayload
 
@@ -48,7 +48,9 @@ def _pushed(broker: BrokerEnv, queue: str) -> list[tuple[str, dict[str, Any]]]:
 def _kombu_pushed(broker: BrokerEnv, queue: str, message: TaskMessage) -> tuple[str, Any]:
     """What Kombu's ``Producer.publish`` pushes for ``message``, as Tasklane sent it before."""
     with connect(broker.settings) as connection:
-        work_queue(PLAIN_ECHO, broker.namespace).bind(connection.default_channel).declare()
+        work_queue(PLAIN_ECHO, broker.namespace, QueueOptions.of(broker.settings)).bind(
+            connection.default_channel
+        ).declare()
         publish_through_kombu(connection, message, queue)
     ((key, raw),) = _pushed(broker, queue)
     redis.Redis.from_url(broker.broker_url).delete(*redis_queue_keys(queue))

@@ -26,7 +26,8 @@ from tests.support import eventually
 from tests.support.harness import WorkerProcess
 from tests.support.sentinel import SentinelGroup
 
-pytestmark = pytest.mark.integration
+# Three broker nodes start, die and start again beside the rest of the suite: minutes, not seconds.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 BEFORE = 300  # published before the kill
 AFTER = 300  # published from the moment of the kill on

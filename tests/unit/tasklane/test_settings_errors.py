@@ -55,6 +55,7 @@ BAD_VALUES: dict[tuple[type[BaseSettings], str], str] = {
     (Settings, "namespace"): "Bad Name",
     (Settings, "timezone"): "Mars/Olympus",
     (Settings, "metrics_address"): "every-interface",
+    (Settings, "redis_sentinel_master"): "",
     (FlowerSettings, "basic_auth"): "admin:short-pw",
     (FlowerSettings, "url_prefix"): "no spaces here",
     (NotifierSettings, "templates_dir"): "/nonexistent/templates",
@@ -67,6 +68,7 @@ BAD_VALUES: dict[tuple[type[BaseSettings], str], str] = {
 #: Fields that take any string: no value is invalid.
 ANY_VALUE = {
     (Settings, "artifacts_url"),  # checked where artifacts are stored (require_artifacts)
+    (Settings, "redis_sentinel_password"),
     (FlowerSettings, "address"),
     (BeatSettings, "schedule_file"),  # a missing file is reported by Beat when it reads it
     (NotifierSettings, "smtp_host"),

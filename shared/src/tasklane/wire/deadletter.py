@@ -40,6 +40,11 @@ from tasklane.wire.routing import (
 
 MAX_ERROR_CHARS = 2000
 
+#: Longest wait for a quorum DLQ to take back the letters a peek handed back.
+SETTLE_SECONDS = 5.0
+#: Most letters a peek of a quorum DLQ reads to put them in the order they failed.
+QUORUM_PEEK_CAP = 10_000
+
 
 def _refuse_constant(name: str) -> Any:
     # Python's json reads NaN and Infinity, which JSON (RFC 8259) does not have: such a body is
@@ -244,6 +249,15 @@ def _from_message(queue: str, message: Any) -> DeadLetter:
     )
 
 
+def _x_death_time(headers: dict[str, Any]) -> str:
+    """When RabbitMQ dead-lettered a message itself (ISO 8601, UTC), from ``x-death``."""
+    deaths = headers.get("x-death") or []
+    when = deaths[0].get("time") if deaths and isinstance(deaths[0], dict) else None
+    if isinstance(when, datetime):
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+    return ""
+
+
 def _x_death(headers: dict[str, Any]) -> str:
     # RabbitMQ's native dead-lettering records why in x-death; show it when Tasklane wrote nothing.
     deaths = headers.get("x-death") or []
@@ -299,14 +313,30 @@ class DeadLetterQueue:
                 ]
             queue = self._queue().bind(channel)
             queue.declare()
+            waiting = queue.queue_declare(passive=True).message_count
+            # A quorum queue puts a letter handed back behind the others, so its order is that
+            # of earlier reads, not of failures: read them all (up to a cap) and sort by when
+            # each failed. A classic queue keeps its order: the first ``limit`` are the oldest.
+            wanted = min(max(waiting, limit), QUORUM_PEEK_CAP) if self.options.quorum else limit
             letters: list[DeadLetter] = []
-            while len(letters) < limit:
+            while len(letters) < wanted:
                 message = queue.get(no_ack=False, accept=None)
                 if message is None:
                     break
                 letters.append(_from_message(self.name, message))
-            # RabbitMQ puts unacknowledged messages back in their place when the channel closes.
-            return letters
+        if self.options.quorum and letters:
+            # Handed back when the channel closed; a moment later on a quorum queue.
+            self._settle(waiting)
+            letters.sort(key=lambda letter: letter.failed_at or _x_death_time(letter.headers))
+        return letters[:limit]
+
+    def _settle(self, waiting: int) -> None:
+        """Until the queue holds ``waiting`` messages again (every peeked one back), 5 s at most."""
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while depths(self.connection, [self.name])[0] < waiting:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
 
     def drain(self, limit: int | None = None) -> Iterator[tuple[DeadLetter, Any]]:
         """Take dead letters one by one; the caller acks each message it has handled."""
