@@ -2,9 +2,11 @@
 master killed while a worker drains and a publisher keeps publishing.
 
 Redis replicates asynchronously: what the master took in its last moments may never have
-reached the replica that is promoted. The test counts that at an independent sink (the SMTP
-server the notifier delivers to) and asserts what must hold anyway: every task published after
-the failover is delivered, and the worker and the long-lived publisher follow the new master.
+reached the replica that is promoted. The test counts at an independent sink (the SMTP server the
+notifier delivers to) and asserts what must hold anyway: every task published after the kill is
+delivered, and the worker and the long-lived publisher follow the new master. What was published
+before and has not arrived is reported, not asserted: it may be lost, or wait in the new master's
+unacknowledged set for the visibility timeout.
 Figures are printed (``-s``) and written down in docs/reliability.md#losing-a-broker-node.
 """
 
@@ -116,11 +118,10 @@ def test_a_master_killed_mid_drain_is_followed_by_workers_and_publisher(
             # The result backend follows the new master too.
             assert after_kill[-1].get(timeout=60).accepted == ["ops@example.com"]
             subjects = Counter(m.message["Subject"] for m in smtp_sink.messages)
+            # Not (yet) delivered: lost in the replication window, or claimed by the worker on the
+            # old master and waiting in the new one's unacknowledged set for the visibility
+            # timeout (705 s); this test does not wait that long, so it reports them.
             lost = [n for n in range(BEFORE) if subjects[f"n-{n}"] == 0]
-            if replicas:
-                # Every publish returned only once the replica had it, and that replica is the
-                # new master: nothing a publisher was told was sent is gone.
-                assert lost == []
             twice = sum(1 for count in subjects.values() if count > 1)
             after = [killed_at] + sorted(t for t in arrivals if t > killed_at)
             stopped = max(b - a for a, b in zip(after, after[1:], strict=False))
@@ -128,8 +129,8 @@ def test_a_master_killed_mid_drain_is_followed_by_workers_and_publisher(
                 f"\nfailover (Redis, master + replica + 3 sentinels, WAIT {replicas}): published "
                 f"{len(handles) + len(after_kill)}, delivered once "
                 f"{sum(1 for c in subjects.values() if c == 1)}, more than once {twice}, "
-                f"lost {len(lost)} (all published before the kill); deliveries stopped for "
-                f"{stopped:.1f} s at most"
+                f"not delivered {len(lost)} (all published before the kill); deliveries stopped "
+                f"for {stopped:.1f} s at most"
             )
         finally:
             worker.stop()
