@@ -78,18 +78,12 @@ def redis_client(url: str, settings: Settings, **options: Any) -> redis.Redis:
 
     if not is_sentinel_url(url):
         return redis.Redis.from_url(url, **options)
-
-    nodes = [urlsplit(part) for part in broker_urls(url)]
-    first = nodes[0]
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        [(node.hostname or "127.0.0.1", node.port or SENTINEL_PORT) for node in nodes],
-        sentinel_kwargs=sentinel_options(settings)["sentinel_kwargs"],
-        **options,
+    sentinels, master = _sentinel_arguments(url, settings, options)
+    sentinel = Sentinel(sentinels, **options)  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        settings.redis_sentinel_master, **master
     )
-    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        settings.redis_sentinel_master, db=_db(first), **_credentials(first), **options
-    )
-    return master
+    return client
 
 
 def async_redis_client(url: str, settings: Settings, **options: Any) -> redis.asyncio.Redis:
@@ -99,16 +93,24 @@ def async_redis_client(url: str, settings: Settings, **options: Any) -> redis.as
 
     if not is_sentinel_url(url):
         return redis.asyncio.Redis.from_url(url, **options)
+    sentinels, master = _sentinel_arguments(url, settings, options)
+    sentinel = Sentinel(sentinels, **options)  # type: ignore[no-untyped-call]
+    client: redis.asyncio.Redis = sentinel.master_for(settings.redis_sentinel_master, **master)
+    return client
+
+
+def _sentinel_arguments(
+    url: str, settings: Settings, options: dict[str, Any]
+) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The Sentinels' addresses (their own options added to ``options``), and the master's
+    connection arguments: database and credentials from the first URL, as Kombu reads them."""
     nodes = [urlsplit(part) for part in broker_urls(url)]
+    options["sentinel_kwargs"] = sentinel_options(settings)["sentinel_kwargs"]
+    sentinels = [(node.hostname or "127.0.0.1", node.port or SENTINEL_PORT) for node in nodes]
     first = nodes[0]
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        [(node.hostname or "127.0.0.1", node.port or SENTINEL_PORT) for node in nodes],
-        sentinel_kwargs=sentinel_options(settings)["sentinel_kwargs"],
-        **options,
-    )
-    connection: dict[str, Any] = {"db": _db(first), **_credentials(first), **options}
-    master: redis.asyncio.Redis = sentinel.master_for(settings.redis_sentinel_master, **connection)
-    return master
+    master = {"db": _db(first), **_credentials(first)}
+    master.update({k: v for k, v in options.items() if k != "sentinel_kwargs"})
+    return sentinels, master
 
 
 def _db(node: SplitResult) -> int:
