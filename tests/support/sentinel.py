@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,9 +106,9 @@ class _Node:
 class SentinelGroup:
     """A Redis master, one replica and three Sentinels watching them, on free ports.
 
-    Sentinels run with quorum 2, ``down-after-milliseconds 1000`` and ``failover-timeout 5000``,
-    so a killed master is replaced within seconds. Use it as a context manager: ``close`` kills
-    every process it started, whatever the test did.
+    Sentinels run with quorum 2, ``down-after-milliseconds`` 1000 (``down_after_ms``) and
+    ``failover-timeout 5000``, so a killed master is replaced within seconds. Use it as a
+    context manager: ``close`` kills every process it started, whatever the test did.
 
     Args:
         directory: a temporary directory; each process gets a subdirectory (config, log, and
@@ -118,6 +119,9 @@ class SentinelGroup:
         sentinel_password: the Sentinels' own ``requirepass``; ``None`` for none.
         appendonly: keep an append-only file (fsync every second), so a restarted server holds
             what it held; by default servers keep nothing.
+        down_after_ms: how long a server must not answer before a Sentinel calls it down. A
+            replica whose link to the master has been down for over ten times this is never
+            promoted.
     """
 
     #: The number of Sentinels that must agree that the master is down.
@@ -137,6 +141,7 @@ class SentinelGroup:
         password: str | None = None,
         sentinel_password: str | None = None,
         appendonly: bool = False,
+        down_after_ms: int = 1000,
     ) -> None:
         from tasklane_dev.sinks import free_port
 
@@ -145,6 +150,7 @@ class SentinelGroup:
         self.password = password
         self.sentinel_password = sentinel_password
         self.appendonly = appendonly
+        self.down_after_ms = down_after_ms
         master_port, replica_port = free_port(), free_port()
         self._servers = {
             master_port: self._server(master_port, "master", replica_of=None),
@@ -188,7 +194,7 @@ class SentinelGroup:
             f"dir {_conf_string(str(directory))}",
             f"logfile {_conf_string(str(directory / 'redis.log'))}",
             f"sentinel monitor {name} {HOST} {master_port} {self.quorum}",
-            f"sentinel down-after-milliseconds {name} 1000",
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
             f"sentinel failover-timeout {name} 5000",
             f"sentinel parallel-syncs {name} 1",
         ]
@@ -447,3 +453,23 @@ class SentinelGroup:
             interval=0.2,
             message=lambda: f"{address} to be a connected replica of {master}\n" + self._describe(),
         )
+
+    def cut_off(self, replica: Address) -> None:
+        """Break ``replica``'s link to its master and keep it broken (a wrong ``masterauth``):
+        whatever the master writes from now on exists there only, the replication window held
+        open. A stopped process would not do: the kernel still takes in what the master sends.
+        """
+        with self.server_client(replica) as client:
+            client.config_set("masterauth", "cut-off-" + uuid.uuid4().hex)
+            client.execute_command("CLIENT", "KILL", "TYPE", "master")
+        eventually(
+            lambda: (role := self._role(replica)) is not None and role[3] != "connected",
+            timeout=self.node_timeout,
+            interval=0.1,
+            message=lambda: f"{replica} to lose its master link\n" + self._describe(),
+        )
+
+    def reconnect(self, replica: Address) -> None:
+        """Give a server :meth:`cut_off` cut off its ``masterauth`` back."""
+        with self.server_client(replica) as client:
+            client.config_set("masterauth", self.password or "")

@@ -209,8 +209,9 @@ class Settings(BaseSettings):
         ge=0,
         description=(
             "Redis only: a publish returns once this many replicas have its messages (WAIT), "
-            "so a failover to a replica cannot lose what a publisher was told was sent. 0: "
-            "once the master has them (Redis replicates asynchronously)."
+            "so a failover to a replica cannot lose what a publisher was told was sent, and Beat "
+            "fires a slot once this many replicas have its claim. 0: once the master has them "
+            "(Redis replicates asynchronously)."
         ),
     )
     rabbitmq_queue_type: Literal["quorum", "classic"] = Field(

@@ -32,7 +32,12 @@ from tasklane.beat.models import (
     slots_between,
 )
 from tasklane.beat.sources import entries_from_beat_schedule, entries_from_file, one_line
-from tasklane.beat.store import BeatStatus, ScheduleStore, process_name
+from tasklane.beat.store import (
+    BeatStatus,
+    ClaimsNotReplicatedError,
+    ScheduleStore,
+    process_name,
+)
 from tasklane.errors import BrokerUnavailableError, TasklaneError
 from tasklane.observability.health import BeatHealth
 from tasklane.observability.metrics import serve_endpoints
@@ -123,6 +128,8 @@ REDIS_TIMEOUT = 5.0
 FIRE_BUDGET = 0.05
 #: Due slots claimed, published and recorded together: a round trip for each step, not per slot.
 FIRE_BATCH = 100
+#: Seconds a claim waits for replicas (TASKLANE_REDIS_WAIT_REPLICAS): within REDIS_TIMEOUT.
+CLAIM_REPLICA_WAIT = 2.0
 
 
 class _LockLost(Exception):
@@ -151,6 +158,10 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         self.index = EntryIndex(self.store)
         self._logged: dict[str, str] = {}  # the problem last logged, by entry
         self._renewed = 0.0  # monotonic time the lock was last renewed
+        # Slots claimed (or being claimed) whose claim Redis has not confirmed: no answer came
+        # back, or too few replicas have it. Not published; claimed again on the next tick.
+        self._unconfirmed: dict[str, datetime] = {}
+        self._replicas_behind: str | None = None  # why the last claims wait for replicas
         self._closed = False
         # The schedule file's (mtime, size) last synced; "none" once no file set was synced.
         self._file_stamp: tuple[float, int] | str | None = None
@@ -302,6 +313,8 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
     def _role(self) -> str:
         if self._unreachable is not None:
             return f"Redis unreachable: {self._unreachable}"
+        if self.holds_lock and self._replicas_behind is not None:
+            return f"active: holds the lock; claims wait for replicas: {self._replicas_behind}"
         if self.holds_lock:
             return "active: holds the lock"
         return "standby: connected, another Beat holds the lock"
@@ -315,8 +328,11 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         what fires, not how many entries there are. 0 when the budget ran out with slots left.
         """
         deadline = time.monotonic() + FIRE_BUDGET
+        if self._unconfirmed and not self._fire([], now):
+            return self._poll_interval()
         while slots := self._take_due(now, deadline):
-            self._fire(slots, now)
+            if not self._fire(slots, now):
+                return self._poll_interval()
             if time.monotonic() >= deadline:
                 return 0.0
         upcoming = self.index.next_due()
@@ -341,9 +357,37 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
                 slots.append((name, slot))
         return slots
 
-    def _fire(self, slots: list[tuple[str, datetime]], now: datetime) -> None:
-        """Claim the slots, publish those claimed, record them in each entry's run history."""
-        claims = self.store.claim_many(slots, now)
+    def _fire(self, slots: list[tuple[str, datetime]], now: datetime) -> bool:
+        """Claim the slots, publish those claimed, record them in each entry's run history.
+
+        Claims left unconfirmed by an earlier tick go again with these (the store hands a slot
+        back to the Beat that claimed it); a later slot of the same entry replaces one.
+        False when the claims wait for replicas: nothing was published.
+        """
+        pending = {n: s for n, s in self._unconfirmed.items() if n in self.index.entries}
+        for name, slot in slots:
+            if name not in pending or slot > pending[name]:
+                pending[name] = slot
+        slots = list(pending.items())
+        # Until Redis answers: a claim cut off on the way is claimed again next tick.
+        self._unconfirmed = dict(slots)
+        if not slots:
+            return True
+        try:
+            claims = self.store.claim_many(
+                slots,
+                now,
+                claimer=self.process,
+                replicas=self.settings.redis_wait_replicas,
+                timeout=min(CLAIM_REPLICA_WAIT, self.beat_settings.lock_ttl / 4),
+            )
+        except ClaimsNotReplicatedError as exc:
+            self._wait_for_replicas(slots, now, exc)
+            return False
+        self._unconfirmed.clear()
+        if self._replicas_behind is not None:
+            logger.warning("beat %s: the replicas have the claims again", self.process)
+            self._replicas_behind = None
         # Another Beat fired these slots or later ones (its lock ran out under it): learn what.
         taken = [name for (name, _), claimed in zip(slots, claims, strict=True) if not claimed]
         for name, state in self.store.states(taken).items():
@@ -363,6 +407,25 @@ class TasklaneScheduler(Scheduler):  # type: ignore[misc]
         for entry, _ in fired:
             if isinstance(entry.schedule, ClockedSchedule):
                 self.store.set_enabled(entry.name, False)  # a one-off is done
+        return True
+
+    def _wait_for_replicas(
+        self, slots: list[tuple[str, datetime]], now: datetime, exc: ClaimsNotReplicatedError
+    ) -> None:
+        """The claims are on the master only: publish nothing, claim them again next tick.
+
+        A failover now could forget them and fire the slots a second time.
+        """
+        for name, slot in slots:
+            # Not due again: the retry of the claim fires it.
+            claimed = self.index.states[name].model_copy(update={"last_slot": slot})
+            self.index.set_state(name, claimed, now)
+        problem = one_line(exc)
+        if self._replicas_behind is None:
+            logger.error(
+                "beat %s: %s; not firing them until the replicas have them", self.process, problem
+            )
+        self._replicas_behind = problem
 
     def _publish(self, fired: list[tuple[ScheduleEntry, datetime]]) -> list[tuple[str, Firing]]:
         """Publish claimed slots, a pipeline per task; the firings the broker took.

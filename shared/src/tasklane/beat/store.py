@@ -35,11 +35,20 @@ from tasklane.beat.models import (
 from tasklane.contracts import REGISTRY, ContractRegistry
 from tasklane.errors import TasklaneError
 
-# KEYS: state — ARGV: slot (epoch µs), now iso, slot iso. Returns 1 when this call claimed it.
+# KEYS: state — ARGV: slot (epoch µs), now iso, slot iso, claimer. Returns 1 when the slot is
+# the claimer's: claimed by this call, or by the same claimer before (a claim whose answer or
+# replication it never saw; written again, so a WAIT after it covers it). No claimer: never again.
 _CLAIM = """
 local last = tonumber(redis.call('HGET', KEYS[1], 'last_slot_us') or '-1')
-if tonumber(ARGV[1]) <= last then return 0 end
-redis.call('HSET', KEYS[1], 'last_slot_us', ARGV[1], 'last_slot', ARGV[3], 'last_run_at', ARGV[2])
+local slot = tonumber(ARGV[1])
+if slot < last then return 0 end
+if slot == last then
+  if ARGV[4] == '' or redis.call('HGET', KEYS[1], 'claimed_by') ~= ARGV[4] then return 0 end
+  redis.call('HSET', KEYS[1], 'claimed_by', ARGV[4])
+  return 1
+end
+redis.call('HSET', KEYS[1], 'last_slot_us', ARGV[1], 'last_slot', ARGV[3], 'last_run_at', ARGV[2],
+  'claimed_by', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'total_run_count', 1)
 return 1
 """
@@ -50,6 +59,7 @@ _PASS = """
 local last = tonumber(redis.call('HGET', KEYS[1], 'last_slot_us') or '-1')
 if tonumber(ARGV[1]) <= last then return 0 end
 redis.call('HSET', KEYS[1], 'last_slot_us', ARGV[1], 'last_slot', ARGV[2])
+redis.call('HDEL', KEYS[1], 'claimed_by')
 return 1
 """
 
@@ -95,6 +105,14 @@ HISTORY_LENGTH = 50
 CHANGE_FEED_LENGTH = 20_000
 AUDIT_PER_ENTRY = 200
 AUDIT_LENGTH = 10_000
+
+
+class ClaimsNotReplicatedError(redis.ConnectionError):
+    """The master took the claims, but fewer replicas than asked have them yet (``WAIT``).
+
+    A failover now could forget them, so the slots must not fire yet; the claimer claims
+    them again on its next tick (see :meth:`ScheduleStore.claim_many`).
+    """
 
 
 class BeatStatus(BaseModel):
@@ -349,25 +367,51 @@ class ScheduleStore:
         states = self.states([entry.name for entry in entries])
         return [self._view(entry, moment, states[entry.name]) for entry in entries]
 
-    def claim(self, name: str, slot: datetime, now: datetime) -> bool:
-        """Record that ``slot`` fires now; False if it (or a later one) fired already."""
-        micros = int(slot.timestamp() * 1_000_000)
-        claimed = self._claim(
-            keys=[self._state_key(name)], args=[micros, now.isoformat(), slot.isoformat()]
-        )
-        return bool(claimed)
+    def claim(self, name: str, slot: datetime, now: datetime, claimer: str = "") -> bool:
+        """Record that ``slot`` fires now; False if it (or a later one) fired already.
 
-    def claim_many(self, slots: Sequence[tuple[str, datetime]], now: datetime) -> list[bool]:
-        """:meth:`claim` each ``(name, slot)``, in one round trip; whether each was claimed."""
+        A ``claimer`` gets True again for a slot it claimed itself (see :meth:`claim_many`);
+        without one, a slot is claimed once.
+        """
+        return self.claim_many([(name, slot)], now, claimer=claimer)[0]
+
+    def claim_many(
+        self,
+        slots: Sequence[tuple[str, datetime]],
+        now: datetime,
+        *,
+        claimer: str = "",
+        replicas: int = 0,
+        timeout: float = 1.0,
+    ) -> list[bool]:
+        """:meth:`claim` each ``(name, slot)``, in one round trip; whether each is ``claimer``'s.
+
+        A claim that was written but whose answer never came back (Redis went away) can be
+        made again by the same ``claimer``: True again, never a second run counted.
+        With ``replicas``, the round trip ends with ``WAIT``: the claims hold once that many
+        replicas have them, so a failover to a replica cannot forget them and fire the slots
+        again.
+
+        Raises:
+            ClaimsNotReplicatedError: fewer replicas acknowledged within ``timeout`` seconds.
+        """
         with self._client.pipeline(transaction=False) as pipe:
             for name, slot in slots:
                 micros = int(slot.timestamp() * 1_000_000)
                 self._claim(
                     keys=[self._state_key(name)],
-                    args=[micros, now.isoformat(), slot.isoformat()],
+                    args=[micros, now.isoformat(), slot.isoformat(), claimer],
                     client=pipe,
                 )
-            return [bool(claimed) for claimed in pipe.execute()]
+            if replicas:
+                pipe.wait(replicas, max(1, int(timeout * 1000)))
+            answers = pipe.execute()
+        if replicas and int(answers[-1]) < replicas:
+            raise ClaimsNotReplicatedError(
+                f"{answers[-1]} of {replicas} replicas acknowledged {len(slots)} claimed "
+                f"slots within {timeout:g}s"
+            )
+        return [bool(claimed) for claimed in answers[: len(slots)]]
 
     def record_firings(self, firings: Sequence[tuple[str, Firing]]) -> None:
         """:meth:`record_firing` each ``(name, firing)``, in one round trip."""
