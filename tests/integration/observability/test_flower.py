@@ -43,7 +43,7 @@ class Flower:
         }
         # The worker harness serves: a Popen in a new session that stop() ends by process group.
         self.process = WorkerProcess.from_command([TASKLANE, "flower"], env, log)
-        eventually(self._answers, timeout=15, interval=0.2, message=f"Flower on port {self.port}")
+        eventually(self._answers, timeout=60, interval=0.2, message=f"Flower on port {self.port}")
 
     def _answers(self) -> bool:
         if self.process.process.poll() is not None:

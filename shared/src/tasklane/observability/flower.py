@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import re
 import sys
+from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
+from celery.app.amqp import AMQP
+from kombu.connection import Connection
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasklane.contracts import REGISTRY
 from tasklane.settings import Settings, load_settings
-from tasklane.wire.config import base_config
+from tasklane.wire.config import REDIS_TRANSPORT, SENTINEL_TRANSPORT, base_config
 from tasklane.wire.routing import QueueOptions, dead_letter_queues, task_routes, work_queues
 
 MIN_PASSWORD_LENGTH = 12
@@ -107,16 +111,53 @@ def flower_command(settings: Settings, flower_settings: FlowerSettings) -> list[
     return argv
 
 
+class _SchemeConnection(Connection):
+    """A broker connection whose URL (``as_uri``) starts with the broker URL's own scheme.
+
+    Kombu puts the transport there, and Tasklane's Redis transports are named by import path
+    (``tasklane.wire.redis_transport:SentinelTransport://...``). Flower picks the client that
+    reads queue lengths for its broker tab and ``/api/queues/length`` by that scheme, and
+    answered "'redis' broker is not supported" (404) to any other. Behind Sentinel, Flower's
+    client asks only the first Sentinel of the URL (it takes one address): while that one is
+    down, the queue lengths cannot be read (the broker tab is empty, the API answers 500).
+    """
+
+    #: The configured broker URL's scheme (``redis``, ``rediss``, ``sentinel``); set by
+    #: :func:`_amqp_for`.
+    scheme = ""
+
+    def as_uri(
+        self, include_password: bool = False, mask: str = "**", *args: Any, **kwargs: Any
+    ) -> str:
+        """Kombu's URL of the (first) broker node, under the broker URL's scheme."""
+        uri = str(super().as_uri(include_password, mask, *args, **kwargs))
+        transport = self.transport_cls
+        prefix = f"{transport}://"
+        if transport in (REDIS_TRANSPORT, SENTINEL_TRANSPORT) and uri.startswith(prefix):
+            return f"{self.scheme}://{uri.removeprefix(prefix)}"
+        return uri
+
+
+def _amqp_for(broker_url: str) -> type[AMQP]:
+    """Celery's AMQP class whose connections name the broker by ``broker_url``'s scheme."""
+    scheme = urlsplit(broker_url).scheme.lower()
+    connection = type("FlowerConnection", (_SchemeConnection,), {"scheme": scheme})
+    amqp: type[AMQP] = type("FlowerAMQP", (AMQP,), {"Connection": connection})
+    return amqp
+
+
 def create_flower_app(settings: Settings | None = None) -> Celery:
     """The Celery app Flower monitors with: the fleet's broker and queues, and no tasks.
 
     ``task_queues`` name every work queue and DLQ so the broker tab lists them while no worker
-    reports its queues; the transport options let it count Redis's priority sub-lists.
+    reports its queues; the transport options let it count Redis's priority sub-lists and find
+    the master behind Sentinel (``master_name``, the Sentinels' password).
     """
     settings = settings or load_settings()
     options = QueueOptions.of(settings)
     queues = work_queues(REGISTRY, settings.namespace, options)
-    app = Celery("tasklane-flower", set_as_current=False)
+    amqp = _amqp_for(settings.require_broker())
+    app = Celery("tasklane-flower", set_as_current=False, amqp=amqp)
     app.conf.update(
         base_config(settings),
         task_queues=queues + dead_letter_queues(REGISTRY, settings.namespace, options),
