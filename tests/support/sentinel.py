@@ -6,8 +6,10 @@ the failover use a ``SentinelGroup``. The shared Redis is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import uuid
 from collections import Counter
@@ -37,6 +39,19 @@ def _tail(path: Path, lines: int = 15) -> str:
     except FileNotFoundError:
         return f"(no {path.name})"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` different TCP ports on 127.0.0.1 that nothing listens on right now.
+
+    Held until all are chosen: one at a time, the kernel may hand out a port it has just
+    handed out, and two processes of the group would then fight over it.
+    """
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((HOST, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def _group_alive(pgid: int) -> bool:
@@ -106,7 +121,7 @@ class _Node:
 class SentinelGroup:
     """A Redis master, one replica and three Sentinels watching them, on free ports.
 
-    Sentinels run with quorum 2, ``down-after-milliseconds`` 1000 (``down_after_ms``) and
+    Sentinels run with quorum 2, ``down-after-milliseconds`` 3000 (``down_after_ms``) and
     ``failover-timeout 5000``, so a killed master is replaced within seconds. Use it as a
     context manager: ``close`` kills every process it started, whatever the test did.
 
@@ -121,7 +136,9 @@ class SentinelGroup:
             what it held; by default servers keep nothing.
         down_after_ms: how long a server must not answer before a Sentinel calls it down. A
             replica whose link to the master has been down for over ten times this is never
-            promoted.
+            promoted. At 1000 ms, a freshly promoted master on busy CI cores missed the
+            Sentinels' first pings, was voted down in turn, and the old master (restarted
+            empty) was promoted back: a second failover no test asked for.
     """
 
     #: The number of Sentinels that must agree that the master is down.
@@ -141,22 +158,22 @@ class SentinelGroup:
         password: str | None = None,
         sentinel_password: str | None = None,
         appendonly: bool = False,
-        down_after_ms: int = 1000,
+        down_after_ms: int = 3000,
     ) -> None:
-        from tasklane_dev.sinks import free_port
-
         self.directory = directory
         self.master_name = master_name
         self.password = password
         self.sentinel_password = sentinel_password
         self.appendonly = appendonly
         self.down_after_ms = down_after_ms
-        master_port, replica_port = free_port(), free_port()
+        master_port, replica_port, *sentinel_ports = _free_ports(5)
         self._servers = {
             master_port: self._server(master_port, "master", replica_of=None),
             replica_port: self._server(replica_port, "replica", replica_of=master_port),
         }
-        self._sentinels = [self._sentinel(free_port(), index, master_port) for index in range(3)]
+        self._sentinels = [
+            self._sentinel(port, index, master_port) for index, port in enumerate(sentinel_ports)
+        ]
 
     # -- configuration -------------------------------------------------------------------------
 

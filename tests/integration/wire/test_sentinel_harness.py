@@ -17,7 +17,9 @@ from redis.sentinel import Sentinel
 from tests.support import eventually
 from tests.support.sentinel import SentinelGroup
 
-pytestmark = pytest.mark.integration
+# The group's own waits (start, failover, restart, resync) add up to more than pytest's default
+# timeout: a slow run on busy cores must end with their diagnostics, not be cut off before.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 KEYS = {f"key-{index}": f"value-{index}" for index in range(100)}
 

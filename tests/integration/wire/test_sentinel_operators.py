@@ -52,7 +52,7 @@ BEFORE = 30
 AFTER = 7
 #: Seconds a process may take to start and first read the broker on busy CI cores.
 START_TIMEOUT = 60.0
-#: Long enough for a failover (Sentinel notices in 1 s, then votes) on busy CI cores.
+#: Long enough for a failover (Sentinel notices in 3 s, then votes) on busy CI cores.
 FOLLOW_TIMEOUT = 90.0
 
 
