@@ -8,10 +8,12 @@ of a run are printed (``-s``) and written down in docs/reliability.md#losing-a-b
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,30 @@ def email(n: int) -> dict[str, object]:
     }
 
 
+#: Loggers of per-task lines, left out of the printed timeline.
+TASK_LOGGERS = {"celery.app.trace", "celery.worker.strategy"}
+
+
+def worker_events(log: str, since: float, within: float) -> list[tuple[float, str]]:
+    """The worker's JSON log records from ``since`` (a Unix time) for ``within`` seconds, per-task
+    ones left out: each as its seconds after ``since`` and the first line of its message."""
+    events = []
+    for line in log.splitlines():
+        if not line.startswith("{"):
+            continue  # Celery's banner, warnings
+        try:
+            record = json.loads(line)
+            # Python logging's asctime: local time, the worker's and this process's alike.
+            logged = datetime.strptime(record["time"], "%Y-%m-%d %H:%M:%S,%f")
+        except (ValueError, KeyError):
+            continue  # two processes' lines interleaved: the printout only, never the verdict
+        offset = logged.timestamp() - since
+        if 0 <= offset <= within and record["logger"] not in TASK_LOGGERS:
+            message = str(record["message"]).splitlines()[0][:110]
+            events.append((offset, f"{record['logger'].rsplit('.', 1)[-1]}: {message}"))
+    return events
+
+
 def test_killing_the_queue_leader_loses_no_confirmed_task(tmp_path: Path, redis_url: str) -> None:
     namespace = f"t{uuid.uuid4().hex[:10]}."
     arrivals: list[float] = []
@@ -58,6 +84,8 @@ def test_killing_the_queue_leader_loses_no_confirmed_task(tmp_path: Path, redis_
             **broker.env(),
             "TASKLANE_RABBITMQ_QUEUE_TYPE": "quorum",
             "TASKLANE_NOTIFIER_SMTP_PORT": str(smtp_sink.port),
+            # Timestamped JSON records, which the printed timeline reads.
+            "TASKLANE_LOG_FORMAT": "json",
         }
         worker = WorkerProcess("notifier", env, tmp_path / "worker.log", concurrency=2)
         try:
@@ -73,6 +101,7 @@ def test_killing_the_queue_leader_loses_no_confirmed_task(tmp_path: Path, redis_
                 smtp_sink.wait_for(BEFORE // 5, timeout=120)  # mid-drain
 
                 killed_at = time.monotonic()
+                killed_wall = time.time()
                 killer = threading.Thread(target=cluster.kill_node, args=(leader,))
                 killer.start()
                 # Publishing goes on through the kill: each call returns once a node confirmed.
@@ -96,7 +125,7 @@ def test_killing_the_queue_leader_loses_no_confirmed_task(tmp_path: Path, redis_
             subjects = Counter(m.message["Subject"] for m in mails)
             # Deliveries stopped for the longest gap between two arrivals after the kill.
             after = [killed_at] + sorted(t for t in arrivals if t > killed_at)
-            stopped = max(b - a for a, b in zip(after, after[1:], strict=False))
+            stopped, resumed = max((b - a, b) for a, b in zip(after, after[1:], strict=False))
             lost = [n for n in confirmed if subjects[f"n-{n}"] == 0]
             twice = sum(1 for count in subjects.values() if count > 1)
             print(
@@ -104,8 +133,18 @@ def test_killing_the_queue_leader_loses_no_confirmed_task(tmp_path: Path, redis_
                 f"delivered once {sum(1 for c in subjects.values() if c == 1)}, more than once "
                 f"{twice}, lost {len(lost)}; deliveries stopped for {stopped:.1f} s at most"
             )
+            # Where the stop went: the worker's own log lines (not per-task ones) from the kill
+            # to the first delivery after the stop, in seconds after the kill.
+            resumed_after = resumed - killed_at
+            print(f"first delivery after the stop: +{resumed_after:.2f} s after the kill")
+            for offset, line in worker_events(worker.output(), killed_wall, resumed_after):
+                print(f"  worker {offset:+7.2f} s  {line}")
             assert lost == []
             assert len(confirmed) == total
+            # The delay levels are declared once over the failover connection, not per node URL
+            # with retries on the dead one (Celery's step: about 17 s without deliveries).
+            assert "Failed to declare" not in worker.output()
+            assert "Failed to setup delayed delivery" not in worker.output()
 
             cluster.start_node(leader)
             assert cluster.running_nodes() == [0, 1, 2]

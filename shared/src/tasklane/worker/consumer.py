@@ -14,11 +14,14 @@ from typing import Any
 
 from celery import bootsteps, signals
 from celery.exceptions import CPendingDeprecationWarning, InvalidTaskError, NotRegistered
+from celery.utils.quorum_queues import detect_quorum_queues
 from celery.worker.consumer import Consumer
+from kombu.common import Broadcast
 from kombu.exceptions import ContentDisallowed, DecodeError
 
 from tasklane.observability.metrics import record_dead_letter
 from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
+from tasklane.wire.delayed import declare_delayed_delivery
 from tasklane.wire.redis_transport import ENVELOPE_PROBLEM
 from tasklane.wire.routing import dead_letter_queue_named, queue_type_mismatch
 
@@ -39,8 +42,53 @@ def body_problem(body: Any) -> str | None:
     return None
 
 
+#: Celery's step that declares the delay levels on each ``;``-separated broker URL in turn.
+_CELERY_DELAYED_DELIVERY = "celery.worker.consumer.delayed_delivery:DelayedDelivery"
+
+
+class ClusterDelayedDelivery(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Declare the delay levels of native delayed delivery once, on whichever node answers.
+
+    Celery's own step takes each ``;``-separated broker URL for a broker of its own and declares
+    the levels on every one, retrying a node that is down four times with sleeps between: after
+    a RabbitMQ node died, the consumer's restart waited about 17 s on it before the event loop
+    started, and no task ran meanwhile. The nodes of a cluster share their exchanges, queues and
+    bindings, so one declaration over the app's connection (which fails over from node to node)
+    does for all. Included where Celery would include its own: quorum queues on RabbitMQ.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+    label = "Delayed delivery"
+
+    def include_if(self, c: Consumer) -> bool:
+        driver = c.app.connection_for_write().transport.driver_type
+        return bool(detect_quorum_queues(c.app, driver)[0])
+
+    def start(self, c: Consumer) -> None:
+        queues = [q for q in c.app.amqp.queues.values() if not isinstance(q, Broadcast)]
+        # A connection of its own, closed after: Kombu's declarations open a channel they never
+        # close, which on the consumer's connection would pile up at each restart.
+        with c.app.connection_for_write() as connection:
+            try:
+                # Each node once at least, one after another, before giving up.
+                connection.ensure_connection(max_retries=max(3, 2 * len(connection.alt)))
+                declare_delayed_delivery(connection, queues)
+            except Exception as exc:
+                # As Celery's step: a worker without the levels still runs tasks; retries
+                # declare them again first (tasklane.worker.task).
+                logger.warning("could not declare the delayed-delivery levels: %s", exc)
+
+
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     """Stock consumer plus dead-lettering of undecodable, unknown and invalid messages."""
+
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
+        default_steps = [
+            "tasklane.worker.consumer:ClusterDelayedDelivery"
+            if step == _CELERY_DELAYED_DELIVERY
+            else step
+            for step in Consumer.Blueprint.default_steps
+        ]
 
     def _consumed_from(self, message: Any) -> str:
         """The queue this worker took ``message`` from, whatever routing key it was sent with.
