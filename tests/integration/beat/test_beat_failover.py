@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 NAME = "hourly"
 #: Seconds from adding the entry to its one slot: the replica is stopped before it comes.
-LEAD = 10.0
+LEAD = 20.0
 STARTUP = 90.0
 IM = {"channel": "webhook", "url": "https://hooks.example.org/beat", "text": "tick"}
 
