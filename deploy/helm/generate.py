@@ -149,6 +149,7 @@ _CONSTRAINTS: dict[str, Schema] = {
     "broker.kind": {"enum": ["redis", "rabbitmq"]},
     "queueType": {"enum": ["quorum", "classic"]},
     "deliveryLimit": {"minimum": 1},
+    "waitReplicas": {"minimum": 0},
     "pool": {"enum": ["prefork", "threads", "solo"]},
     "loglevel": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]},
     "concurrency": {"minimum": 1},

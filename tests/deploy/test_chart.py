@@ -364,6 +364,7 @@ def test_redis_behind_sentinel_reaches_containers_and_keda(chart: Any) -> None:
         assert env["TASKLANE_REDIS_SENTINEL_MASTER"]["value"] == "tasklane"
         password = env["TASKLANE_REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"]
         assert password == {"name": "tasklane-broker", "key": "sentinel-password"}
+        assert env["TASKLANE_REDIS_WAIT_REPLICAS"]["value"] == "1"
     triggers = [t for o in objects if o["kind"] == "ScaledObject" for t in o["spec"]["triggers"]]
     assert triggers and {t["type"] for t in triggers} == {"redis-sentinel"}
     assert {t["metadata"]["sentinelMaster"] for t in triggers} == {"tasklane"}
@@ -373,8 +374,15 @@ def test_redis_behind_sentinel_reaches_containers_and_keda(chart: Any) -> None:
         ("sentinelPassword", "sentinel-password"),
         ("password", "redis-password"),
     }
-    # Without a master name nothing changes: plain Redis.
+    # Without a master name nothing changes: plain Redis, publishes wait for the master alone.
     plain = _objects(chart, values_of("production-redis-values"))
+    assert not any(
+        e["name"] == "TASKLANE_REDIS_WAIT_REPLICAS"
+        for obj in plain
+        if obj["kind"] in ("Deployment", "Pod", "Job")
+        for container in _pod_spec(obj)["containers"]
+        for e in container.get("env", [])
+    )
     assert {
         t["type"] for o in plain if o["kind"] == "ScaledObject" for t in o["spec"]["triggers"]
     } == {"redis"}

@@ -224,6 +224,10 @@ Args: root, otelService (OTEL_SERVICE_NAME), metrics (bool).
       key: {{ $root.Values.broker.redisSentinel.passwordKey }}
 {{- end }}
 {{- end }}
+{{- if and (eq $root.Values.broker.kind "redis") $root.Values.broker.redisSentinel.waitReplicas }}
+- name: TASKLANE_REDIS_WAIT_REPLICAS
+  value: {{ $root.Values.broker.redisSentinel.waitReplicas | quote }}
+{{- end }}
 {{- if eq $root.Values.broker.kind "rabbitmq" }}
 - name: TASKLANE_RABBITMQ_QUEUE_TYPE
   value: {{ $root.Values.broker.rabbitmq.queueType | quote }}
