@@ -43,7 +43,15 @@ class Flower:
         }
         # The worker harness serves: a Popen in a new session that stop() ends by process group.
         self.process = WorkerProcess.from_command([TASKLANE, "flower"], env, log)
-        eventually(self._answers, timeout=60, interval=0.2, message=f"Flower on port {self.port}")
+        try:
+            eventually(
+                self._answers, timeout=60, interval=0.2, message=f"Flower on port {self.port}"
+            )
+        except BaseException:
+            # The fixture only stops what it was handed: a Flower that never answered would
+            # outlive the test.
+            self.process.stop()
+            raise
 
     def _answers(self) -> bool:
         if self.process.process.poll() is not None:
