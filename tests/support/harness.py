@@ -255,7 +255,9 @@ class RedisServer:
                 answers,
                 timeout=self.start_timeout,
                 message="redis-server to answer",
-                ignoring=(redis.ConnectionError,),
+                # A connect that takes over its second (a busy machine, a namespace's new veth)
+                # raises TimeoutError, which is not a ConnectionError: not yet, either.
+                ignoring=(redis.ConnectionError, redis.TimeoutError),
             )
         except BaseException:
             self.kill()

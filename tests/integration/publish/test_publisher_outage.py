@@ -55,7 +55,7 @@ class RedisOutage:
         try:
             with redis.Redis.from_url(self.url, socket_connect_timeout=1) as client:
                 return bool(client.ping())
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.TimeoutError):  # a slow connect is no answer yet
             return False
 
 
