@@ -98,7 +98,8 @@ class Broker:
             return sum(int(client.llen(key)) for key in redis_queue_keys(self.email_queue))
 
     def fail_over(self) -> Address:
-        """Kill the master once the replica holds the backlog; the promoted master's address."""
+        """Kill the master once the replica holds the backlog, then publish :data:`AFTER` more,
+        which only the promoted master holds; its address."""
         old = self.group.master()
         (replica,) = [a for a in self.group.server_addresses if a != old]
         # WAIT 1 returned, so this holds already; said here so a failure names the cause.
@@ -108,6 +109,9 @@ class Broker:
         new = self.group.wait_for_failover(old)
         self.failed_over_at = time.monotonic()
         assert new == replica
+        # Only the promoted master holds these: a depth of BEFORE + AFTER is read there.
+        self.publish(AFTER, wait_replicas=0)
+        assert self.depth_on(new) == BEFORE + AFTER
         return new
 
     def report(self, process: str) -> None:
@@ -194,9 +198,6 @@ def test_exporter_reports_the_backlog_of_the_master_sentinel_names_through_a_fai
     assert found["tasklane_queue_oldest_message_age_seconds"][broker.email_queue] >= 0
 
     new = broker.fail_over()
-    # Only the promoted master holds these: a depth of BEFORE + AFTER is read there.
-    broker.publish(AFTER, wait_replicas=0)
-    assert broker.depth_on(new) == BEFORE + AFTER
 
     eventually(
         lambda: depths(BEFORE + AFTER),
@@ -324,8 +325,6 @@ def test_flower_shows_queue_lengths_of_the_master_sentinel_names_through_a_failo
     assert "sentinel://" in page.text and REDIS_PASSWORD not in page.text
 
     new = broker.fail_over()
-    broker.publish(AFTER, wait_replicas=0)
-    assert broker.depth_on(new) == BEFORE + AFTER
 
     eventually(
         lambda: lengths(BEFORE + AFTER),
