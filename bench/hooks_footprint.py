@@ -44,6 +44,10 @@ CORE = 1
 
 def _setup(variant: str) -> Any:
     """Turn the variant's hooks on in this process; Celery's tracer for the no-op task."""
+    if "metrics" in variant:
+        # Before prometheus-client is imported: it picks its multiprocess values at import, as
+        # a worker's pool child does (otherwise it would time in-memory values).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hooks-")
     if "tracing" in variant:
         # The receiver ``main`` runs reads the spans and discards them.
         os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
@@ -57,7 +61,6 @@ def _setup(variant: str) -> Any:
     task = svc.tasklane_app.tasks[svc.NOOP.name]
     task.ignore_result = True
     if "metrics" in variant:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hooks-")
         from tasklane.observability.metrics import TaskRecorder
         from tasklane.observability.tracing import tracing_enabled
         from tasklane.wire.routing import queue_name
