@@ -25,6 +25,8 @@ DEAD_LETTER_REASONS = (
     "invalid-message",
 )
 RUNTIME = "tasklane_task_runtime_seconds"
+#: A gauge the worker's main process reads from Celery's own state at each scrape.
+IN_FLIGHT = "tasklane_tasks_in_flight"
 QUEUE_WAIT = "tasklane_task_queue_wait_seconds"
 #: Seconds; from sub-millisecond no-ops to hour-long transcodes.
 RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -48,7 +50,6 @@ class TaskMetrics:
     rejected: Counter
     runtime: Histogram
     queue_wait: Histogram
-    in_flight: Gauge
     worker_up: Gauge
 
 
@@ -97,12 +98,6 @@ def task_metrics() -> TaskMetrics:
             "Time from publish (the message's own timestamp) to start.",
             TASK_LABELS,
             buckets=WAIT_BUCKETS,
-        ),
-        in_flight=Gauge(
-            "tasklane_tasks_in_flight",
-            "Tasks running now.",
-            TASK_LABELS,
-            multiprocess_mode="livesum",
         ),
         worker_up=Gauge(
             "tasklane_worker_up",

@@ -1,7 +1,9 @@
 """Worker metrics for Prometheus, correct under the prefork pool.
 
 Every process of a worker records into prometheus-client's multiprocess files; the main process
-aggregates them and serves ``/metrics`` on ``TASKLANE_METRICS_PORT``.
+aggregates them and serves ``/metrics`` on ``TASKLANE_METRICS_PORT``. Tasks in flight are read at
+each scrape from the main process's own record of the requests its pool runs, so a pool child
+writes nothing for them.
 Design: docs/observability.md#worker-metrics.
 """
 
@@ -12,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter as Tally
 from collections.abc import Iterable, MutableMapping
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,12 +34,13 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tasklane.contracts import TaskContract
 from tasklane.observability.counters import (
     DEAD_LETTER_REASONS,
+    IN_FLIGHT,
     QUEUE_WAIT,
     RUNTIME,
     RUNTIME_BUCKETS,
@@ -44,8 +48,9 @@ from tasklane.observability.counters import (
     WAIT_BUCKETS,
     task_metrics,
 )
-from tasklane.observability.exemplars import ExemplarCollector, ExemplarRecorder, clear, pid_alive
+from tasklane.observability.exemplars import ExemplarCollector, ExemplarRecorder, clear
 from tasklane.observability.health import HealthStep, Probes, WorkerHealth
+from tasklane.observability.tallies import Tallies
 from tasklane.observability.tracing import tracing_enabled
 from tasklane.wire.headers import PUBLISHED_AT
 from tasklane.wire.routing import queue_name
@@ -91,6 +96,8 @@ class TaskRecorder:
         #: Labelled series by metric and label values: ``labels()`` costs a lock and a
         #: conversion of every value on each call, several times per task.
         self._series: dict[tuple[MetricWrapperBase, tuple[str, str]], Any] = {}
+        #: How tasks ended, their waits and runtimes: summed in memory, written in batches.
+        self.tallies = Tallies()
 
     def _child(self, metric: MetricWrapperBase, labels: tuple[str, str]) -> Any:
         """``metric.labels(*labels)``, looked up once per series (the same object each time)."""
@@ -103,13 +110,15 @@ class TaskRecorder:
     def worker_init(self, **_: Any) -> None:
         directory = os.environ.get(MULTIPROC_ENV)
         registry = CollectorRegistry()
+        registry.register(InFlightCollector(self.labels))
         if directory:
             # Files of an earlier run of this worker would add its counts to this one's.
             path = Path(directory)
             for child in path.glob("*.db"):
                 child.unlink(missing_ok=True)
             clear(path)
-            registry.register(ExemplarCollector(LiveGaugeSweep(path), path))
+            inner = multiprocess.MultiProcessCollector(None, path=directory)
+            registry.register(ExemplarCollector(inner, path))
         serve_endpoints(self.port, registry, self.health, self.address)
         self._zero_series()
         task_metrics().worker_up.labels(self.service).set(1)
@@ -153,7 +162,7 @@ class TaskRecorder:
         value: float,
         trace_ids: tuple[str, str] | None,
     ) -> None:
-        self._child(histogram, labels).observe(value)
+        self.tallies.observe(self._child(histogram, labels), value)
         recorder = self._exemplar_recorder() if trace_ids else None
         if recorder is not None and trace_ids is not None:
             named = dict(zip(TASK_LABELS, labels, strict=True))
@@ -162,8 +171,8 @@ class TaskRecorder:
     def prerun(self, task_id: str = "", task: Any = None, **_: Any) -> None:
         labels = _labels(task)
         metrics = task_metrics()
+        # Written at once: a task whose process is killed mid-run still counts as started.
         self._child(metrics.started, labels).inc()
-        self._child(metrics.in_flight, labels).inc()
         now = time.time()
         self._started[task_id] = time.monotonic()
         published = task.request.get(PUBLISHED_AT)
@@ -176,11 +185,10 @@ class TaskRecorder:
     def postrun(self, task_id: str = "", task: Any = None, state: Any = None, **_: Any) -> None:
         labels = _labels(task)
         metrics = task_metrics()
-        self._child(metrics.in_flight, labels).dec()
         # Counted here rather than on task_success: a signal without receivers is not sent at
         # all, which saves every task a dispatch. Failures and retries keep their own signals.
         if state == SUCCESS:
-            self._child(metrics.succeeded, labels).inc()
+            self.tallies.count(self._child(metrics.succeeded, labels))
         started = self._started.pop(task_id, None)
         if started is not None:
             # The task's span is still the current one: the tracing's postrun ends it later.
@@ -202,30 +210,36 @@ class TaskRecorder:
         self._child(task_metrics().revoked, (name, queue)).inc()
 
     def child_exit(self, pid: int | None = None, **_: Any) -> None:
+        self.tallies.stop()
         if self._recorder is not None:
             self._recorder.write()
         if os.environ.get(MULTIPROC_ENV):
             multiprocess.mark_process_dead(pid or os.getpid())
 
 
-class LiveGaugeSweep(Collector):
-    """The multiprocess collector, after dropping the live gauges of processes that are gone.
+class InFlightCollector(Collector):
+    """``tasklane_tasks_in_flight``, read from the worker's record of the requests it runs.
 
-    A pool child killed by SIGKILL (hard time limit, OOM killer) never runs its exit handler, so
-    its ``livesum``/``livemax`` files would keep its in-flight tasks counted until the worker
-    restarts. Its counter and histogram files stay: their totals are part of the worker's.
+    Celery's main process adds a request to ``celery.worker.state.active_requests`` when a pool
+    process accepts it and removes it when it ends, however it ends: a pool child killed by
+    SIGKILL (hard time limit, OOM killer) included. Reading that at each scrape costs the tasks
+    nothing, where a gauge kept by the pool children cost two writes a task.
     """
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.inner = multiprocess.MultiProcessCollector(None, path=str(directory))
+    def __init__(self, labels: Iterable[tuple[str, str]]) -> None:
+        #: The service's own series, reported at 0 when idle.
+        self.labels = list(labels)
 
     def collect(self) -> Iterable[Metric]:
-        for path in self.directory.glob("gauge_live*_*.db"):
-            pid = path.stem.rsplit("_", 1)[-1]
-            if pid.isdigit() and not pid_alive(int(pid)):
-                multiprocess.mark_process_dead(int(pid), str(self.directory))
-        yield from self.inner.collect()
+        from celery.worker import state
+
+        # The scrape runs on the server's thread while the main loop changes the set; copying it
+        # runs in C without giving up the GIL, so it sees the set whole.
+        running = Tally(_request_labels(request) for request in list(state.active_requests))
+        family = GaugeMetricFamily(IN_FLIGHT, "Tasks running now.", labels=TASK_LABELS)
+        for labels in dict.fromkeys([*self.labels, *running]):
+            family.add_metric(list(labels), running.get(labels, 0))
+        yield family
 
 
 def _sampled_parent(traceparent: Any) -> tuple[str, str] | None:

@@ -1,0 +1,89 @@
+"""Batched task outcomes read back exactly as prometheus-client's own writes would."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, multiprocess
+
+#: Written once through prometheus-client itself and once through Tallies, in a process of its
+#: own whose metric files are the multiprocess ones a pool child writes.
+WRITER = """
+import random, sys
+from prometheus_client import Counter, Histogram
+from tasklane.observability.counters import RUNTIME_BUCKETS
+from tasklane.observability.tallies import Tallies
+
+# Bounds themselves, zero, past the last bound, and values in between.
+rng = random.Random(7)
+values = [0.0, *RUNTIME_BUCKETS, 5000.0, *(rng.expovariate(2.0) for _ in range(500))]
+direct = Histogram("direct_seconds", "d", ["task"], buckets=RUNTIME_BUCKETS).labels("t")
+batched = Histogram("batched_seconds", "b", ["task"], buckets=RUNTIME_BUCKETS).labels("t")
+counted = Counter("direct_done", "d", ["task"]).labels("t")
+tallied = Counter("batched_done", "b", ["task"]).labels("t")
+tallies = Tallies(interval=3600)  # written by the calls below, not by its thread
+for number, value in enumerate(values):
+    direct.observe(value)
+    counted.inc()
+    tallies.observe(batched, value)
+    tallies.count(tallied)
+    if number == 100:
+        tallies.flush()  # a write halfway: the rest adds to it
+tallies.stop()
+"""
+
+
+def samples(directory: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(directory))
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in registry.collect()
+        for sample in family.samples
+    }
+
+
+def test_batched_buckets_sums_and_counts_equal_prometheus_clients_own(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", WRITER], env=env, check=True, timeout=60)
+    found = samples(tmp_path)
+
+    def series(prefix: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (name.removeprefix(prefix), labels): value
+            for (name, labels), value in found.items()
+            if name.startswith(prefix)
+        }
+
+    direct, batched = series("direct_"), series("batched_")
+    assert direct.keys() == batched.keys()
+    assert direct[("seconds_count", (("task", "t"),))] == 518  # 0, the 16 bounds, 5000 and 500 more
+    for key, value in direct.items():
+        # Sums add the same values in another order: equal up to rounding.
+        assert math.isclose(batched[key], value, rel_tol=1e-12), key
+    assert batched[("done_total", (("task", "t"),))] == 518
+
+
+def test_a_forked_child_writes_only_its_own_tallies(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    script = """
+import os
+from prometheus_client import Counter
+from tasklane.observability.tallies import Tallies
+done = Counter("done", "d", ["task"]).labels("t")
+tallies = Tallies(interval=3600)
+tallies.count(done)  # the parent's, not yet written when it forks
+pid = os.fork()
+if pid == 0:
+    tallies.count(done)
+    tallies.stop()
+    os._exit(0)
+os.waitpid(pid, 0)
+tallies.stop()
+"""
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
+    assert samples(tmp_path)[("done_total", (("task", "t"),))] == 2
