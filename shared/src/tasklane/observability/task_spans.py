@@ -46,6 +46,8 @@ class TaskSpans:
         #: because a retry publishes the task under the id of the run that is still open.
         self._runs: dict[str, tuple[trace.Span, object]] = {}
         self._publishes: dict[str, trace.Span] = {}
+        self._propagator: object = None
+        self._fields: tuple[str, ...] = ()
 
     def connect(self) -> None:
         signals.task_prerun.connect(self.prerun, weak=False)
@@ -68,10 +70,20 @@ class TaskSpans:
             return
         request = task.request
         propagator = propagate.get_global_textmap()
+        if propagator is not self._propagator:
+            # Asked once per propagator (a composite builds its set anew on each call); one set
+            # after the worker started is still the one read.
+            self._propagator, self._fields = propagator, tuple(propagator.fields)
         parent = None
         # Most messages of an untraced upstream carry no trace header: nothing to extract.
-        if any(getattr(request, field, None) is not None for field in propagator.fields):
-            parent = propagator.extract(request, getter=celery_getter)
+        for field in self._fields:
+            if getattr(request, field, None) is not None:
+                parent = propagator.extract(request, getter=celery_getter)
+                break
+        if parent is None:
+            # The current context, looked up once: the tracer, its sampler and the new context
+            # would each look it up again (a task applied inside a span stays that span's child).
+            parent = context_api.get_current()
         span = self.tracer.start_span(f"{_RUN}/{task.name}", context=parent, kind=SpanKind.CONSUMER)
         token = context_api.attach(trace.set_span_in_context(span, parent))
         self._runs[task_id] = (span, token)
