@@ -42,6 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tasklane.artifacts import open_store
 from tasklane.publish import Publisher
 from tasklane_dev.sinks import Reply, SiteServer, SmtpSink, WebhookSink, free_port
+from tests.support import eventually
 from tests.support.harness import BrokerEnv, cleanup, stop_process_group
 from tests.unit.media.videos import make_video
 
@@ -637,13 +638,23 @@ def worker(
         # process started, so a stop's SIGTERM reaches it, not a shell in front of it.
         assert running.argv()[1:6] == ["-m", "celery", "-A", f"{image.name}.app", "worker"]
         yield running
-        # The pool child counted the tasks in multiprocess files on the /tmp volume; the main
-        # process serves their sum. Nothing else is writable, so nothing else was written.
-        found = samples(port)
+        # The pool child counted the tasks in multiprocess files on the /tmp volume (successes
+        # within half a second of the task); the main process serves their sum. Nothing else is
+        # writable, so nothing else was written.
+        found: list[tuple[str, dict[str, str], float]] = []
+
+        def succeeded() -> float:
+            found[:] = samples(port)
+            return sum(v for n, _, v in found if n == "tasklane_tasks_succeeded_total")
+
+        eventually(
+            lambda: succeeded() >= 1,
+            timeout=10,
+            interval=0.1,
+            message=lambda: f"a success counted: {found}",
+        )
         (metrics_dir,) = image.path("/tmp").glob("tasklane-metrics-*")
         assert any(metrics_dir.glob("counter_*.db")), "no metrics files on the volume"
-    succeeded = [v for n, _, v in found if n == "tasklane_tasks_succeeded_total"]
-    assert sum(succeeded) >= 1, found
 
 
 # --------------------------------------------------------------------------- static checks
