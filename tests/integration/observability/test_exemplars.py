@@ -122,9 +122,15 @@ def test_a_slow_tasks_bucket_links_to_its_trace_across_recycled_children(
         fast = {_deliver(publisher, webhook_sink, f"fast {n}") for n in range(5)}
         webhook_sink.script(Reply(delay=0.6))
         slow = _deliver(publisher, webhook_sink, "slow")
-    time.sleep(0.5)  # the slow task's postrun runs after its result is stored
 
-    content_type, body = _scrape(port, OPENMETRICS)
+    def with_slow_runtime() -> tuple[str, str] | None:
+        # The slow task's postrun, which records its runtime, runs after its result is stored.
+        scraped = _scrape(port, OPENMETRICS)
+        return scraped if slow in _exemplar_traces(scraped[1], RUNTIME).values() else None
+
+    content_type, body = eventually(
+        with_slow_runtime, timeout=10, message="the slow task's runtime exemplar"
+    )
     assert content_type.startswith("application/openmetrics-text")
     runtime = _exemplar_traces(body, RUNTIME)
     # The slow delivery ran last, so the bucket its runtime fell in (1 s on a quiet machine, a
