@@ -6,9 +6,12 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, multiprocess
+from prometheus_client import CollectorRegistry, Counter, multiprocess
+
+from tasklane.observability.tallies import Tallies
 
 #: Written once through prometheus-client itself and once through Tallies, in a process of its
 #: own whose metric files are the multiprocess ones a pool child writes.
@@ -87,3 +90,24 @@ tallies.stop()
 """
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
     assert samples(tmp_path)[("done_total", (("task", "t"),))] == 2
+
+
+def test_threads_recording_their_first_tasks_at_once_lose_nothing() -> None:
+    # As a threads pool does: every thread's first record may start the writer.
+    registry = CollectorRegistry()
+    done = Counter("done", "d", ["task"], registry=registry).labels("t")
+    tallies = Tallies(interval=0.001)  # the writer runs while the threads count
+    start = threading.Barrier(8)
+
+    def record() -> None:
+        start.wait()
+        for _ in range(2_000):
+            tallies.count(done)
+
+    threads = [threading.Thread(target=record) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    tallies.stop()
+    assert registry.get_sample_value("done_total", {"task": "t"}) == 16_000

@@ -53,38 +53,43 @@ class Tallies:
 
     ``child`` arguments are labelled metric children (``metric.labels(...)``) of prometheus-client
     counters and histograms. Safe to call from any thread; after a fork the child process starts
-    from nothing (what it inherited is its parent's to write) with a writer thread of its own.
+    from nothing (what it inherited is its parent's to write), and its first record starts its
+    own writer thread.
     """
 
     def __init__(self, interval: float = FLUSH_INTERVAL) -> None:
         self.interval = interval
-        self._pid = 0  # no writer thread yet in any process
+        self._forked()
+        # A forked child inherits its parent's locks as they were (possibly held) and sums that
+        # are its parent's to write: it starts afresh, right after the fork.
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._counts: dict[Any, int] = {}
         self._histograms: dict[Any, _HistogramSums] = {}
+        self._writer: threading.Thread | None = None
 
     def count(self, child: Any) -> None:
         """One more on a counter."""
-        if self._pid != os.getpid():
-            self._start()
         with self._lock:
+            if self._writer is None:
+                self._start()
             self._counts[child] = self._counts.get(child, 0) + 1
 
     def observe(self, child: Any, value: float) -> None:
         """One observation of a histogram."""
-        if self._pid != os.getpid():
-            self._start()
         with self._lock:
+            if self._writer is None:
+                self._start()
             sums = self._histograms.get(child)
             if sums is None:
                 sums = self._histograms[child] = _HistogramSums(child)
             sums.add(value)
 
     def flush(self) -> None:
-        """Write what was added since the last flush (in this process only)."""
-        if self._pid != os.getpid():
-            return
+        """Write what was added since the last flush."""
         with self._lock:
             # Counters first: a reader that sees a task's runtime also sees how it ended.
             for child, count in self._counts.items():
@@ -99,14 +104,11 @@ class Tallies:
         self.flush()
 
     def _start(self) -> None:
-        # A forked child inherits its parent's locks as they were (possibly held) and sums that
-        # are its parent's to write: it starts afresh.
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._counts = {}
-        self._histograms = {}
-        self._pid = os.getpid()
-        threading.Thread(target=self._run, name="tasklane-metrics-writer", daemon=True).start()
+        # Under the lock: two threads of a threads pool may record their first task at once.
+        self._writer = threading.Thread(
+            target=self._run, name="tasklane-metrics-writer", daemon=True
+        )
+        self._writer.start()
 
     def _run(self) -> None:
         stopped = self._stopped
