@@ -9,12 +9,12 @@ Design: docs/observability.md#worker-metrics.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
 import threading
 import time
-from collections import Counter as Tally
 from collections.abc import Iterable, MutableMapping
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -235,7 +235,7 @@ class InFlightCollector(Collector):
 
         # The scrape runs on the server's thread while the main loop changes the set; copying it
         # runs in C without giving up the GIL, so it sees the set whole.
-        running = Tally(_request_labels(request) for request in list(state.active_requests))
+        running = collections.Counter(_request_labels(r) for r in list(state.active_requests))
         family = GaugeMetricFamily(IN_FLIGHT, "Tasks running now.", labels=TASK_LABELS)
         for labels in dict.fromkeys([*self.labels, *running]):
             family.add_metric(list(labels), running.get(labels, 0))
