@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from types import TracebackType
 
 from tasklane_dev.sinks import free_port
@@ -17,10 +18,20 @@ class TcpProxy:
     connections end and new connects refused, as when a broker goes away; :meth:`restore`
     listens on the same port again. :meth:`drop_clients` closes only the clients' ends, as a
     network partition the server has not noticed yet. The server behind it is never touched.
+
+    ``before_forward(connection, from_client, data)``, when given, sees every chunk before it is
+    passed on (``connection`` numbers the forwarded connections from 1) and may block to hold it:
+    one connection's traffic can then reach the server late, as across a slower network path.
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        before_forward: Callable[[int, bool, bytes], None] | None = None,
+    ) -> None:
         self.target = (host, port)
+        self._before_forward = before_forward
         self.port = free_port()
         self.connections_made = 0
         self._lock = threading.Lock()
@@ -99,12 +110,19 @@ class TcpProxy:
                 self._sockets.update((client, upstream))
                 self._pairs.append((client, upstream))
                 self.connections_made += 1
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+                number = self.connections_made
+            for source, sink, from_client in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, number, from_client), daemon=True
+                ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, number: int, from_client: bool
+    ) -> None:
         try:
             while data := source.recv(65536):
+                if self._before_forward is not None:
+                    self._before_forward(number, from_client, data)
                 sink.sendall(data)
         except OSError:
             pass

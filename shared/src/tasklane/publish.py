@@ -70,6 +70,8 @@ ResultT = TypeVar("ResultT", bound=BaseModel)
 
 #: Pauses between publish attempts through an outage double from the first to the last: a publish
 #: waiting for the broker resumes within the last pause (plus a connect) of its return.
+#: Seconds a result wait trusts Redis's announcement before reading the stored result again.
+RESULT_RECHECK_INTERVAL = 1.0
 _FIRST_RETRY_PAUSE = 0.05
 _LAST_RETRY_PAUSE = 0.25
 
@@ -140,10 +142,24 @@ class TaskHandle(Generic[ResultT]):
         from celery.exceptions import TimeoutError as ResultTimeout  # not a builtin subclass
 
         async_result = self._async
-        try:
-            value = async_result.get(timeout=timeout, propagate=False, disable_sync_subtasks=False)
-        except ResultTimeout:
-            raise TimeoutError(f"{self.contract.name} {self.id}: no result in {timeout}s") from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Celery's Redis reader subscribes to the result on one connection and reads it once on
+        # another; Redis orders nothing between the two, and announces a result only to
+        # subscriptions it already holds. A result stored in between would never be announced,
+        # so the wait is cut into slices, and each slice begins with Celery reading it again.
+        while True:
+            left = RESULT_RECHECK_INTERVAL if deadline is None else deadline - time.monotonic()
+            try:
+                value = async_result.get(
+                    timeout=max(0.0, min(left, RESULT_RECHECK_INTERVAL)),
+                    propagate=False,
+                    disable_sync_subtasks=False,
+                )
+                break
+            except ResultTimeout:
+                if deadline is not None and time.monotonic() >= deadline:
+                    message = f"{self.contract.name} {self.id}: no result in {timeout}s"
+                    raise TimeoutError(message) from None
         if async_result.state != "SUCCESS":
             raise TaskFailedError(self.id, type(value).__name__, str(value))
         return self.contract.result.model_validate(value)
