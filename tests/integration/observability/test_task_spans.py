@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 
+from tasklane.observability.sampling import ParentBasedTraceIdRatio, TraceIdsDrawnAhead
 from tasklane.observability.task_spans import TaskSpans
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -42,7 +43,8 @@ class Traced:
 
     def __init__(self, redis_url: str, sampler: Sampler) -> None:
         self.exporter = InMemorySpanExporter()
-        self.provider = TracerProvider(sampler=sampler)
+        # As start_tracing makes it: the ids a ratio sampler's runs are decided apart with.
+        self.provider = TracerProvider(sampler=sampler, id_generator=TraceIdsDrawnAhead())
         self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.spans = TaskSpans(self.provider.get_tracer("test"))
         self.queue = f"spans-{uuid.uuid4().hex[:8]}"
@@ -124,8 +126,13 @@ def test_a_message_without_trace_headers_runs_in_a_root_consumer_span(
     assert t.seen["context"] == span.get_span_context()
 
 
-def test_a_traceparent_is_continued(traced: Callable[[Sampler], Traced]) -> None:
-    t = traced(ParentBased(ALWAYS_OFF))
+@pytest.mark.parametrize(
+    "sampler",
+    [ParentBased(ALWAYS_OFF), ParentBasedTraceIdRatio(0.0)],
+    ids=["always off", "ratio 0"],
+)
+def test_a_traceparent_is_continued(traced: Callable[[Sampler], Traced], sampler: Sampler) -> None:
+    t = traced(sampler)
     _define(t)
     t.run("ok", traceparent=f"00-{TRACE_ID}-{PARENT_ID}-01")
     (span,) = t.finished()
@@ -133,10 +140,13 @@ def test_a_traceparent_is_continued(traced: Callable[[Sampler], Traced]) -> None
     assert span.parent is not None and format_span_id(span.parent.span_id) == PARENT_ID
 
 
+@pytest.mark.parametrize(
+    "sampler", [ParentBased(ALWAYS_ON), ParentBasedTraceIdRatio(1.0)], ids=["always on", "ratio 1"]
+)
 def test_an_unsampled_run_records_nothing_and_passes_its_decision_on(
-    traced: Callable[[Sampler], Traced],
+    traced: Callable[[Sampler], Traced], sampler: Sampler
 ) -> None:
-    t = traced(ParentBased(ALWAYS_ON))
+    t = traced(sampler)
     _define(t)
     t.run("fan_out", traceparent=f"00-{TRACE_ID}-{PARENT_ID}-00")
     assert t.finished() == []
@@ -144,6 +154,26 @@ def test_an_unsampled_run_records_nothing_and_passes_its_decision_on(
     _, trace_id, _, flags = t.seen["published"]["traceparent"].split("-")
     assert trace_id == TRACE_ID
     assert not int(flags, 16) & 1  # not sampled
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+def test_a_run_without_a_parent_is_decided_by_the_ratio_and_runs_in_its_own_trace(
+    traced: Callable[[Sampler], Traced], ratio: float
+) -> None:
+    t = traced(ParentBasedTraceIdRatio(ratio))
+    _define(t)
+    t.run("ok")
+    recorded = t.finished()
+    assert len(recorded) == int(ratio)
+    context = t.seen["context"]
+    # The span current while the task ran, recorded or not: a trace of its own.
+    assert context.is_valid and not context.is_remote
+    assert bool(context.trace_flags.sampled) == bool(ratio)
+    if recorded:
+        assert recorded[0].get_span_context() == context
+    t.run("fan_out")
+    _, trace_id, _, flags = t.seen["published"]["traceparent"].split("-")
+    assert int(trace_id, 16) != 0 and bool(int(flags, 16) & 1) == bool(ratio)
 
 
 def test_a_failed_run_is_an_error_span_with_the_exception(

@@ -202,6 +202,13 @@ def test_otel_variables_alone_switch_and_shape_tracing(monkeypatch: pytest.Monke
         check_tracing_settings({**endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
     with pytest.raises(SettingsError, match="OTEL_TRACES_EXPORTER"):
         check_tracing_settings({**endpoint, "OTEL_TRACES_EXPORTER": "zipkin"})
+    ratio = {**endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}
+    for good in ("0", "0.1", "1", ""):
+        check_tracing_settings({**ratio, "OTEL_TRACES_SAMPLER_ARG": good})
+    for bad in ("10%", "1.5", "-0.1"):
+        # The SDK would sample every span instead, with a log line.
+        with pytest.raises(SettingsError, match=rf"^OTEL_TRACES_SAMPLER_ARG='{bad}': a sampling"):
+            check_tracing_settings({**ratio, "OTEL_TRACES_SAMPLER_ARG": bad})
     assert service_resource("notifier").attributes["service.name"] == "tasklane-notifier"
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=staging")
     assert service_resource("notifier").attributes["deployment.environment"] == "staging"
@@ -444,6 +451,50 @@ def test_pool_processes_flush_their_spans_when_the_worker_stops(
         worker.stop()
         spans = receiver.wait_for(lambda got: {RUN_IM, "POST"} <= {s.name for s in got}, 5.0)
         assert {s.trace_id for s in spans} == {spans[0].trace_id}
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_worker_sampling_at_ratio_0_records_only_the_runs_its_upstream_sampled(
+    broker: BrokerEnv, start_worker: StartWorker, webhook_sink: WebhookSink
+) -> None:
+    """Root runs and runs of unsampled traces record nothing, yet run in a trace they pass on.
+
+    The test process is not traced itself (no provider): the trace contexts it publishes in
+    are set by hand, as an upstream's sampler would have decided them.
+    """
+    with OtlpReceiver() as receiver:
+        env = {**_traced_env(receiver), "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+               "OTEL_TRACES_SAMPLER_ARG": "0"}  # fmt: skip
+        # One pool process: its spans are exported in the order the runs ended.
+        worker = start_worker(concurrency=1, **env)
+        sampled, unsampled = (secrets.randbits(128) for _ in range(2))
+        with Publisher(broker.settings) as publisher:
+            handles = []
+            for trace_id in (None, unsampled, sampled):
+                text = f"in trace {trace_id}"
+                if trace_id is None:
+                    handles.append(publisher.publish(SEND_IM, _im(webhook_sink, text)))
+                else:
+                    flags = trace.TraceFlags(1 if trace_id == sampled else 0)
+                    parent = trace.SpanContext(trace_id, 0x00F067AA0BA902B7, False, flags)
+                    with trace.use_span(trace.NonRecordingSpan(parent)):
+                        handles.append(publisher.publish(SEND_IM, _im(webhook_sink, text)))
+                assert handles[-1].get(timeout=20).status_code == 200
+        root, in_unsampled, in_sampled = handles
+        kept = _wait_trace(receiver, format_trace_id(sampled), ("CONSUMER", RUN_IM, 1))
+        assert _one(kept, "CONSUMER", RUN_IM).attributes["messaging.message.id"] == in_sampled.id
+        # The other two ran first, so their spans would have been exported by now.
+        assert [s.trace_id for s in receiver.spans if s.kind == "CONSUMER"] == [
+            format_trace_id(sampled)
+        ]
+    # Not recorded, yet each ran in a trace its HTTP call carried on, unsampled.
+    calls = [r.headers["traceparent"].split("-") for r in webhook_sink.requests]
+    (_, root_trace, _, root_flags), (_, unsampled_trace, _, unsampled_flags), _ = calls
+    assert int(root_trace, 16) != 0 and unsampled_trace == format_trace_id(unsampled)
+    assert (int(root_flags, 16) & 1, int(unsampled_flags, 16) & 1) == (0, 0)
+    assert calls[2][1] == format_trace_id(sampled) and int(calls[2][3], 16) & 1
+    lines = [json.loads(line) for line in worker.output().splitlines() if line[:1] == "{"]
+    assert {line["trace_id"] for line in lines if line.get("task_id") == root.id} == {root_trace}
 
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)

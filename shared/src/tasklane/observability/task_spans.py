@@ -5,8 +5,9 @@ The spans, their names and attributes are those of ``opentelemetry-instrumentati
 ``messaging.*`` attributes), so traces read the same. Its signal handlers are not used: they do
 the same work for every task, about 150 Python calls a task with the trace not sampled, which is
 most tasks at production sampling ratios. These handlers skip the propagator when a message
-carries none of its headers, keep no timing of their own and enter no context managers, so an
-unsampled run costs a span decision and a context switch. Measured in docs/performance.md §7.
+carries none of its headers, keep no timing of their own and enter no context managers, and
+make the span of a run the sampler drops themselves (:mod:`tasklane.observability.sampling`), so
+an unsampled run costs a span decision and a context switch. Measured in docs/performance.md §7.
 Design: docs/observability.md#traces.
 """
 
@@ -24,6 +25,8 @@ from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
     MESSAGING_MESSAGE_ID,
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from tasklane.observability.sampling import UnsampledRuns
 
 ACTION = "celery.action"
 TASK_NAME = "celery.task_name"
@@ -48,6 +51,8 @@ class TaskSpans:
         self._publishes: dict[str, trace.Span] = {}
         self._propagator: object = None
         self._fields: tuple[str, ...] = ()
+        #: Spans of runs the sampler drops, made without the tracer (when its sampler allows).
+        self._unsampled = UnsampledRuns.of(self.tracer)
 
     def connect(self) -> None:
         signals.task_prerun.connect(self.prerun, weak=False)
@@ -84,7 +89,13 @@ class TaskSpans:
             # The current context, looked up once: the tracer, its sampler and the new context
             # would each look it up again (a task applied inside a span stays that span's child).
             parent = context_api.get_current()
-        span = self.tracer.start_span(f"{_RUN}/{task.name}", context=parent, kind=SpanKind.CONSUMER)
+        span: trace.Span | None = None
+        if self._unsampled is not None:
+            span = self._unsampled.span(trace.get_current_span(parent).get_span_context())
+        if span is None:
+            span = self.tracer.start_span(
+                f"{_RUN}/{task.name}", context=parent, kind=SpanKind.CONSUMER
+            )
         token = context_api.attach(trace.set_span_in_context(span, parent))
         self._runs[task_id] = (span, token)
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from opentelemetry.instrumentation.httpx import RequestInfo
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import Sampler
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,10 @@ logger = logging.getLogger(__name__)
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _PROTOCOL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 _SUPPORTED_PROTOCOL = "http/protobuf"
+_SAMPLER = "OTEL_TRACES_SAMPLER"
+_SAMPLER_ARG = "OTEL_TRACES_SAMPLER_ARG"
+#: The samplers that read a ratio from ``OTEL_TRACES_SAMPLER_ARG``.
+_RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
 _SERVICE_NAME = "service.name"
 #: What a traced process imports; a prefork parent imports it once for all its children.
 _SDK_MODULES = (
@@ -36,6 +41,7 @@ _SDK_MODULES = (
     "opentelemetry.sdk.trace.export",
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     "opentelemetry.instrumentation.httpx",
+    "tasklane.observability.sampling",
     "tasklane.observability.task_spans",
 )
 
@@ -67,6 +73,25 @@ def check_tracing_settings(environ: Mapping[str, str] | None = None) -> None:
     name, protocol = next(((n, p) for n, p in protocols if p), ("", _SUPPORTED_PROTOCOL))
     if protocol != _SUPPORTED_PROTOCOL:
         raise SettingsError(f"{name}={protocol!r}: only {_SUPPORTED_PROTOCOL!r} is supported")
+    _sampling_ratio(env)
+
+
+def _sampling_ratio(env: Mapping[str, str]) -> float | None:
+    """``OTEL_TRACES_SAMPLER_ARG`` when the sampler reads a ratio; ``None`` otherwise.
+
+    The SDK would trace every span, with a log line, when the ratio is not a number in [0, 1]:
+    a typo must not turn a 1 % sampling into 100 %.
+    """
+    if env.get(_SAMPLER, "").strip().lower() not in _RATIO_SAMPLERS:
+        return None
+    text = env.get(_SAMPLER_ARG, "").strip()
+    try:
+        ratio = float(text) if text else 1.0
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        raise SettingsError(f"{_SAMPLER_ARG}={text!r}: a sampling ratio from 0 to 1 is expected")
+    return ratio
 
 
 def service_resource(service: str) -> Resource:
@@ -100,13 +125,30 @@ def start_tracing(service: str) -> TracerProvider | None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    from tasklane.observability.sampling import TraceIdsDrawnAhead
+
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         logger.warning("tracing already started in this process; keeping the first provider")
         return None
-    provider = TracerProvider(resource=service_resource(service))
+    provider = TracerProvider(
+        resource=service_resource(service),
+        sampler=_sampler_from_env(),
+        id_generator=TraceIdsDrawnAhead(),
+    )
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
+
+
+def _sampler_from_env() -> Sampler | None:
+    """``parentbased_traceidratio`` as :class:`ParentBasedTraceIdRatio`; ``None``: the SDK reads
+    ``OTEL_TRACES_SAMPLER`` itself."""
+    if os.environ.get(_SAMPLER, "").strip().lower() != "parentbased_traceidratio":
+        return None
+    from tasklane.observability.sampling import ParentBasedTraceIdRatio
+
+    ratio = _sampling_ratio(os.environ)
+    return ParentBasedTraceIdRatio(1.0 if ratio is None else ratio)
 
 
 def stop_tracing(provider: TracerProvider | None) -> None:

@@ -1,0 +1,105 @@
+"""Deciding a task run's sampling without the SDK's general path, when it will not be sampled.
+
+At 10 % sampling nine runs in ten record nothing, yet the SDK's ``Tracer.start_span`` walks the
+same path for them as for a recorded span: the parent's context, the sampler chain, a sampling
+result, the tracer's own metrics. :class:`UnsampledRuns` makes the decision of the
+``parentbased_traceidratio`` sampler (the one production uses) with its own arithmetic and builds
+the non-recording span the SDK would, ids drawn in the same order from the same generator; a run
+to be sampled still goes to the tracer, which receives the trace id already drawn.
+Equivalence with the SDK is tested id for id (``tests/unit/tasklane/test_sampling.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from opentelemetry.sdk.trace import Tracer
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+
+class ParentBasedTraceIdRatio(ParentBased):
+    """The SDK's ``parentbased_traceidratio`` sampler, with its ratio sampler at hand.
+
+    Decides exactly as ``ParentBased(TraceIdRatioBased(ratio))``: a parent's decision is kept,
+    a root is sampled when its trace id's low 64 bits fall under the ratio's bound.
+    """
+
+    def __init__(self, ratio: float) -> None:
+        self.ratio = TraceIdRatioBased(ratio)
+        super().__init__(root=self.ratio)
+
+
+class TraceIdsDrawnAhead(RandomIdGenerator):
+    """The SDK's random ids; a trace id drawn before its span is made can be handed on to it.
+
+    Per thread: :meth:`hand_on` gives the id to the next root span the same thread starts.
+    """
+
+    def __init__(self) -> None:
+        self._ahead = threading.local()
+
+    def hand_on(self, trace_id: int) -> None:
+        """Make ``trace_id`` the next one :meth:`generate_trace_id` returns in this thread."""
+        self._ahead.trace_id = trace_id
+
+    def generate_trace_id(self) -> int:
+        drawn: int | None = self._ahead.__dict__.pop("trace_id", None)
+        return super().generate_trace_id() if drawn is None else drawn
+
+
+class UnsampledRuns:
+    """The span of a run its tracer's sampler drops, made without the tracer.
+
+    Only for a tracer with :class:`ParentBasedTraceIdRatio` and :class:`TraceIdsDrawnAhead`
+    (:meth:`of` says). What the SDK's own self-metrics would count for a dropped span is not
+    counted; Tasklane configures no meter provider for them.
+    """
+
+    def __init__(self, bound: int, ids: TraceIdsDrawnAhead) -> None:
+        self._bound = bound
+        self._ids = ids
+        self._root_flags = TraceFlags(
+            TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else TraceFlags.DEFAULT
+        )
+
+    @classmethod
+    def of(cls, tracer: object) -> UnsampledRuns | None:
+        """For ``tracer``, or ``None`` when its sampler or ids are not the ones above."""
+        if not isinstance(tracer, Tracer):
+            return None
+        sampler, ids = tracer.sampler, tracer.id_generator
+        if not isinstance(sampler, ParentBasedTraceIdRatio):
+            return None
+        if not isinstance(ids, TraceIdsDrawnAhead):
+            return None
+        return cls(sampler.ratio.bound, ids)
+
+    def span(self, parent: SpanContext) -> NonRecordingSpan | None:
+        """The run's non-recording span under ``parent``; ``None`` when it is to be sampled.
+
+        ``None`` for a root run hands its trace id on to the tracer's next root span, which
+        the tracer's sampler then samples as this decided.
+        """
+        if parent.is_valid:
+            flags = parent.trace_flags
+            if flags & TraceFlags.SAMPLED:
+                return None
+            # The parent's decision, its trace and its trace state, as ParentBased keeps them.
+            trace_id, state = parent.trace_id, parent.trace_state
+            run_flags = TraceFlags(flags & TraceFlags.RANDOM_TRACE_ID)
+        else:
+            trace_id = self._ids.generate_trace_id()
+            if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self._bound:
+                self._ids.hand_on(trace_id)
+                return None
+            state, run_flags = None, self._root_flags
+        context = SpanContext(
+            trace_id,
+            self._ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=run_flags,
+            trace_state=state,
+        )
+        return NonRecordingSpan(context)
