@@ -29,7 +29,6 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Histogram,
     multiprocess,
 )
 from prometheus_client.exposition import choose_encoder
@@ -73,6 +72,20 @@ def _request_labels(request: Any) -> tuple[str, str]:
     return name, queue
 
 
+class _RunSeries:
+    """The series one task's runs record into, looked up once per task and process."""
+
+    __slots__ = ("labels", "queue_wait", "runtime", "started", "succeeded")
+
+    def __init__(self, recorder: TaskRecorder, labels: tuple[str, str]) -> None:
+        metrics = task_metrics()
+        self.labels = labels
+        self.started = recorder._child(metrics.started, labels)
+        self.succeeded = recorder._child(metrics.succeeded, labels)
+        self.queue_wait = recorder._child(metrics.queue_wait, labels)
+        self.runtime = recorder._child(metrics.runtime, labels)
+
+
 class TaskRecorder:
     """Celery signal handlers that record :class:`TaskMetrics`."""
 
@@ -96,6 +109,7 @@ class TaskRecorder:
         #: Labelled series by metric and label values: ``labels()`` costs a lock and a
         #: conversion of every value on each call, several times per task.
         self._series: dict[tuple[MetricWrapperBase, tuple[str, str]], Any] = {}
+        self._runs: dict[Any, _RunSeries] = {}
         #: How tasks ended, their waits and runtimes: summed in memory, written in batches.
         self.tallies = Tallies()
 
@@ -153,48 +167,55 @@ class TaskRecorder:
             self._recorder = ExemplarRecorder(Path(directory))
         return self._recorder
 
-    def _observe(
+    def _run_series(self, task: Any) -> _RunSeries:
+        series = self._runs.get(task)
+        if series is None:
+            series = self._runs[task] = _RunSeries(self, _labels(task))
+        return series
+
+    def _exemplar(
         self,
         name: str,
-        histogram: Histogram,
         buckets: tuple[float, ...],
         labels: tuple[str, str],
         value: float,
-        trace_ids: tuple[str, str] | None,
+        trace_ids: tuple[str, str],
     ) -> None:
-        self.tallies.observe(self._child(histogram, labels), value)
-        recorder = self._exemplar_recorder() if trace_ids else None
-        if recorder is not None and trace_ids is not None:
+        recorder = self._exemplar_recorder()
+        if recorder is not None:
             named = dict(zip(TASK_LABELS, labels, strict=True))
             recorder.observe(name, named, buckets, value, *trace_ids)
 
     def prerun(self, task_id: str = "", task: Any = None, **_: Any) -> None:
-        labels = _labels(task)
-        metrics = task_metrics()
+        series = self._run_series(task)
         # Written at once: a task whose process is killed mid-run still counts as started.
-        self._child(metrics.started, labels).inc()
+        series.started.inc()
         now = time.time()
         self._started[task_id] = time.monotonic()
-        published = task.request.get(PUBLISHED_AT)
+        request = task.request  # a lookup in Celery's request stack: once
+        published = request.get(PUBLISHED_AT)
         if isinstance(published, int | float) and published > 0:
-            # The task's own span starts after this handler; its trace is the publisher's.
-            parent = _sampled_parent(task.request.get("traceparent")) if self.exemplars else None
             wait = max(0.0, now - published)
-            self._observe(QUEUE_WAIT, metrics.queue_wait, WAIT_BUCKETS, labels, wait, parent)
+            self.tallies.observe(series.queue_wait, wait)
+            # The task's own span starts after this handler; its trace is the publisher's.
+            parent = _sampled_parent(request.get("traceparent")) if self.exemplars else None
+            if parent is not None:
+                self._exemplar(QUEUE_WAIT, WAIT_BUCKETS, series.labels, wait, parent)
 
     def postrun(self, task_id: str = "", task: Any = None, state: Any = None, **_: Any) -> None:
-        labels = _labels(task)
-        metrics = task_metrics()
+        series = self._run_series(task)
         # Counted here rather than on task_success: a signal without receivers is not sent at
         # all, which saves every task a dispatch. Failures and retries keep their own signals.
         if state == SUCCESS:
-            self.tallies.count(self._child(metrics.succeeded, labels))
+            self.tallies.count(series.succeeded)
         started = self._started.pop(task_id, None)
         if started is not None:
-            # The task's span is still the current one: the tracing's postrun ends it later.
             runtime = time.monotonic() - started
+            self.tallies.observe(series.runtime, runtime)
+            # The task's span is still the current one: the tracing's postrun ends it later.
             span = _current_span() if self.exemplars else None
-            self._observe(RUNTIME, metrics.runtime, RUNTIME_BUCKETS, labels, runtime, span)
+            if span is not None:
+                self._exemplar(RUNTIME, RUNTIME_BUCKETS, series.labels, runtime, span)
 
     def failure(self, sender: Any = None, **_: Any) -> None:
         self._child(task_metrics().failed, _labels(sender)).inc()
