@@ -27,6 +27,8 @@ DEAD_LETTER_REASONS = (
 RUNTIME = "tasklane_task_runtime_seconds"
 #: A gauge the worker's main process reads from Celery's own state at each scrape.
 IN_FLIGHT = "tasklane_tasks_in_flight"
+#: A counter the worker's main process keeps in memory (it alone receives tasks).
+RECEIVED = "tasklane_tasks_received"
 QUEUE_WAIT = "tasklane_task_queue_wait_seconds"
 #: Seconds; from sub-millisecond no-ops to hour-long transcodes.
 RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -40,7 +42,6 @@ class TaskMetrics:
 
     published: Counter
     publish_retries: Counter
-    received: Counter
     started: Counter
     succeeded: Counter
     failed: Counter
@@ -64,9 +65,6 @@ def task_metrics() -> TaskMetrics:
             "tasklane_publish_retries",
             "Publish attempts that failed on a lost or refused broker connection.",
             TASK_LABELS,
-        ),
-        received=Counter(
-            "tasklane_tasks_received", "Tasks a worker received from its queue.", TASK_LABELS
         ),
         started=Counter("tasklane_tasks_started", "Tasks that started running.", TASK_LABELS),
         succeeded=Counter("tasklane_tasks_succeeded", "Tasks that returned a result.", TASK_LABELS),
