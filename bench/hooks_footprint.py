@@ -55,11 +55,12 @@ def _setup(variant: str) -> Any:
         os.environ["OTEL_TRACES_SAMPLER_ARG"] = "0" if "ratio 0" in variant else "0.1"
     sys.path.insert(0, str(BENCH_DIR))
     import noop_service as svc
-    from celery import signals
     from celery.app.trace import build_tracer
 
     task = svc.tasklane_app.tasks[svc.NOOP.name]
     task.ignore_result = True
+    # Wired as a worker's app wires them: one pair of run receivers for metrics and spans.
+    runs = svc.tasklane_app.run_observers
     if "metrics" in variant:
         from tasklane.observability.metrics import TaskRecorder
         from tasklane.observability.tracing import tracing_enabled
@@ -68,13 +69,13 @@ def _setup(variant: str) -> Any:
         labels = [(svc.NOOP.name, queue_name(svc.NOOP, svc.settings.namespace))]
         health: Any = None  # no probes served here
         recorder = TaskRecorder("bench", 0, health, labels, exemplars=tracing_enabled())
-        signals.task_prerun.connect(recorder.prerun, weak=False)
-        signals.task_postrun.connect(recorder.postrun, weak=False)
+        runs.metrics = recorder
+        runs.connect()
     if "tracing" in variant:
         from tasklane.observability.tracing import _instrument_worker, start_tracing
 
         start_tracing("bench")
-        _instrument_worker()
+        _instrument_worker(runs)
     return build_tracer(task.name, task, app=svc.tasklane_app, eager=False, propagate=False)
 
 

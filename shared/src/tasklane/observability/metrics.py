@@ -50,6 +50,7 @@ from tasklane.observability.counters import (
 )
 from tasklane.observability.exemplars import ExemplarCollector, ExemplarRecorder, clear
 from tasklane.observability.health import HealthStep, Probes, WorkerHealth
+from tasklane.observability.runs import RunObservers
 from tasklane.observability.tallies import Tallies
 from tasklane.observability.tracing import tracing_enabled
 from tasklane.wire.headers import PUBLISHED_AT
@@ -188,23 +189,24 @@ class TaskRecorder:
             named = dict(zip(TASK_LABELS, labels, strict=True))
             recorder.observe(name, named, buckets, value, *trace_ids)
 
-    def prerun(self, task_id: str = "", task: Any = None, **_: Any) -> None:
+    def begin(self, task_id: str, task: Any, request: Any) -> None:
+        """A run of ``task`` starts (``request`` is its Celery request)."""
         series = self._run_series(task)
         # Written at once: a task whose process is killed mid-run still counts as started.
         series.started.inc()
         now = time.time()
         self._started[task_id] = time.monotonic()
-        request = task.request  # a lookup in Celery's request stack: once
         published = request.get(PUBLISHED_AT)
         if isinstance(published, int | float) and published > 0:
             wait = max(0.0, now - published)
             self.tallies.observe(series.queue_wait, wait)
-            # The task's own span starts after this handler; its trace is the publisher's.
+            # The task's own span starts after this; its trace is the publisher's.
             parent = _sampled_parent(request.get("traceparent")) if self.exemplars else None
             if parent is not None:
                 self._exemplar(QUEUE_WAIT, WAIT_BUCKETS, series.labels, wait, parent)
 
-    def postrun(self, task_id: str = "", task: Any = None, state: Any = None, **_: Any) -> None:
+    def end(self, task_id: str, task: Any, state: Any, span: trace.Span | None) -> None:
+        """A run of ``task`` ended in ``state``; ``span`` is its span (its runtime's exemplar)."""
         series = self._run_series(task)
         # Counted here rather than on task_success: a signal without receivers is not sent at
         # all, which saves every task a dispatch. Failures and retries keep their own signals.
@@ -214,10 +216,17 @@ class TaskRecorder:
         if started is not None:
             runtime = time.monotonic() - started
             self.tallies.observe(series.runtime, runtime)
-            # The task's span is still the current one: the tracing's postrun ends it later.
-            span = _current_span() if self.exemplars else None
-            if span is not None:
-                self._exemplar(RUNTIME, RUNTIME_BUCKETS, series.labels, runtime, span)
+            ids = _sampled_ids(span) if self.exemplars and span is not None else None
+            if ids is not None:
+                self._exemplar(RUNTIME, RUNTIME_BUCKETS, series.labels, runtime, ids)
+
+    def prerun(self, task_id: str = "", task: Any = None, **_: Any) -> None:
+        """``task_prerun`` receiver, when nothing else observes runs (see RunObservers)."""
+        self.begin(task_id, task, task.request)
+
+    def postrun(self, task_id: str = "", task: Any = None, state: Any = None, **_: Any) -> None:
+        """``task_postrun`` receiver; the run's span is still the current one."""
+        self.end(task_id, task, state, trace.get_current_span() if self.exemplars else None)
 
     def failure(self, sender: Any = None, **_: Any) -> None:
         self._child(task_metrics().failed, _labels(sender)).inc()
@@ -304,9 +313,9 @@ def _sampled_parent(traceparent: Any) -> tuple[str, str] | None:
     return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id)
 
 
-def _current_span() -> tuple[str, str] | None:
-    """Trace and span id of this process's current span, if it is sampled."""
-    context = trace.get_current_span().get_span_context()
+def _sampled_ids(span: trace.Span) -> tuple[str, str] | None:
+    """Trace and span id of ``span``, if it is sampled."""
+    context = span.get_span_context()
     if not context.is_valid or not context.trace_flags.sampled:
         return None
     return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id)
@@ -328,10 +337,13 @@ def install_metrics(
     port: int,
     live_timeout: float,
     address: IPv4Address | IPv6Address | str = "0.0.0.0",
+    runs: RunObservers | None = None,
 ) -> tuple[WorkerHealth, TaskRecorder]:
     """Record task metrics in this app's worker; serve them and its probes on ``port``.
 
     ``contracts`` are the app's own: their series start at zero before the first task.
+    ``runs`` are the app's run observers, which start and end each run's metrics (its own
+    ``task_prerun`` and ``task_postrun`` receivers otherwise).
     """
     health = WorkerHealth(live_timeout=live_timeout)
     app.steps["consumer"].add(HealthStep)
@@ -341,8 +353,12 @@ def install_metrics(
     )
     signals.worker_init.connect(recorder.worker_init, weak=False)
     signals.task_received.connect(recorder.received, weak=False)
-    signals.task_prerun.connect(recorder.prerun, weak=False)
-    signals.task_postrun.connect(recorder.postrun, weak=False)
+    if runs is None:
+        signals.task_prerun.connect(recorder.prerun, weak=False)
+        signals.task_postrun.connect(recorder.postrun, weak=False)
+    else:
+        runs.metrics = recorder
+        runs.connect()
     signals.task_failure.connect(recorder.failure, weak=False)
     signals.task_retry.connect(recorder.retry, weak=False)
     signals.task_revoked.connect(recorder.revoked, weak=False)

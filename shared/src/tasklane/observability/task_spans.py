@@ -54,9 +54,12 @@ class TaskSpans:
         #: Spans of runs the sampler drops, made without the tracer (when its sampler allows).
         self._unsampled = UnsampledRuns.of(self.tracer)
 
-    def connect(self) -> None:
-        signals.task_prerun.connect(self.prerun, weak=False)
-        signals.task_postrun.connect(self.postrun, weak=False)
+    def connect(self, runs: bool = True) -> None:
+        """Connect the handlers; ``runs=False`` leaves a run's start and end to the caller
+        (:class:`tasklane.observability.runs.RunObservers` calls :meth:`begin` and :meth:`end`)."""
+        if runs:
+            signals.task_prerun.connect(self.prerun, weak=False)
+            signals.task_postrun.connect(self.postrun, weak=False)
         signals.task_failure.connect(self.failure, weak=False)
         signals.task_retry.connect(self.retry, weak=False)
         signals.before_task_publish.connect(self.before_publish, weak=False)
@@ -71,9 +74,22 @@ class TaskSpans:
         signals.after_task_publish.disconnect(self.after_publish)
 
     def prerun(self, task_id: str | None = None, task: Any = None, **_: Any) -> None:
-        if task is None or task_id is None:
-            return
-        request = task.request
+        if task is not None and task_id is not None:
+            self.begin(task_id, task, task.request)
+
+    def postrun(
+        self, task_id: str | None = None, task: Any = None, state: Any = None, **_: Any
+    ) -> None:
+        if task_id is not None:
+            self.end(task_id, task, state)
+
+    def span_of(self, task_id: str) -> trace.Span | None:
+        """The span of the run of ``task_id`` in progress."""
+        run = self._runs.get(task_id)
+        return None if run is None else run[0]
+
+    def begin(self, task_id: str, task: Any, request: Any) -> None:
+        """A run of ``task`` starts: its span, made the current one."""
         propagator = propagate.get_global_textmap()
         if propagator is not self._propagator:
             # Asked once per propagator (a composite builds its set anew on each call); one set
@@ -99,10 +115,9 @@ class TaskSpans:
         token = context_api.attach(trace.set_span_in_context(span, parent))
         self._runs[task_id] = (span, token)
 
-    def postrun(
-        self, task_id: str | None = None, task: Any = None, state: Any = None, **_: Any
-    ) -> None:
-        run = self._runs.pop(task_id, None) if task_id is not None else None
+    def end(self, task_id: str, task: Any, state: Any) -> None:
+        """A run of ``task`` ended in ``state``: its span ends, the context before it is back."""
+        run = self._runs.pop(task_id, None)
         if run is None:
             return
         span, token = run

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.sampling import Sampler
 
+    from tasklane.observability.runs import RunObservers
+
 logger = logging.getLogger(__name__)
 
 #: Either turns tracing on; the traces-specific one wins in the exporter, as the spec says.
@@ -178,13 +180,20 @@ def _url_origin(span: trace.Span, request: RequestInfo) -> None:
             span.set_attribute(key, origin)
 
 
-def _instrument_worker() -> None:
-    """Trace task runs and publishes (Celery) and outgoing HTTP (httpx) in this process."""
+def _instrument_worker(runs: RunObservers | None = None) -> None:
+    """Trace task runs and publishes (Celery) and outgoing HTTP (httpx) in this process.
+
+    ``runs`` start and end each run's span, when given (its own receivers otherwise).
+    """
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
     from tasklane.observability.task_spans import TaskSpans
 
-    TaskSpans().connect()
+    spans = TaskSpans()
+    spans.connect(runs=runs is None)
+    if runs is not None:
+        runs.spans = spans
+        runs.connect()
     HTTPXClientInstrumentor().instrument(request_hook=_url_origin)
 
 
@@ -207,8 +216,9 @@ class _WorkerTracing:
     process, which starts tracing at ``worker_init``.
     """
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, runs: RunObservers | None) -> None:
         self.service = service
+        self.runs = runs
         self.provider: TracerProvider | None = None
         self.pid: int | None = None  # the process that started tracing
 
@@ -224,7 +234,7 @@ class _WorkerTracing:
             return  # the solo pool sends worker_process_init in the main process too
         self.pid = os.getpid()
         self.provider = start_tracing(self.service)
-        _instrument_worker()
+        _instrument_worker(self.runs)
         logger.info("tracing on in process %d", self.pid)
 
     def stop(self, **_: Any) -> None:
@@ -233,10 +243,11 @@ class _WorkerTracing:
             self.provider = None
 
 
-def install_tracing(service: str) -> bool:
+def install_tracing(service: str, runs: RunObservers | None = None) -> bool:
     """Trace this process's worker when ``OTEL_*`` turns tracing on; whether it did.
 
     Only signal handlers are connected here; providers start in the worker's processes.
+    ``runs`` are the app's run observers, which then start and end each run's span.
 
     Raises:
         SettingsError: see :func:`check_tracing_settings`; checked now so the worker fails to
@@ -245,7 +256,7 @@ def install_tracing(service: str) -> bool:
     if not tracing_enabled():
         return False
     check_tracing_settings()
-    hooks = _WorkerTracing(service)  # kept alive by the signals (weak=False)
+    hooks = _WorkerTracing(service, runs)  # kept alive by the signals (weak=False)
     signals.worker_init.connect(hooks.worker_init, weak=False)
     signals.worker_process_init.connect(hooks.start, weak=False)
     signals.worker_process_shutdown.connect(hooks.stop, weak=False)

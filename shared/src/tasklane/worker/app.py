@@ -17,6 +17,7 @@ from tasklane.errors import SettingsError
 from tasklane.observability.health import WorkerHealth
 from tasklane.observability.logs import install_logging
 from tasklane.observability.metrics import TaskRecorder, install_metrics
+from tasklane.observability.runs import RunObservers
 from tasklane.observability.tracing import install_tracing
 from tasklane.settings import Settings, load_settings
 from tasklane.wire.config import base_config
@@ -153,6 +154,8 @@ class TasklaneApp(Celery):  # type: ignore[misc]
         #: Set when TASKLANE_METRICS_PORT is: the probes' state and the metrics recorder.
         self.health: WorkerHealth | None = None
         self.metrics: TaskRecorder | None = None
+        #: What each task run records (metrics, its span), from one pair of run signals.
+        self.run_observers = RunObservers()
 
     def implement(
         self,
@@ -231,8 +234,9 @@ def create_app(
             settings.metrics_port,
             settings.liveness_timeout,
             settings.metrics_address,
+            app.run_observers,
         )
-    install_tracing(service)
+    install_tracing(service, app.run_observers)
     install_logging(settings.log_format, log_task_data=settings.log_task_data)
     # Connected last, so that what the other handlers start in the process is frozen too.
     signals.worker_process_init.connect(freeze_heap, weak=False, dispatch_uid=freeze_heap)
