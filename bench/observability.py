@@ -345,9 +345,10 @@ class Side:
 
 @dataclass(frozen=True)
 class Reading:
-    """A worker's group CPU and finished tasks at one moment."""
+    """A worker's group CPU (and its main process's part) and finished tasks at one moment."""
 
     cpu: float
+    main_cpu: float
     done: int
     at: float
 
@@ -367,7 +368,11 @@ def prefill_side(side: Side, count: int) -> list[str]:
 
 
 def read(client: redis.Redis, worker: Worker, keys: Sequence[str]) -> Reading:
-    return Reading(group_cpu_seconds(worker), finished(client, keys), time.monotonic())
+    stats = worker.group_stats()
+    main = stats.get(worker.process.pid)
+    # Its own utime + stime: pool children it reaped are the children's part.
+    main_cpu = (int(main[11]) + int(main[12])) / CLOCK_TICKS if main else 0.0
+    return Reading(group_cpu_seconds(worker), main_cpu, finished(client, keys), time.monotonic())
 
 
 def side_by_side(
@@ -434,9 +439,11 @@ def side_by_side(
     figures = []
     for start, end in zip(first, last, strict=True):
         tasks = end.done - start.done
+        main_us = (end.main_cpu - start.main_cpu) / max(1, tasks) * 1e6
         figures.append(
             {
                 "cpu_us_per_task": (end.cpu - start.cpu) / max(1, tasks) * 1e6,
+                "main_us_per_task": main_us,
                 "tasks_per_s": tasks / (end.at - start.at),
                 "tasks": float(tasks),
             }
@@ -483,6 +490,60 @@ def bench_side_by_side(
             )
     cleanup(client)
     return ratios
+
+
+def bench_split(
+    client: redis.Redis, opts: Options, endpoint: str, multiproc: Path, log_dir: Path
+) -> None:
+    """Where observability's CPU goes: each part beside Tasklane without it, main process apart.
+
+    Each variant runs beside Tasklane without observability (as the CPU target's pair does);
+    the extra CPU per task is split into the worker's main process (it receives, dispatches and
+    acknowledges) and its pool children (they run the tasks and the hooks).
+    """
+    parts = [
+        (Variant("split.metrics", "metrics", "tasklane"), True),
+        (
+            Variant("split.trace0", "tracing, ratio 0", "tasklane", tracing_env(endpoint, 0.0)),
+            False,
+        ),
+        (Variant("split.trace10", "tracing 10 %", "tasklane", tracing_env(endpoint, 0.1)), False),
+        (
+            Variant("split.both", "metrics + tracing 10 %", "tasklane", tracing_env(endpoint, 0.1)),
+            True,
+        ),
+    ]
+    extra: dict[str, list[tuple[float, float, float]]] = {v.label: [] for v, _ in parts}
+    for round_no in range(opts.rounds):
+        for variant, metered in parts:
+            pair = (Side(variant, "perf.obs.", metered), Side(TASKLANE, "perf.off.", False))
+            if round_no % 2 == 0:
+                observed, baseline = side_by_side(client, pair, opts, multiproc, log_dir)
+            else:
+                baseline, observed = side_by_side(
+                    client, (pair[1], pair[0]), opts, multiproc, log_dir
+                )
+            main = observed["main_us_per_task"] - baseline["main_us_per_task"]
+            children = (observed["cpu_us_per_task"] - observed["main_us_per_task"]) - (
+                baseline["cpu_us_per_task"] - baseline["main_us_per_task"]
+            )
+            ratio = observed["cpu_us_per_task"] / baseline["cpu_us_per_task"]
+            extra[variant.label].append((ratio, main, children))
+            print(
+                f"  round {round_no + 1} {variant.label:24} CPU ratio {ratio:.3f}x; per task:"
+                f" main {main:+5.0f} us, children {children:+5.0f} us"
+                f" (Tasklane without: main {baseline['main_us_per_task']:.0f},"
+                f" children {baseline['cpu_us_per_task'] - baseline['main_us_per_task']:.0f})",
+                flush=True,
+            )
+    cleanup(client)
+    print("where the CPU goes, median over rounds (extra per task beside Tasklane without it):")
+    for label, rows in extra.items():
+        ratio, main, children = (statistics.median(column) for column in zip(*rows, strict=True))
+        print(
+            f"  {label:24} {ratio:.3f}x; main process {main:+.0f} us, pool children"
+            f" {children:+.0f} us"
+        )
 
 
 def print_side_by_side_targets(ratios: dict[str, list[float]]) -> None:
@@ -622,7 +683,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--long-tasks", type=int, help="tasks of the long run (default 100000)")
     parser.add_argument(
-        "--only", choices=("throughput", "side-by-side", "long"), help="run only this part"
+        "--only",
+        choices=("throughput", "side-by-side", "split", "long"),
+        help="run only this part (split: where the CPU goes; run only when asked)",
     )
     return parser.parse_args(argv)
 
@@ -672,6 +735,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.only in (None, "side-by-side"):
                     print(f"side by side: {opts.tasks} no-op tasks per worker, prefork -c 2 each")
                     side_ratios = bench_side_by_side(client, opts, sink.url, work, work)
+                if args.only == "split":
+                    print(f"split: {opts.tasks} no-op tasks per worker, prefork -c 2 each")
+                    bench_split(client, opts, sink.url, work, work)
                 if args.only in (None, "long"):
                     print(f"long run: {long_tasks} tasks, prefork -c 4, metrics + tracing 10 %")
                     bench_long_run(client, opts, long_tasks, sink.url, work, work, figures)
