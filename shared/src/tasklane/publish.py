@@ -68,10 +68,10 @@ if TYPE_CHECKING:
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
-#: Pauses between publish attempts through an outage double from the first to the last: a publish
-#: waiting for the broker resumes within the last pause (plus a connect) of its return.
 #: Seconds a result wait trusts Redis's announcement before reading the stored result again.
 RESULT_RECHECK_INTERVAL = 1.0
+#: Pauses between publish attempts through an outage double from the first to the last: a publish
+#: waiting for the broker resumes within the last pause (plus a connect) of its return.
 _FIRST_RETRY_PAUSE = 0.05
 _LAST_RETRY_PAUSE = 0.25
 
