@@ -18,8 +18,29 @@ PREFIX = "tasklane-media-"
 @contextmanager
 def workspace(parent: Path | None = None) -> Iterator[Path]:
     """A fresh directory removed on exit, whatever ends the task (soft time limit included)."""
-    with tempfile.TemporaryDirectory(prefix=PREFIX, dir=parent) as path:
-        yield Path(path)
+    path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
+    try:
+        yield path
+    finally:
+        _remove(path)
+
+
+def _remove(path: Path) -> None:
+    """``rmtree`` carried to its end even when an exception lands in the middle of it.
+
+    A soft time limit is raised by a signal wherever Python runs next: possibly inside this
+    removal, while a first stop (the transcoder's own check of the limit) is unwinding, or just
+    as the task returns. The removal is finished, and that exception raised after it.
+    """
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            shutil.rmtree(path, ignore_errors=True)  # errors of its own are not raised
+            break
+        except Exception as exc:  # raised into it from outside: finish, then pass it on
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
 
 
 def remove_stale(parent: Path | None, older_than: float) -> int:
