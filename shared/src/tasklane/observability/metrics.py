@@ -220,14 +220,6 @@ class TaskRecorder:
             if ids is not None:
                 self._exemplar(RUNTIME, RUNTIME_BUCKETS, series.labels, runtime, ids)
 
-    def prerun(self, task_id: str = "", task: Any = None, **_: Any) -> None:
-        """``task_prerun`` receiver, when nothing else observes runs (see RunObservers)."""
-        self.begin(task_id, task, task.request)
-
-    def postrun(self, task_id: str = "", task: Any = None, state: Any = None, **_: Any) -> None:
-        """``task_postrun`` receiver; the run's span is still the current one."""
-        self.end(task_id, task, state, trace.get_current_span() if self.exemplars else None)
-
     def failure(self, sender: Any = None, **_: Any) -> None:
         self._child(task_metrics().failed, _labels(sender)).inc()
 
@@ -336,14 +328,13 @@ def install_metrics(
     namespace: str,
     port: int,
     live_timeout: float,
+    runs: RunObservers,
     address: IPv4Address | IPv6Address | str = "0.0.0.0",
-    runs: RunObservers | None = None,
 ) -> tuple[WorkerHealth, TaskRecorder]:
     """Record task metrics in this app's worker; serve them and its probes on ``port``.
 
     ``contracts`` are the app's own: their series start at zero before the first task.
-    ``runs`` are the app's run observers, which start and end each run's metrics (its own
-    ``task_prerun`` and ``task_postrun`` receivers otherwise).
+    ``runs`` are the app's run observers, which start and end each run's metrics.
     """
     health = WorkerHealth(live_timeout=live_timeout)
     app.steps["consumer"].add(HealthStep)
@@ -353,12 +344,8 @@ def install_metrics(
     )
     signals.worker_init.connect(recorder.worker_init, weak=False)
     signals.task_received.connect(recorder.received, weak=False)
-    if runs is None:
-        signals.task_prerun.connect(recorder.prerun, weak=False)
-        signals.task_postrun.connect(recorder.postrun, weak=False)
-    else:
-        runs.metrics = recorder
-        runs.connect()
+    runs.metrics = recorder
+    runs.connect()
     signals.task_failure.connect(recorder.failure, weak=False)
     signals.task_retry.connect(recorder.retry, weak=False)
     signals.task_revoked.connect(recorder.revoked, weak=False)

@@ -180,20 +180,19 @@ def _url_origin(span: trace.Span, request: RequestInfo) -> None:
             span.set_attribute(key, origin)
 
 
-def _instrument_worker(runs: RunObservers | None = None) -> None:
+def _instrument_worker(runs: RunObservers) -> None:
     """Trace task runs and publishes (Celery) and outgoing HTTP (httpx) in this process.
 
-    ``runs`` start and end each run's span, when given (its own receivers otherwise).
+    ``runs`` start and end each run's span.
     """
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
     from tasklane.observability.task_spans import TaskSpans
 
     spans = TaskSpans()
-    spans.connect(runs=runs is None)
-    if runs is not None:
-        runs.spans = spans
-        runs.connect()
+    spans.connect(runs=False)
+    runs.spans = spans
+    runs.connect()
     HTTPXClientInstrumentor().instrument(request_hook=_url_origin)
 
 
@@ -216,7 +215,7 @@ class _WorkerTracing:
     process, which starts tracing at ``worker_init``.
     """
 
-    def __init__(self, service: str, runs: RunObservers | None) -> None:
+    def __init__(self, service: str, runs: RunObservers) -> None:
         self.service = service
         self.runs = runs
         self.provider: TracerProvider | None = None
@@ -243,7 +242,7 @@ class _WorkerTracing:
             self.provider = None
 
 
-def install_tracing(service: str, runs: RunObservers | None = None) -> bool:
+def install_tracing(service: str, runs: RunObservers) -> bool:
     """Trace this process's worker when ``OTEL_*`` turns tracing on; whether it did.
 
     Only signal handlers are connected here; providers start in the worker's processes.

@@ -233,8 +233,8 @@ def create_app(
             settings.namespace,
             settings.metrics_port,
             settings.liveness_timeout,
-            settings.metrics_address,
             app.run_observers,
+            settings.metrics_address,
         )
     install_tracing(service, app.run_observers)
     install_logging(settings.log_format, log_task_data=settings.log_task_data)
