@@ -233,12 +233,12 @@ class TaskRecorder:
         name = str(getattr(sender, "name", "") or "unknown")
         self._child(task_metrics().revoked, (name, queue)).inc()
 
-    def child_exit(self, pid: int | None = None, **_: Any) -> None:
+    def child_exit(self, **_: Any) -> None:
+        # What the process summed and its exemplars, written before it goes. No live gauge is
+        # kept by a pool process, so there is no file of one to drop.
         self.tallies.stop()
         if self._recorder is not None:
             self._recorder.write()
-        if os.environ.get(MULTIPROC_ENV):
-            multiprocess.mark_process_dead(pid or os.getpid())
 
 
 class InFlightCollector(Collector):
