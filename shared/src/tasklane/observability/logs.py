@@ -46,7 +46,7 @@ def task_context() -> dict[str, Any]:
 
 
 def trace_context() -> dict[str, str]:
-    """The current span's trace and span ids (hex), if a span is recording."""
+    """The current span's trace and span ids (hex), sampled or not; none outside a trace."""
     from opentelemetry import trace
 
     context = trace.get_current_span().get_span_context()
