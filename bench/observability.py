@@ -165,7 +165,7 @@ def tracing_env(endpoint: str, ratio: float) -> dict[str, str]:
 # --------------------------------------------------------------------------- worker CPU
 
 
-def group_cpu_seconds(worker: Worker) -> float:
+def group_cpu_seconds(worker: Worker, stats: dict[int, list[str]] | None = None) -> float:
     """User + system CPU of the worker's process group, reaped children included.
 
     Each live process counts its own utime + stime and the cutime + cstime of the children it has
@@ -173,7 +173,7 @@ def group_cpu_seconds(worker: Worker) -> float:
     second, so its CPU is neither lost nor counted twice.
     """
     ticks = 0
-    for fields in worker.group_stats().values():
+    for fields in (worker.group_stats() if stats is None else stats).values():
         # Fields after the command: utime, stime, cutime, cstime are the 14th to 17th of stat.
         ticks += sum(int(value) for value in fields[11:15])
     return ticks / CLOCK_TICKS
@@ -372,7 +372,8 @@ def read(client: redis.Redis, worker: Worker, keys: Sequence[str]) -> Reading:
     main = stats.get(worker.process.pid)
     # Its own utime + stime: pool children it reaped are the children's part.
     main_cpu = (int(main[11]) + int(main[12])) / CLOCK_TICKS if main else 0.0
-    return Reading(group_cpu_seconds(worker), main_cpu, finished(client, keys), time.monotonic())
+    cpu = group_cpu_seconds(worker, stats)  # from the same reading of /proc as the main's part
+    return Reading(cpu, main_cpu, finished(client, keys), time.monotonic())
 
 
 def side_by_side(
