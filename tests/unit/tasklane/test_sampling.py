@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
@@ -26,6 +27,14 @@ STATE = TraceState([("vendor", "opaque")])
 def _parent(flags: int, *, remote: bool = True) -> Context:
     context = SpanContext(TRACE_ID, PARENT_ID, remote, TraceFlags(flags), STATE)
     return trace.set_span_in_context(NonRecordingSpan(context))
+
+
+@pytest.fixture(autouse=True)
+def _random_state_kept() -> Iterator[None]:
+    # The SDK draws ids from the random module, which these tests seed: later tests get it back.
+    state = random.getstate()
+    yield
+    random.setstate(state)
 
 
 PARENTS = {
