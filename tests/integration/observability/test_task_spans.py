@@ -82,16 +82,16 @@ def traced(redis_url: str) -> Iterator[Callable[[Sampler], Traced]]:
 
 
 def _define(t: Traced) -> None:
-    @t.app.task(name=f"{t.queue}.ok", ignore_result=True)
+    @t.app.task(name=f"{t.queue}.ok", ignore_result=True, shared=False)
     def ok() -> str:
         t.seen["context"] = trace.get_current_span().get_span_context()
         return "done"
 
-    @t.app.task(name=f"{t.queue}.broken", ignore_result=True)
+    @t.app.task(name=f"{t.queue}.broken", ignore_result=True, shared=False)
     def broken() -> None:
         raise ValueError("no such recipient")
 
-    @t.app.task(name=f"{t.queue}.fan_out", ignore_result=True)
+    @t.app.task(name=f"{t.queue}.fan_out", ignore_result=True, shared=False)
     def fan_out() -> None:
         headers: dict[str, Any] = {}
 
