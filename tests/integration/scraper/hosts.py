@@ -58,5 +58,12 @@ def gaps(site: SiteServer) -> list[tuple[str, str, float]]:
 
 
 def too_close(site: SiteServer, delay: float) -> list[tuple[str, str, float]]:
-    """The consecutive pairs of requests that reached the server less than ``delay`` apart."""
+    """The consecutive pairs of requests that reached the server less than ``delay`` apart.
+
+    Not a timing hope but a consequence of the gate, when requests to a host do not overlap: a
+    request arrives after its turn was granted, which is at least ``delay`` after the previous
+    request's turn ended (the next start the gate recorded then, counted up to the millisecond),
+    which was after the previous request had arrived. Redis's clock and the server's run at one
+    rate on this one machine.
+    """
     return [gap for gap in gaps(site) if gap[2] < delay]

@@ -162,7 +162,8 @@ def test_a_long_wait_raises_instead_of_blocking(make: Callable[..., DomainGate])
     with pytest.raises(TransientError, match="busy") as caught:
         gate.acquire(HOST, max_wait=0.2)
     assert time.monotonic() - started < 0.1  # no pointless sleep before giving up
-    assert 4.5 < (caught.value.retry_after or 0) <= 5
+    # The next start is counted from the grant's millisecond rounded up: up to 1 ms more.
+    assert 4.5 < (caught.value.retry_after or 0) <= 5.001
 
 
 def test_defer_holds_back_every_worker(
@@ -205,7 +206,7 @@ def test_a_smaller_per_call_delay_does_not_shorten(make: Callable[..., DomainGat
     gate.acquire(HOST, max_wait=0, min_delay=0.0).release()
     with pytest.raises(TransientError) as caught:
         gate.acquire(HOST, max_wait=0, min_delay=0.1)
-    assert 0.3 < (caught.value.retry_after or 0) <= 0.4
+    assert 0.3 < (caught.value.retry_after or 0) <= 0.401  # 1 ms: as in the test above
 
 
 def test_keys_expire_when_the_host_goes_idle(
@@ -219,9 +220,43 @@ def test_keys_expire_when_the_host_goes_idle(
         keys = list(client.scan_iter(f"*{host}*"))
         assert len(keys) == 2
         ttls = [client.pttl(key) for key in keys]
-        assert all(0 < ttl <= 2000 for ttl in ttls), ttls
+        # The next start's key lives until its value, counted from the millisecond rounded up.
+        assert all(0 < ttl <= 2001 for ttl in ttls), ttls
         eventually(
             lambda: not list(client.scan_iter(f"*{host}*")),
             timeout=10,
             message=f"the keys of {host} to expire",
         )
+
+
+def test_the_next_start_is_never_set_short_of_the_full_delay(
+    make: Callable[..., DomainGate], redis_url: str, prefix: str
+) -> None:
+    """Redis's clock runs in microseconds; a next start counted from the millisecond rounded down
+    let the next request go up to 1 ms early (two requests reached a site 0.2993 s apart under a
+    0.3 s Crawl-delay). Read against Redis's own clock, taken just before the gate's step."""
+    gate = make(min_delay=0.3, max_concurrency=1)
+    key = f"{prefix}scraper:gate:{{{HOST}}}:next"
+    short: list[tuple[str, int, int, int]] = []
+
+    def check(step: str, client: redis.Redis, clock_before: int) -> None:
+        next_start = int(client.get(key) or 0)
+        # The key must also outlive its value: gone, it would let a start through early.
+        expires = int(client.execute_command("PEXPIRETIME", key))
+        if next_start * 1000 < clock_before + 300_000 or expires < next_start:
+            short.append((step, clock_before, next_start, expires))
+
+    with redis.Redis.from_url(redis_url) as client:
+        for _ in range(20):
+            client.delete(key)  # each round starts with no delay pending
+            before_grant = redis_micros(client)
+            with gate.turn(HOST, max_wait=0):
+                check("grant", client, before_grant)
+                before_end = redis_micros(client)
+            check("end", client, before_end)
+    assert not short, short
+
+
+def redis_micros(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1_000_000 + int(micros)

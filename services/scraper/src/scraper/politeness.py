@@ -32,10 +32,15 @@ _POLL_SECONDS = 0.05
 # and the earliest lease expiry (minutes away) is only a worst case.
 _BUSY_RETRY_AFTER = 5.0
 
-# Milliseconds from the Redis server's clock, the one clock all workers share.
+# Milliseconds from the Redis server's clock, the one clock all workers share. A start is
+# allowed once ``now`` (rounded down) has reached it; a next start is counted from ``now_up``
+# (rounded up), so it never falls short of the full delay by the part of a millisecond the
+# rounding dropped.
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_up = now
+if tonumber(t[2]) % 1000 > 0 then now_up = now + 1 end
 """
 
 # KEYS[1]: leases (zset id -> expiry ms), KEYS[2]: next allowed start (ms).
@@ -60,7 +65,8 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 local latest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(latest[2])))
 local delay = tonumber(ARGV[4])
-if delay > 0 then redis.call('SET', KEYS[2], now + delay, 'PX', delay) end
+-- The key lives until its value has passed by the server's clock in whole milliseconds.
+if delay > 0 then redis.call('SET', KEYS[2], now_up + delay, 'PX', now_up + delay - now) end
 return {1, 0, 0}
 """
 )
@@ -69,10 +75,10 @@ return {1, 0, 0}
 _DEFER = (
     _NOW
     + """
-local target = now + tonumber(ARGV[1])
+local target = now_up + tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[1]))
 if current and current >= target then return 0 end
-redis.call('SET', KEYS[1], target, 'PX', ARGV[1])
+redis.call('SET', KEYS[1], target, 'PX', target - now)
 return 1
 """
 )
