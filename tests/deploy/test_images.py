@@ -16,6 +16,7 @@ or writable path fails here.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import urllib.request
@@ -495,9 +497,19 @@ def built(name: str, factory: pytest.TempPathFactory) -> Image:
 # Runs its arguments after "--" in a private mount namespace (user namespace, mapped root) where
 # every mount is read-only, as under readOnlyRootFilesystem, except the paths before "--"
 # (volumes), each bind-mounted onto itself first so it is a mount of its own. /proc, /sys and
-# /dev stay as they are (a container has its own; /dev/shm holds the pool's semaphores).
+# /dev stay as they are (a container has its own; /dev/shm holds the pool's semaphores). A mount
+# gone between listing and remounting needs nothing: a network namespace another test deleted
+# is unmounted from every mount namespace, this one included.
 SANDBOX = r"""
 set -eu
+mounted() { awk '{print $5}' /proc/self/mountinfo | grep -qxF "$1"; }
+remount_ro() {
+  for _ in 1 2 3; do
+    mount -o remount,bind,ro "$1" 2>/dev/null && return 0
+    mounted "$1" || return 0
+  done
+  mount -o remount,bind,ro "$1"
+}
 keep=""
 while [ "$1" != "--" ]; do mount --bind "$1" "$1"; keep="$keep$1
 "; shift; done
@@ -505,11 +517,13 @@ shift
 awk '{print $5}' /proc/self/mountinfo | sort -u | while read -r point; do
   case "$point" in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*) continue ;; esac
   if printf '%s' "$keep" | grep -qxF "$point"; then continue; fi
-  mount -o remount,bind,ro "$point"
+  remount_ro "$point"
 done
 if touch .read-only-probe 2>/dev/null; then echo "sandbox: the root is writable" >&2; exit 97; fi
 exec "$@"
 """
+# After unshare: a user and mount namespace of its own, the script, then its arguments.
+SANDBOX_ARGV = ("--user", "--map-root-user", "--mount", "sh", "-c", SANDBOX, "sandbox")
 
 
 def sandboxed(image: Image, args: Sequence[str], writable: Sequence[Path] = ()) -> list[str]:
@@ -522,8 +536,7 @@ def sandboxed(image: Image, args: Sequence[str], writable: Sequence[Path] = ()) 
     binary = shutil.which(image.command[0], path=image.env["PATH"])
     assert binary and Path(binary).is_relative_to(image.path(image.venv)), binary
     return [
-        unshare, "--user", "--map-root-user", "--mount", "sh", "-c", SANDBOX, "sandbox",
-        *volumes, *map(str, writable), "--", *image.entrypoint, *args,
+        unshare, *SANDBOX_ARGV, *volumes, *map(str, writable), "--", *image.entrypoint, *args,
     ]  # fmt: skip
 
 
@@ -597,6 +610,51 @@ def container(
     finally:
         started.stop()
     assert "Traceback" not in started.output(), started.output()
+
+
+def test_the_sandbox_starts_while_other_tests_delete_network_namespaces(tmp_path: Path) -> None:
+    """A worker image once failed to start: a chaos test deleted its network namespace between
+    the sandbox listing the mounts and remounting them read-only (``mount point does not exist``).
+    Three threads add and delete namespaces while the sandbox starts 60 times; before the fix,
+    about a third of the starts failed."""
+    unshare = shutil.which("unshare")
+    assert unshare, "unshare (util-linux) is needed to run the images read-only"
+    tag = uuid.uuid4().hex[:6]
+    stop = threading.Event()
+    churn_errors: list[str] = []
+
+    def churn(thread: int) -> None:
+        for turn in itertools.count():
+            if stop.is_set():
+                return
+            name = f"sbx{tag}{thread}{turn % 3}"
+            for args in (["add", name], ["del", name]):
+                done = subprocess.run(["ip", "netns", *args], capture_output=True, text=True)
+                if done.returncode:
+                    churn_errors.append(done.stderr)
+                    return
+
+    threads = [threading.Thread(target=churn, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        starts = [
+            subprocess.run(
+                [unshare, *SANDBOX_ARGV, "--", "true"],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            for _ in range(60)
+        ]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert not churn_errors, churn_errors  # the namespaces really came and went
+    failed = [start.stderr for start in starts if start.returncode]
+    assert not failed, failed
 
 
 def answers(url: str) -> bool:
