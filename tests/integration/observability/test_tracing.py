@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -440,17 +439,26 @@ def test_pool_processes_flush_their_spans_when_the_worker_stops(
     with OtlpReceiver() as receiver:
         # A minute between exports: the spans can only arrive through the flush at exit.
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "60000"}
-        worker = start_worker(**env)
+        worker = start_worker(concurrency=1, **env)
         with Publisher(broker.settings) as publisher:
-            handle = publisher.publish(SEND_IM, _im(webhook_sink))
-            assert handle.get(timeout=20).status_code == 200
-        # Celery stores the result before task_postrun, where the task's span ends; the stop
-        # signal goes to every process of the worker, so give that handler time to run.
-        time.sleep(1.0)
+            first = publisher.publish(SEND_IM, _im(webhook_sink, "first"))
+            assert first.get(timeout=20).status_code == 200
+            # Celery stores a result before task_postrun, where the run's span ends. The one
+            # pool process starts the second run only after the first one's postrun: once the
+            # second result is in, the first span has ended and waits in the export queue.
+            assert publisher.publish(SEND_IM, _im(webhook_sink)).get(timeout=20).status_code == 200
         assert receiver.spans == []
         worker.stop()
-        spans = receiver.wait_for(lambda got: {RUN_IM, "POST"} <= {s.name for s in got}, 5.0)
-        assert {s.trace_id for s in spans} == {spans[0].trace_id}
+        spans = receiver.wait_for(
+            lambda got: sorted(s.name for s in got) == ["POST", "POST", RUN_IM, RUN_IM], 5.0
+        )
+    # Each run's HTTP call is its child, the first run's among them.
+    runs = {s.span_id: s for s in _all(spans, "CONSUMER", RUN_IM)}
+    calls = _all(spans, "CLIENT", "POST")
+    assert {(c.trace_id, c.parent_span_id) for c in calls} == {
+        (r.trace_id, r.span_id) for r in runs.values()
+    }
+    assert first.id in {r.attributes["messaging.message.id"] for r in runs.values()}
 
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
@@ -514,7 +522,9 @@ def test_tracing_off_installs_nothing_and_exports_nothing(
         # No httpx instrumentation in the worker: no context went out with the webhook.
         (request,) = webhook_sink.requests
         assert "traceparent" not in request.headers
-        time.sleep(1.0)  # five export delays of a traced worker
+        # A traced worker exports what it holds as it stops (the test above): once this one
+        # has stopped, any span it had made would have reached the receiver.
+        worker.stop()
         assert (receiver.spans, receiver.refused) == ([], [])
     assert "tracing on" not in worker.output()
     assert not isinstance(trace.get_tracer_provider(), TracerProvider)
