@@ -8,6 +8,10 @@ their ``PYTHONPATH``); ``bench/run.py`` imports it to publish. Settings come fro
 * ``TASKLANE_BENCH_CONF``: a JSON object of Celery settings applied over the Tasklane app's, and
   ``TASKLANE_BENCH_TASK_ATTRS`` one of task attributes (``acks_late``) set on its no-op task, for
   the ablation runs that attribute the hardening's cost (``run.py --ablation``).
+* ``TASKLANE_BENCH_RUN_HOOKS=off``: observability set up as usual (threads, files, providers)
+  but no task run observed: each pool process disconnects the app's run observers once it has
+  started, so the rest of observability's cost is measured apart (``observability.py --only
+  alone``).
 * ``TASKLANE_BENCH_LATENCY_KEY``: when set, a ``task_prerun`` handler records, per task, the
   seconds between the ``x-tasklane-published-at`` header and the task's start in the Redis list
   ``<key>:<task name>``. Unset for the throughput runs so it costs them nothing.
@@ -22,7 +26,7 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
-from celery.signals import task_prerun
+from celery.signals import task_postrun, task_prerun, worker_process_init
 
 from tasklane.contracts import REGISTRY, Payload, Result, TaskContract
 from tasklane.settings import Settings, load_settings
@@ -34,6 +38,7 @@ DEFAULT_NAMESPACE = "perf."
 LATENCY_KEY_ENV = "TASKLANE_BENCH_LATENCY_KEY"
 CONF_ENV = "TASKLANE_BENCH_CONF"
 TASK_ATTRS_ENV = "TASKLANE_BENCH_TASK_ATTRS"
+RUN_HOOKS_ENV = "TASKLANE_BENCH_RUN_HOOKS"
 
 BARE_TASK = "bench.bare.run"
 BARE_QUEUE = "bench.bare"
@@ -77,6 +82,16 @@ settings = bench_settings()
 tasklane_app = create_app("bench", settings=settings, registry=BENCH_REGISTRY)
 if os.environ.get(CONF_ENV):
     tasklane_app.conf.update(json.loads(os.environ[CONF_ENV]))
+
+
+def _unobserved_runs(**_: Any) -> None:
+    # Connected after the app's own handlers, so it runs after tracing has connected them too.
+    task_prerun.disconnect(tasklane_app.run_observers.prerun)
+    task_postrun.disconnect(tasklane_app.run_observers.postrun)
+
+
+if os.environ.get(RUN_HOOKS_ENV) == "off":
+    worker_process_init.connect(_unobserved_runs, weak=False)
 
 
 @tasklane_app.implement(NOOP)

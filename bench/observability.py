@@ -31,6 +31,12 @@ Run with ``make bench-observability`` (or ``.venv/bin/python bench/observability
    Worker RSS (main process + children) after a warm-up and at the end, and the time of a
    ``/metrics`` scrape (median and max of 20) at the end.
 
+Only when asked (``--only``): **split**, each part of observability beside Tasklane without
+it, its extra CPU per task split between the main process and the pool children; **alone**, each
+part with its worker alone on the machine (prefork -c 1), and again with no run hooks
+(``TASKLANE_BENCH_RUN_HOOKS=off`` in ``bench/noop_service.py``), to tell a part's hooks apart
+from the rest of it.
+
 See ``docs/performance.md`` section 7 for the figures.
 """
 
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -547,6 +554,105 @@ def bench_split(
         )
 
 
+def bench_alone(
+    client: redis.Redis, opts: Options, endpoint: str, multiproc: Path, log_dir: Path
+) -> None:
+    """Each part with its worker alone on the machine (prefork -c 1), and again without its hooks.
+
+    Side by side, two workers share two cores with Redis, and each part's cost grows with the
+    sharing; alone, it is what the part's own processes pay. ``TASKLANE_BENCH_RUN_HOOKS=off``
+    keeps all of a part (its threads, files, providers, imported code) but the observing of task
+    runs, so the two rows of a part tell its hooks apart from the rest of it.
+    """
+    unobserved = {"TASKLANE_BENCH_RUN_HOOKS": "off"}
+    trace0 = tracing_env(endpoint, 0.0)
+    parts = [
+        (TASKLANE, False),
+        (Variant("alone.trace0", "tracing, ratio 0", "tasklane", trace0), False),
+        (
+            Variant(
+                "alone.trace0_unobserved",
+                "tracing, ratio 0, no run hooks",
+                "tasklane",
+                {**trace0, **unobserved},
+            ),
+            False,
+        ),
+        (Variant("alone.metrics", "metrics", "tasklane"), True),
+        (
+            Variant("alone.metrics_unobserved", "metrics, no run hooks", "tasklane", unobserved),
+            True,
+        ),
+        (
+            Variant("alone.both", "metrics + tracing 10 %", "tasklane", tracing_env(endpoint, 0.1)),
+            True,
+        ),
+    ]
+    rows: dict[str, list[tuple[float, float]]] = {v.label: [] for v, _ in parts}
+    for round_no in range(opts.rounds):
+        # The order turns every round, so that no part always runs first or last.
+        for variant, metered in parts if round_no % 2 == 0 else parts[::-1]:
+            side = Side(variant, "perf.alone.", metered)
+            cleanup(client)
+            keys = [f"{RESULT_PREFIX}{task_id}" for task_id in prefill_side(side, opts.tasks)]
+            env = {**variant.env, "TASKLANE_NAMESPACE": side.namespace}
+            if metered:
+                env.update(metrics_env(multiproc, free_port()))
+            worker = Worker(
+                variant.side,
+                opts.broker_url,
+                pool="prefork",
+                concurrency=1,
+                log_dir=log_dir,
+                extra_env=env,
+            )
+            try:
+                wait_for(
+                    lambda: bool(client.exists(keys[0])),  # noqa: B023 (called in this iteration)
+                    120,
+                    f"{variant.label} start",
+                    worker,
+                    poll=0.01,
+                )
+                first = read(client, worker, keys)
+                wait_for(
+                    lambda: queue_depth(client, side.queue) == 0,  # noqa: B023 (as above)
+                    600,
+                    "the queue to run dry",
+                    worker,
+                    poll=0.05,
+                )
+                last = read(client, worker, keys)
+            finally:
+                worker.stop()
+            tasks = max(1, last.done - first.done)
+            main = (last.main_cpu - first.main_cpu) / tasks * 1e6
+            children = (last.cpu - first.cpu) / tasks * 1e6 - main
+            rows[variant.label].append((main, children))
+            print(
+                f"  round {round_no + 1} {variant.label:32} main {main:4.0f} us, pool child"
+                f" {children:4.0f} us a task ({tasks} tasks, load {os.getloadavg()[0]:.2f})",
+                flush=True,
+            )
+    cleanup(client)
+    medians = {
+        label: tuple(statistics.median(column) for column in zip(*found, strict=True))
+        for label, found in rows.items()
+    }
+    base_main, base_children = medians[TASKLANE.label]
+    print(
+        f"alone, median over rounds (Tasklane without observability: main {base_main:.0f} us,"
+        f" pool child {base_children:.0f} us a task):"
+    )
+    for label, (main, children) in medians.items():
+        if label != TASKLANE.label:
+            ratio = (main + children) / (base_main + base_children)
+            print(
+                f"  {label:32} {ratio:.3f}x; main process {main - base_main:+.0f} us,"
+                f" pool child {children - base_children:+.0f} us"
+            )
+
+
 def print_side_by_side_targets(ratios: dict[str, list[float]]) -> None:
     """The issue's two targets, judged on side-by-side ratios (median over rounds)."""
     print("targets, side by side (one ratio per round, median over rounds):")
@@ -685,8 +791,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--long-tasks", type=int, help="tasks of the long run (default 100000)")
     parser.add_argument(
         "--only",
-        choices=("throughput", "side-by-side", "split", "long"),
-        help="run only this part (split: where the CPU goes; run only when asked)",
+        choices=("throughput", "side-by-side", "split", "alone", "long"),
+        help="run only this part (split and alone: where the CPU goes; run only when asked)",
     )
     return parser.parse_args(argv)
 
@@ -721,6 +827,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         client = redis.Redis.from_url(url)
         figures: dict[str, Figure] = {}
         work = Path(tempfile.mkdtemp(prefix="tasklane-bench-obs-"))
+        # Metric files in memory, as the chart mounts them (a disk-backed directory costs more).
+        shm = Path("/dev/shm")
+        multiproc = Path(
+            tempfile.mkdtemp(prefix="tasklane-bench-metrics-", dir=shm if shm.is_dir() else None)
+        )
         started = time.monotonic()
         print(
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, broker {url}, {os.cpu_count()} CPUs, "
@@ -731,23 +842,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             with span_sink() as sink:
                 if args.only in (None, "throughput"):
                     print(f"throughput: {opts.tasks} no-op tasks per run, prefork -c 2")
-                    bench_throughput(client, opts, sink, work, work, figures)
+                    bench_throughput(client, opts, sink, multiproc, work, figures)
                 side_ratios: dict[str, list[float]] = {}
                 if args.only in (None, "side-by-side"):
                     print(f"side by side: {opts.tasks} no-op tasks per worker, prefork -c 2 each")
-                    side_ratios = bench_side_by_side(client, opts, sink.url, work, work)
+                    side_ratios = bench_side_by_side(client, opts, sink.url, multiproc, work)
                 if args.only == "split":
                     print(f"split: {opts.tasks} no-op tasks per worker, prefork -c 2 each")
-                    bench_split(client, opts, sink.url, work, work)
+                    bench_split(client, opts, sink.url, multiproc, work)
+                if args.only == "alone":
+                    print(f"alone: {opts.tasks} no-op tasks per run, one worker, prefork -c 1")
+                    bench_alone(client, opts, sink.url, multiproc, work)
                 if args.only in (None, "long"):
                     print(f"long run: {long_tasks} tasks, prefork -c 4, metrics + tracing 10 %")
-                    bench_long_run(client, opts, long_tasks, sink.url, work, work, figures)
+                    bench_long_run(client, opts, long_tasks, sink.url, multiproc, work, figures)
                 print(f"  span exports received: {len(sink.sizes)} ({sum(sink.sizes)} bytes)")
         except KeyboardInterrupt:
             print("interrupted; workers stopped", file=sys.stderr)
             return 130
         finally:
             cleanup(client)
+            shutil.rmtree(multiproc, ignore_errors=True)
     minutes, seconds = divmod(round(time.monotonic() - started), 60)
     print(f"took {minutes} min {seconds:02d} s; load average {_load()} at the end")
     _print_observability_ratios(figures)

@@ -285,6 +285,22 @@ def test_worker_command_is_explicit_and_carries_the_pool_settings(rendered: Rend
         )
 
 
+def test_worker_metric_files_are_in_a_memory_backed_volume_of_their_own(
+    rendered: Rendered,
+) -> None:
+    # Pool processes write these files at every task; on a disk-backed directory that costs
+    # each task more CPU (docs/performance.md, section 7).
+    limit = rendered.merged["security"]["metricsSizeLimit"]
+    for pool, deployment in rendered.pools().items():
+        spec = deployment["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        directory = {e["name"]: e for e in container["env"]}["PROMETHEUS_MULTIPROC_DIR"]["value"]
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        assert volume["emptyDir"] == {"medium": "Memory", "sizeLimit": limit}, pool
+        assert not directory.startswith("/tmp/"), pool  # not inside the disk-backed /tmp
+
+
 def test_grace_period_covers_the_longest_hard_time_limit(rendered: Rendered) -> None:
     for deployment in rendered.pools().values():
         grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]

@@ -183,6 +183,11 @@ securityContext:
     sizeLimit: {{ .Values.security.tmpSizeLimit }}
 {{- end -}}
 
+{{/* Where a worker's pool processes write their metric files (a volume of its own, in memory). */}}
+{{- define "tasklane.metricFilesPath" -}}
+/run/tasklane/metrics
+{{- end -}}
+
 {{- define "tasklane.tmpVolumeMount" -}}
 - name: tmp
   mountPath: /tmp
