@@ -948,11 +948,23 @@ def _sigterm(group: bool, long: bool = False) -> Callable[[Lab], None]:
             if lab.netns is not None:  # not combined with a namespace
                 raise RuntimeError("the slow SMTP door listens on 127.0.0.1 only")
             (stopping,) = lab.start_workers(1, overrides)
+            lab.stopping(stopping)
+            lab.publish(rate=None)
+            # The stopping worker alone until each of its pool processes is in a slow delivery:
+            # a worker started beside it could take every task before it took one.
+            slow = door
+            if not _waited(
+                lambda: slow.waiting >= lab.config.concurrency,
+                lab.config.step_timeout,
+                "the stopping worker's first deliveries to reach the slow SMTP",
+                0.02,
+            ):
+                raise RuntimeError(f"{slow.waiting} delivery(ies) reached the slow SMTP")
             lab.start_workers(1)
         else:
             stopping, _ = lab.start_workers(2)
-        lab.stopping(stopping)
-        lab.publish(rate=None)
+            lab.stopping(stopping)
+            lab.publish(rate=None)
         lab.wait_delivered(lab.config.n // 3)
         if door is not None:
             # Every pool process of the stopping worker is in a delivery that outlasts its grace.
