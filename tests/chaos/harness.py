@@ -1181,8 +1181,10 @@ def _describe_sigterm(group: bool, long: bool = False) -> Callable[[str, Config]
             f"; the stopping worker runs with TASKLANE_SOFT_SHUTDOWN_TIMEOUT={LONG_GRACE:g} and "
             f"sends through a second port of the SMTP sink that answers MAIL FROM only "
             f"{LONG_TASK:g} s later (before the message exists, so an attempt cut off there "
-            f"leaves nothing at the sink), so each of its deliveries outlasts its grace; the "
-            f"signal comes once both its pool processes wait there; the lab notes when the pool "
+            f"leaves nothing at the sink), so each of its deliveries outlasts its grace; it "
+            f"takes the backlog alone until both its pool processes wait there, then the other "
+            f"worker starts; the signal comes once both still wait there; the lab notes when "
+            f"the pool "
             f"processes were gone and what the worker logged about the hand-back"
         )
     else:
