@@ -359,6 +359,13 @@ class Reading:
     done: int
     at: float
 
+    def per_task_since(self, start: Reading) -> tuple[int, float, float]:
+        """Tasks finished since ``start``, and the group's and its main process's CPU a task
+        (µs) over them."""
+        tasks = self.done - start.done
+        group = (self.cpu - start.cpu) / max(1, tasks) * 1e6
+        return tasks, group, (self.main_cpu - start.main_cpu) / max(1, tasks) * 1e6
+
 
 def prefill_side(side: Side, count: int) -> list[str]:
     """``count`` no-op messages in the side's own queue; returns their ids in order."""
@@ -446,11 +453,10 @@ def side_by_side(
             worker.stop()
     figures = []
     for start, end in zip(first, last, strict=True):
-        tasks = end.done - start.done
-        main_us = (end.main_cpu - start.main_cpu) / max(1, tasks) * 1e6
+        tasks, group_us, main_us = end.per_task_since(start)
         figures.append(
             {
-                "cpu_us_per_task": (end.cpu - start.cpu) / max(1, tasks) * 1e6,
+                "cpu_us_per_task": group_us,
                 "main_us_per_task": main_us,
                 "tasks_per_s": tasks / (end.at - start.at),
                 "tasks": float(tasks),
@@ -625,9 +631,8 @@ def bench_alone(
                 last = read(client, worker, keys)
             finally:
                 worker.stop()
-            tasks = max(1, last.done - first.done)
-            main = (last.main_cpu - first.main_cpu) / tasks * 1e6
-            children = (last.cpu - first.cpu) / tasks * 1e6 - main
+            tasks, group, main = last.per_task_since(first)
+            children = group - main
             rows[variant.label].append((main, children))
             print(
                 f"  round {round_no + 1} {variant.label:32} main {main:4.0f} us, pool child"

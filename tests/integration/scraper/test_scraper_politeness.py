@@ -69,11 +69,16 @@ def granted(redis_url: str, prefix: str) -> Iterator[Callable[..., int]]:
     client.close()
 
 
+def redis_micros(client: redis.Redis) -> int:
+    """The Redis server's clock in microseconds, the clock the gate decides by."""
+    seconds, micros = client.time()
+    return int(seconds) * 1_000_000 + int(micros)
+
+
 def redis_now(redis_url: str) -> int:
-    """The Redis server's clock in milliseconds, the clock the gate decides by."""
+    """The Redis server's clock in milliseconds, as the gate keeps it."""
     with redis.Redis.from_url(redis_url) as client:
-        seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
+        return redis_micros(client) // 1000
 
 
 def run_threads(target: Callable[[int], None], count: int) -> None:
@@ -255,8 +260,3 @@ def test_the_next_start_is_never_set_short_of_the_full_delay(
                 before_end = redis_micros(client)
             check("end", client, before_end)
     assert not short, short
-
-
-def redis_micros(client: redis.Redis) -> int:
-    seconds, micros = client.time()
-    return int(seconds) * 1_000_000 + int(micros)
