@@ -67,8 +67,9 @@ def _setup(variant: str) -> Any:
 
     task = svc.tasklane_app.tasks[svc.NOOP.name]
     task.ignore_result = True
-    # Wired as a worker's app wires them: one pair of run receivers for metrics and spans.
+    # Wired as a worker's app wires them: the run observers wrap the tracer set on the task.
     runs = svc.tasklane_app.run_observers
+    runs.enabled = "metrics" in variant or "tracing" in variant
     if "metrics" in variant:
         from tasklane.observability.metrics import TaskRecorder
         from tasklane.observability.tracing import tracing_enabled
@@ -78,7 +79,6 @@ def _setup(variant: str) -> Any:
         health: Any = None  # no probes served here
         recorder = TaskRecorder("bench", 0, health, labels, exemplars=tracing_enabled())
         runs.metrics = recorder
-        runs.connect()
     if "tracing" in variant:
         from tasklane.observability.tracing import _instrument_worker, start_tracing
 
@@ -87,7 +87,11 @@ def _setup(variant: str) -> Any:
         else:
             start_tracing("bench")
         _instrument_worker(runs)
-    return build_tracer(task.name, task, app=svc.tasklane_app, eager=False, propagate=False)
+    # Set on the task as a worker process sets it, so that the task's run observers wrap it.
+    task.__trace__ = build_tracer(
+        task.name, task, app=svc.tasklane_app, eager=False, propagate=False
+    )
+    return task.__trace__
 
 
 def _drop_spans_at_end() -> None:

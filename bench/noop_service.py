@@ -9,7 +9,7 @@ their ``PYTHONPATH``); ``bench/run.py`` imports it to publish. Settings come fro
   ``TASKLANE_BENCH_TASK_ATTRS`` one of task attributes (``acks_late``) set on its no-op task, for
   the ablation runs that attribute the hardening's cost (``run.py --ablation``).
 * ``TASKLANE_BENCH_RUN_HOOKS=off``: observability set up as usual (threads, files, providers)
-  but no task run observed: each pool process disconnects the app's run observers once it has
+  but no task run observed: each pool process empties the app's run observers once it has
   started, so the rest of observability's cost is measured apart (``observability.py --only
   alone``).
 * ``TASKLANE_BENCH_LATENCY_KEY``: when set, a ``task_prerun`` handler records, per task, the
@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
-from celery.signals import task_postrun, task_prerun, worker_process_init
+from celery.signals import task_prerun, worker_process_init
 
 from tasklane.contracts import REGISTRY, Payload, Result, TaskContract
 from tasklane.settings import Settings, load_settings
@@ -85,9 +85,9 @@ if os.environ.get(CONF_ENV):
 
 
 def _unobserved_runs(**_: Any) -> None:
-    # Connected after the app's own handlers, so it runs after tracing has connected them too.
-    task_prerun.disconnect(tasklane_app.run_observers.prerun)
-    task_postrun.disconnect(tasklane_app.run_observers.postrun)
+    # Connected after the app's own handlers, so it runs after tracing has set its spans too.
+    tasklane_app.run_observers.metrics = None
+    tasklane_app.run_observers.spans = None
 
 
 if os.environ.get(RUN_HOOKS_ENV) == "off":

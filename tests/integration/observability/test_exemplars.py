@@ -124,7 +124,7 @@ def test_a_slow_tasks_bucket_links_to_its_trace_across_recycled_children(
         slow = _deliver(publisher, webhook_sink, "slow")
 
     def with_slow_runtime() -> tuple[str, str] | None:
-        # The slow task's postrun, which records its runtime, runs after its result is stored.
+        # The slow run's runtime is recorded as its tracer returns, after its result is stored.
         scraped = _scrape(port, OPENMETRICS)
         return scraped if slow in _exemplar_traces(scraped[1], RUNTIME).values() else None
 

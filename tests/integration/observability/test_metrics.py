@@ -99,12 +99,12 @@ def test_counts_are_exact_across_recycled_pool_children_and_labels_stay_bounded(
             handle.get(timeout=60)
     wait_for_dead_letters(broker, queue, 3)
     labels = {"task": TASK, "queue": f"{broker.namespace}{queue}"}
-    # A task's postrun handler, its last, records its runtime: then every count is final.
+    # A run's runtime is recorded last, as its tracer returns: then every count is final.
     eventually(
         lambda: total(scrape(port), "tasklane_task_runtime_seconds_count", **labels) >= 33,
         timeout=10,
         interval=0.2,
-        message="the postrun handlers of all 33 tasks",
+        message="the runtimes of all 33 tasks",
     )
     samples = scrape(port)
     assert total(samples, "tasklane_tasks_received_total", **labels) == 33

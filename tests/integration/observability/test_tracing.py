@@ -443,9 +443,9 @@ def test_pool_processes_flush_their_spans_when_the_worker_stops(
         with Publisher(broker.settings) as publisher:
             first = publisher.publish(SEND_IM, _im(webhook_sink, "first"))
             assert first.get(timeout=20).status_code == 200
-            # Celery stores a result before task_postrun, where the run's span ends. The one
-            # pool process starts the second run only after the first one's postrun: once the
-            # second result is in, the first span has ended and waits in the export queue.
+            # Celery stores a result before its tracer returns, where the run's span ends. The
+            # one pool process starts the second run only after that: once the second result is
+            # in, the first span has ended and waits in the export queue.
             assert publisher.publish(SEND_IM, _im(webhook_sink)).get(timeout=20).status_code == 200
         assert receiver.spans == []
         worker.stop()

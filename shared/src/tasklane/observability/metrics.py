@@ -334,7 +334,7 @@ def install_metrics(
     """Record task metrics in this app's worker; serve them and its probes on ``port``.
 
     ``contracts`` are the app's own: their series start at zero before the first task.
-    ``runs`` are the app's run observers, which start and end each run's metrics.
+    ``runs`` are the app's run observers, which start and end each run's metrics around it.
     """
     health = WorkerHealth(live_timeout=live_timeout)
     app.steps["consumer"].add(HealthStep)
@@ -345,7 +345,7 @@ def install_metrics(
     signals.worker_init.connect(recorder.worker_init, weak=False)
     signals.task_received.connect(recorder.received, weak=False)
     runs.metrics = recorder
-    runs.connect()
+    runs.enabled = True
     signals.task_failure.connect(recorder.failure, weak=False)
     signals.task_retry.connect(recorder.retry, weak=False)
     signals.task_revoked.connect(recorder.revoked, weak=False)

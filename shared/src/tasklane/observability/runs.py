@@ -1,18 +1,27 @@
-"""What a worker process observes of each task run, started and ended by one pair of receivers.
+"""What a worker process observes of each task run: its metrics and its span, around the run.
 
-Celery sends ``task_prerun`` and ``task_postrun`` to each receiver in turn, paying per receiver
-for the dispatch, and each receiver would read the task's request from Celery's request stack
-again. Metrics and task spans are called from one receiver each instead: the request is read
-once, and the run's span is handed to the metrics (the runtime's exemplar) rather than looked
-up in the context. Design: docs/observability.md#worker-metrics.
+Celery runs a task in a process through the task's tracer (``task.__trace__``, built by
+``celery.app.trace.build_tracer``). :meth:`RunObservers.observe` wraps that tracer, so a run's
+metrics and span start before it and end after it, result stored, with no signal sent: Celery's
+``task_prerun`` and ``task_postrun`` cost each task a dispatch apiece (a lock, the receivers'
+lookup, the keyword arguments), more than the span of an unsampled run costs. The request is
+read once, and the run's span is handed to the metrics (the runtime's exemplar) rather than
+looked up in the context. Design: docs/observability.md#worker-metrics.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from celery import signals
+from celery.states import SUCCESS
 from opentelemetry.trace import Span
+
+logger = logging.getLogger(__name__)
+
+#: Celery's task tracer: ``(task_id, args, kwargs, request) -> trace_ok_t``.
+Tracer = Callable[..., Any]
 
 
 class RunMetrics(Protocol):
@@ -28,7 +37,7 @@ class RunSpans(Protocol):
 
     def begin(self, task_id: str, task: Any, request: Any) -> None: ...
 
-    def end(self, task_id: str, task: Any, state: Any) -> None: ...
+    def end(self, task_id: str, task: Any, state: Any, request: Any = None) -> None: ...
 
     def span_of(self, task_id: str) -> Span | None: ...
 
@@ -37,38 +46,82 @@ class RunObservers:
     """The metrics and spans of the task runs of a worker's processes.
 
     Made with the app; the metrics recorder is set before the pool forks, each process's spans
-    once its tracing starts (after the fork under prefork). Metrics go first at both ends: a
-    run's queue wait is taken before its span starts, its runtime while its span is current.
+    once its tracing starts (after the fork under prefork): a tracer wrapped before either is
+    set reads them at each run. Metrics go first at both ends: a run's queue wait is taken
+    before its span starts, its runtime while its span is current.
     """
 
     def __init__(self) -> None:
         self.metrics: RunMetrics | None = None
         self.spans: RunSpans | None = None
-        self._connected = False
+        #: Set when metrics or tracing are installed: otherwise tracers stay as Celery made them.
+        self.enabled = False
 
-    def connect(self) -> None:
-        """Receive the run signals (once, whatever the number of calls)."""
-        if not self._connected:
-            signals.task_prerun.connect(self.prerun, weak=False)
-            signals.task_postrun.connect(self.postrun, weak=False)
-            self._connected = True
+    def observe(self, task: Any, tracer: Tracer) -> Tracer:
+        """``tracer``, Celery's tracer of ``task``, with each run observed around it."""
+        if not self.enabled:
+            return tracer
 
-    def prerun(self, task_id: str | None = None, task: Any = None, **_: Any) -> None:
-        if task is None or task_id is None:
-            return
-        request = task.request  # a lookup in Celery's request stack: once for all
-        if self.metrics is not None:
-            self.metrics.begin(task_id, task, request)
-        if self.spans is not None:
-            self.spans.begin(task_id, task, request)
+        def observed(
+            task_id: str, args: Any, kwargs: Any, request: Mapping[str, Any] | None = None
+        ) -> Any:
+            metrics, spans = self.metrics, self.spans
+            if metrics is None and spans is None:
+                return tracer(task_id, args, kwargs, request)
+            # The message's request: headers, delivery info, retries (Celery's Context reads
+            # the same mapping).
+            fields: Mapping[str, Any] = request if request is not None else {}
+            self._begin(task_id, task, fields, metrics, spans)
+            state = None
+            try:
+                result = tracer(task_id, args, kwargs, request)
+                info = result[1]  # trace_ok_t(retval, info, runtime, retstr)
+                state = SUCCESS if info is None else info.state
+                return result
+            finally:
+                self._end(task_id, task, state, fields, metrics, spans)
 
-    def postrun(
-        self, task_id: str | None = None, task: Any = None, state: Any = None, **_: Any
+        observed.__wrapped__ = tracer  # type: ignore[attr-defined]
+        return observed
+
+    @staticmethod
+    def _begin(
+        task_id: str,
+        task: Any,
+        request: Mapping[str, Any],
+        metrics: RunMetrics | None,
+        spans: RunSpans | None,
     ) -> None:
-        if task is None or task_id is None:
-            return
-        if self.metrics is not None:
-            span = self.spans.span_of(task_id) if self.spans is not None else None
-            self.metrics.end(task_id, task, state, span)
-        if self.spans is not None:
-            self.spans.end(task_id, task, state)
+        # An error here must not fail the run, as a signal receiver's would not, nor keep the
+        # other observer from it.
+        if metrics is not None:
+            try:
+                metrics.begin(task_id, task, request)
+            except Exception:
+                logger.exception("%s[%s]: the run's metrics did not start", task.name, task_id)
+        if spans is not None:
+            try:
+                spans.begin(task_id, task, request)
+            except Exception:
+                logger.exception("%s[%s]: the run's span did not start", task.name, task_id)
+
+    @staticmethod
+    def _end(
+        task_id: str,
+        task: Any,
+        state: Any,
+        request: Mapping[str, Any],
+        metrics: RunMetrics | None,
+        spans: RunSpans | None,
+    ) -> None:
+        try:
+            if metrics is not None:
+                span = spans.span_of(task_id) if spans is not None else None
+                metrics.end(task_id, task, state, span)
+        except Exception:
+            logger.exception("%s[%s]: the run's metrics did not end", task.name, task_id)
+        if spans is not None:
+            try:
+                spans.end(task_id, task, state, request)
+            except Exception:
+                logger.exception("%s[%s]: the run's span did not end", task.name, task_id)

@@ -13,6 +13,7 @@ Design: docs/observability.md#traces.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
@@ -21,6 +22,7 @@ from opentelemetry import context as context_api
 from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.celery import celery_getter
 from opentelemetry.instrumentation.celery.utils import set_attributes_from_context
+from opentelemetry.propagators.textmap import default_getter
 from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
     MESSAGING_MESSAGE_ID,
 )
@@ -56,7 +58,8 @@ class TaskSpans:
 
     def connect(self, runs: bool = True) -> None:
         """Connect the handlers; ``runs=False`` leaves a run's start and end to the caller
-        (:class:`tasklane.observability.runs.RunObservers` calls :meth:`begin` and :meth:`end`)."""
+        (:class:`tasklane.observability.runs.RunObservers` calls :meth:`begin` and :meth:`end`
+        around Celery's tracer of the task)."""
         if runs:
             signals.task_prerun.connect(self.prerun, weak=False)
             signals.task_postrun.connect(self.postrun, weak=False)
@@ -89,7 +92,11 @@ class TaskSpans:
         return None if run is None else run[0]
 
     def begin(self, task_id: str, task: Any, request: Any) -> None:
-        """A run of ``task`` starts: its span, made the current one."""
+        """A run of ``task`` starts: its span, made the current one.
+
+        ``request`` is the task's Celery request, or the mapping of the message it is made of
+        (:class:`tasklane.observability.runs.RunObservers` hands that).
+        """
         propagator = propagate.get_global_textmap()
         if propagator is not self._propagator:
             # Asked once per propagator (a composite builds its set anew on each call); one set
@@ -97,9 +104,11 @@ class TaskSpans:
             self._propagator, self._fields = propagator, tuple(propagator.fields)
         parent = None
         # Most messages of an untraced upstream carry no trace header: nothing to extract.
+        found = request.get  # a mapping's, or Celery's Context.get
         for field in self._fields:
-            if getattr(request, field, None) is not None:
-                parent = propagator.extract(request, getter=celery_getter)
+            if found(field) is not None:
+                getter = default_getter if isinstance(request, Mapping) else celery_getter
+                parent = propagator.extract(request, getter=getter)
                 break
         if parent is None:
             # The current context, looked up once: the tracer, its sampler and the new context
@@ -115,8 +124,11 @@ class TaskSpans:
         token = context_api.attach(trace.set_span_in_context(span, parent))
         self._runs[task_id] = (span, token)
 
-    def end(self, task_id: str, task: Any, state: Any) -> None:
-        """A run of ``task`` ended in ``state``: its span ends, the context before it is back."""
+    def end(self, task_id: str, task: Any, state: Any, request: Any = None) -> None:
+        """A run of ``task`` ended in ``state``: its span ends, the context before it is back.
+
+        ``request`` is what :meth:`begin` was given; the task's current request when omitted.
+        """
         run = self._runs.pop(task_id, None)
         if run is None:
             return
@@ -124,7 +136,7 @@ class TaskSpans:
         if span.is_recording():
             span.set_attribute(ACTION, _RUN)
             set_attributes_from_context(span, {"state": state})
-            set_attributes_from_context(span, task.request)
+            set_attributes_from_context(span, task.request if request is None else request)
             span.set_attribute(TASK_NAME, task.name)
             span.end()
         context_api.detach(token)  # type: ignore[arg-type]

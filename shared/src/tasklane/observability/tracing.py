@@ -191,8 +191,7 @@ def _instrument_worker(runs: RunObservers) -> None:
 
     spans = TaskSpans()
     spans.connect(runs=False)
-    runs.spans = spans
-    runs.connect()
+    runs.spans = spans  # read by every task's tracer from its next run on
     HTTPXClientInstrumentor().instrument(request_hook=_url_origin)
 
 
@@ -255,6 +254,7 @@ def install_tracing(service: str, runs: RunObservers) -> bool:
     if not tracing_enabled():
         return False
     check_tracing_settings()
+    runs.enabled = True  # each process's spans are set once its tracing starts
     hooks = _WorkerTracing(service, runs)  # kept alive by the signals (weak=False)
     signals.worker_init.connect(hooks.worker_init, weak=False)
     signals.worker_process_init.connect(hooks.start, weak=False)

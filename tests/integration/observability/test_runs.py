@@ -1,0 +1,134 @@
+"""Task runs observed around the tracer Celery sets on a task (``RunObservers``).
+
+A worker process runs a task through ``task.__trace__``, which Celery builds with
+``celery.app.trace.build_tracer`` and sets on the task in every pool. These tests set it the same
+way on a real Tasklane app's ping task and run it as a pool process would, results stored in the
+real Redis; spans go to the SDK's in-memory exporter. The traces of real workers over OTLP are
+in ``test_tracing.py``, their metrics in ``test_metrics.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import signals
+from celery.app.trace import build_tracer
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
+
+from tasklane.observability.task_spans import TaskSpans
+from tasklane.settings import load_settings
+from tasklane.worker.app import TasklaneApp, create_app
+from tasklane.worker.task import ContractTask
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[TasklaneApp]:
+    settings = load_settings(broker_url=redis_url, namespace=f"t{uuid.uuid4().hex[:10]}.")
+    made = create_app("notifier", settings=settings)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def exporter(app: TasklaneApp) -> Iterator[InMemorySpanExporter]:
+    """The app's run observers make spans into memory, as a traced pool process would."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    spans = TaskSpans(provider.get_tracer("test"))
+    spans.connect(runs=False)
+    app.run_observers.spans = spans
+    app.run_observers.enabled = True
+    yield exporter
+    spans.disconnect()
+    provider.shutdown()
+
+
+def _ping(app: TasklaneApp) -> ContractTask:
+    task: ContractTask = next(t for n, t in app.tasks.items() if n.endswith(".ping"))
+    return task
+
+
+def _run(task: ContractTask, *args: Any, **request: Any) -> tuple[str, Any]:
+    """Run ``task`` through the tracer set on it, as a pool process runs a message."""
+    task.__trace__ = build_tracer(task.name, task, app=task.app, eager=False)  # as a worker does
+    task_id = str(uuid.uuid4())
+    fields = {"id": task_id, "task": task.name, "delivery_info": {"routing_key": task.queue}}
+    return task_id, task.__trace__(task_id, args, {}, {**fields, **request})
+
+
+def test_a_run_is_observed_around_the_tracer_celery_sets_with_no_run_signal(
+    app: TasklaneApp, exporter: InMemorySpanExporter
+) -> None:
+    # No receiver of the run signals anywhere in this process: Celery does not even send them.
+    assert not signals.task_prerun.receivers
+    assert not signals.task_postrun.receivers
+    task_id, result = _run(_ping(app), traceparent=f"00-{TRACE_ID}-{PARENT_ID}-01")
+    assert result.info is None  # succeeded
+    (span,) = exporter.get_finished_spans()
+    assert (span.name, span.kind) == (f"run/{_ping(app).name}", SpanKind.CONSUMER)
+    assert format_trace_id(span.context.trace_id) == TRACE_ID
+    assert span.parent is not None and format_span_id(span.parent.span_id) == PARENT_ID
+    assert span.attributes is not None
+    assert span.attributes["celery.state"] == "SUCCESS"
+    assert span.attributes["messaging.message.id"] == task_id
+    # Read from the message's request, after Celery had taken the task's request down.
+    assert span.attributes["messaging.destination"] == _ping(app).queue
+
+
+def test_a_failed_run_is_an_error_span_its_failure_signal_found_open(
+    app: TasklaneApp, exporter: InMemorySpanExporter
+) -> None:
+    # A positional argument breaks the contract: the task fails (and is dead-lettered).
+    _, result = _run(_ping(app), "positional")
+    assert result.info is not None and result.info.state == "FAILURE"
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes is not None and span.attributes["celery.state"] == "FAILURE"
+    assert [event.name for event in span.events] == ["exception"]
+
+
+class _BrokenMetrics:
+    """A metrics recorder that fails at both ends of every run."""
+
+    def begin(self, task_id: str, task: Any, request: Any) -> None:
+        raise RuntimeError("recorder down")
+
+    def end(self, task_id: str, task: Any, state: Any, span: Any) -> None:
+        raise RuntimeError("recorder down")
+
+
+def test_an_observer_that_fails_is_logged_and_the_run_and_its_span_go_on(
+    app: TasklaneApp, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.run_observers.metrics = _BrokenMetrics()
+    with caplog.at_level(logging.ERROR, logger="tasklane.observability.runs"):
+        _, result = _run(_ping(app))
+    assert result.info is None
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        "the run's metrics did not start",
+        "the run's metrics did not end",
+    ]
+    (span,) = exporter.get_finished_spans()  # the span was made all the same
+    assert span.attributes is not None and span.attributes["celery.state"] == "SUCCESS"
+
+
+def test_a_worker_without_metrics_or_tracing_runs_the_tracer_celery_made(
+    app: TasklaneApp,
+) -> None:
+    assert not app.run_observers.enabled  # neither is on in this process's environment
+    task = _ping(app)
+    tracer = build_tracer(task.name, task, app=app, eager=False)
+    task.__trace__ = tracer
+    assert task.__trace__ is tracer
