@@ -521,6 +521,16 @@ def bench_split(
             Variant("split.trace0", "tracing, ratio 0", "tasklane", tracing_env(endpoint, 0.0)),
             False,
         ),
+        (
+            # Everything of tracing but the observing of runs: its hooks' share of the row above.
+            Variant(
+                "split.trace0_unobserved",
+                "tracing, ratio 0, no run hooks",
+                "tasklane",
+                {**tracing_env(endpoint, 0.0), "TASKLANE_BENCH_RUN_HOOKS": "off"},
+            ),
+            False,
+        ),
         (Variant("split.trace10", "tracing 10 %", "tasklane", tracing_env(endpoint, 0.1)), False),
         (
             Variant("split.both", "metrics + tracing 10 %", "tasklane", tracing_env(endpoint, 0.1)),
@@ -544,7 +554,7 @@ def bench_split(
             ratio = observed["cpu_us_per_task"] / baseline["cpu_us_per_task"]
             extra[variant.label].append((ratio, main, children))
             print(
-                f"  round {round_no + 1} {variant.label:24} CPU ratio {ratio:.3f}x; per task:"
+                f"  round {round_no + 1} {variant.label:30} CPU ratio {ratio:.3f}x; per task:"
                 f" main {main:+5.0f} us, children {children:+5.0f} us"
                 f" (Tasklane without: main {baseline['main_us_per_task']:.0f},"
                 f" children {baseline['cpu_us_per_task'] - baseline['main_us_per_task']:.0f})",
@@ -555,7 +565,7 @@ def bench_split(
     for label, rows in extra.items():
         ratio, main, children = (statistics.median(column) for column in zip(*rows, strict=True))
         print(
-            f"  {label:24} {ratio:.3f}x; main process {main:+.0f} us, pool children"
+            f"  {label:30} {ratio:.3f}x; main process {main:+.0f} us, pool children"
             f" {children:+.0f} us"
         )
 

@@ -23,7 +23,7 @@ from tasklane.contracts import TaskContract
 from tasklane.contracts.validation import problems_of
 from tasklane.errors import PayloadValidationError, PermanentError, TransientError
 from tasklane.observability.metrics import record_dead_letter
-from tasklane.observability.runs import RunObservers
+from tasklane.observability.runs import RunObservers, Tracer
 from tasklane.settings import Settings
 from tasklane.wire.broker import redis_client
 from tasklane.wire.deadletter import dead_letter_headers, send_to_dlq
@@ -61,17 +61,17 @@ class ContractTask(Task):  # type: ignore[misc]
     typing = False  # the payload model checks arguments, with better errors
     #: Whether this process declared the broker's delay levels for retries (quorum queues).
     _delayed_ready = False
-    _observed_tracer: Callable[..., Any] | None = None
+    _observed_tracer: Tracer | None = None
 
     # Celery sets a task's tracer (the function that runs it in a worker process) in every pool:
     # each one set is wrapped by the app's run observers, which start and end the run's metrics
     # and span around it without a signal per run (tasklane.observability.runs).
     @property
-    def __trace__(self) -> Callable[..., Any] | None:
+    def __trace__(self) -> Tracer | None:
         return self._observed_tracer
 
     @__trace__.setter
-    def __trace__(self, tracer: Callable[..., Any] | None) -> None:
+    def __trace__(self, tracer: Tracer | None) -> None:
         observers: RunObservers | None = getattr(self.app, "run_observers", None)
         if tracer is not None and observers is not None:
             tracer = observers.observe(self, tracer)
