@@ -115,3 +115,19 @@ def test_create_app_answers_the_pings_of_its_own_queues_only() -> None:
     # Run in this process (Celery's eager apply): the ping's own implementation answers.
     answer = app.tasks["notifier.im.ping"].apply(kwargs={}).get()
     assert answer == {"pong": True, "queue": "notifier.im"}
+
+
+@pytest.mark.parametrize(
+    ("url", "backend"),
+    [
+        (REDIS, "RedisResults"),
+        ("rediss://127.0.0.1:6380/9?ssl_cert_reqs=required", "RedisResults"),
+        ("sentinel://127.0.0.1:26379/9;sentinel://127.0.0.1:26380/9", "SentinelResults"),
+    ],
+)
+def test_a_worker_stores_its_redis_results_in_one_trip(url: str, backend: str) -> None:
+    # Made without a connection: the backend is chosen from the URL's scheme alone.
+    app = create_app("notifier", settings=Settings(broker_url=REDIS, result_backend=url))
+    assert type(app.backend).__name__ == backend
+    assert type(app.backend).__module__ == "tasklane.wire.results"
+    assert app.conf.result_backend == url

@@ -21,6 +21,7 @@ from tasklane.observability.runs import RunObservers
 from tasklane.observability.tracing import install_tracing
 from tasklane.settings import Settings, load_settings
 from tasklane.wire.config import base_config
+from tasklane.wire.results import RESULT_BACKENDS
 from tasklane.wire.routing import (
     QueueOptions,
     dead_letter_queues,
@@ -139,6 +140,8 @@ class TasklaneApp(Celery):  # type: ignore[misc]
         self, service: str, *, settings: Settings, registry: ContractRegistry = REGISTRY
     ) -> None:
         super().__init__(service, set_as_current=False)
+        # Its Redis results are stored in one round trip (the backend its URL names, by scheme).
+        self.loader.override_backends = RESULT_BACKENDS
         self.service = service
         self.settings = settings
         self.registry = registry
