@@ -95,6 +95,7 @@ bench: install ## Run the benchmarks in bench/ (prints ratios against their base
 	$(PY) bench/outbox_relay.py
 	$(PY) bench/beat_scale.py
 	$(PY) bench/gateway.py
+	$(PY) bench/result_store.py
 
 dashboards: install ## Regenerate the Grafana dashboards in deploy/grafana/dashboards from code
 	$(PY) deploy/grafana/generate.py
