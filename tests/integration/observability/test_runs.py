@@ -100,25 +100,34 @@ def test_a_failed_run_is_an_error_span_its_failure_signal_found_open(
 
 
 class _BrokenMetrics:
-    """A metrics recorder that fails at both ends of every run."""
+    """A metrics recorder that fails as a run starts, or as it ends."""
 
-    def begin(self, task_id: str, task: Any, request: Any) -> None:
+    def __init__(self, fails_at: str) -> None:
+        self.fails_at = fails_at
+
+    def begin(self, task: Any, request: Any) -> object:
+        if self.fails_at == "start":
+            raise RuntimeError("recorder down")
+        return object()
+
+    def end(self, run: object, state: Any, span: Any) -> None:
         raise RuntimeError("recorder down")
 
-    def end(self, task_id: str, task: Any, state: Any, span: Any) -> None:
-        raise RuntimeError("recorder down")
 
-
+@pytest.mark.parametrize("fails_at", ["start", "end"])
 def test_an_observer_that_fails_is_logged_and_the_run_and_its_span_go_on(
-    app: TasklaneApp, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+    app: TasklaneApp,
+    exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+    fails_at: str,
 ) -> None:
-    app.run_observers.metrics = _BrokenMetrics()
+    app.run_observers.metrics = _BrokenMetrics(fails_at)
     with caplog.at_level(logging.ERROR, logger="tasklane.observability.runs"):
         _, result = _run(_ping(app))
     assert result.info is None
+    # A run whose metrics did not start has none to end.
     assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
-        "the run's metrics did not start",
-        "the run's metrics did not end",
+        f"the run's metrics did not {fails_at}"
     ]
     (span,) = exporter.get_finished_spans()  # the span was made all the same
     assert span.attributes is not None and span.attributes["celery.state"] == "SUCCESS"

@@ -9,31 +9,39 @@ import sys
 import threading
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 
-from tasklane.observability.tallies import Tallies
+from tasklane.observability.tallies import RunSeries, Tallies
 
 #: Written once through prometheus-client itself and once through Tallies, in a process of its
 #: own whose metric files are the multiprocess ones a pool child writes.
 WRITER = """
 import random, sys
 from prometheus_client import Counter, Histogram
-from tasklane.observability.counters import RUNTIME_BUCKETS
-from tasklane.observability.tallies import Tallies
+from tasklane.observability.counters import RUNTIME_BUCKETS, WAIT_BUCKETS
+from tasklane.observability.tallies import RunSeries, Tallies
 
 # Bounds themselves, zero, past the last bound, and values in between.
 rng = random.Random(7)
-values = [0.0, *RUNTIME_BUCKETS, 5000.0, *(rng.expovariate(2.0) for _ in range(500))]
-direct = Histogram("direct_seconds", "d", ["task"], buckets=RUNTIME_BUCKETS).labels("t")
-batched = Histogram("batched_seconds", "b", ["task"], buckets=RUNTIME_BUCKETS).labels("t")
-counted = Counter("direct_done", "d", ["task"]).labels("t")
-tallied = Counter("batched_done", "b", ["task"]).labels("t")
+values = [0.0, *RUNTIME_BUCKETS, *WAIT_BUCKETS, 5000.0, *(rng.expovariate(2.0) for _ in range(500))]
+runtime = Histogram("direct_seconds", "d", ["task"], buckets=RUNTIME_BUCKETS).labels("t")
+wait = Histogram("direct_wait_seconds", "d", ["task"], buckets=WAIT_BUCKETS).labels("t")
+succeeded = Counter("direct_done", "d", ["task"]).labels("t")
+series = RunSeries(
+    succeeded=Counter("batched_done", "b", ["task"]).labels("t"),
+    queue_wait=Histogram("batched_wait_seconds", "b", ["task"], buckets=WAIT_BUCKETS).labels("t"),
+    runtime=Histogram("batched_seconds", "b", ["task"], buckets=RUNTIME_BUCKETS).labels("t"),
+)
 tallies = Tallies(interval=3600)  # written by the calls below, not by its thread
 for number, value in enumerate(values):
-    direct.observe(value)
-    counted.inc()
-    tallies.observe(batched, value)
-    tallies.count(tallied)
+    # Every third run failed, every fifth had no publish time: neither counted where it is not.
+    ok, waited = number % 3 != 0, (value / 2 if number % 5 else None)
+    runtime.observe(value)
+    if waited is not None:
+        wait.observe(waited)
+    if ok:
+        succeeded.inc()
+    tallies.run(series, waited, value, ok)
     if number == 100:
         tallies.flush()  # a write halfway: the rest adds to it
 tallies.stop()
@@ -64,25 +72,32 @@ def test_batched_buckets_sums_and_counts_equal_prometheus_clients_own(tmp_path: 
 
     direct, batched = series("direct_"), series("batched_")
     assert direct.keys() == batched.keys()
-    assert direct[("seconds_count", (("task", "t"),))] == 518  # 0, the 16 bounds, 5000 and 500 more
+    task = (("task", "t"),)
+    # 0, the 16 and 14 bounds, 5000 and 500 more; 2 in 3 succeeded, 4 in 5 had a wait.
+    assert direct[("seconds_count", task)] == 532
+    assert direct[("done_total", task)] == 354
+    assert direct[("wait_seconds_count", task)] == 425
     for key, value in direct.items():
         # Sums add the same values in another order: equal up to rounding.
         assert math.isclose(batched[key], value, rel_tol=1e-12), key
-    assert batched[("done_total", (("task", "t"),))] == 518
 
 
 def test_a_forked_child_writes_only_its_own_tallies(tmp_path: Path) -> None:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     script = """
 import os
-from prometheus_client import Counter
-from tasklane.observability.tallies import Tallies
-done = Counter("done", "d", ["task"]).labels("t")
+from prometheus_client import Counter, Histogram
+from tasklane.observability.tallies import RunSeries, Tallies
+series = RunSeries(
+    succeeded=Counter("done", "d", ["task"]).labels("t"),
+    queue_wait=Histogram("wait_seconds", "w", ["task"]).labels("t"),
+    runtime=Histogram("run_seconds", "r", ["task"]).labels("t"),
+)
 tallies = Tallies(interval=3600)
-tallies.count(done)  # the parent's, not yet written when it forks
+tallies.run(series, 0.1, 0.2, True)  # the parent's, not yet written when it forks
 pid = os.fork()
 if pid == 0:
-    tallies.count(done)
+    tallies.run(series, 0.1, 0.2, True)
     tallies.stop()
     os._exit(0)
 os.waitpid(pid, 0)
@@ -93,16 +108,21 @@ tallies.stop()
 
 
 def test_threads_recording_their_first_tasks_at_once_lose_nothing() -> None:
-    # As a threads pool does: every thread's first record may start the writer.
+    # As a threads pool does: every thread's first record may start the writer, and the writer
+    # takes runs while the threads add them.
     registry = CollectorRegistry()
-    done = Counter("done", "d", ["task"], registry=registry).labels("t")
+    series = RunSeries(
+        succeeded=Counter("done", "d", ["task"], registry=registry).labels("t"),
+        queue_wait=Histogram("wait_seconds", "w", ["task"], registry=registry).labels("t"),
+        runtime=Histogram("run_seconds", "r", ["task"], registry=registry).labels("t"),
+    )
     tallies = Tallies(interval=0.001)  # the writer runs while the threads count
     start = threading.Barrier(8)
 
     def record() -> None:
         start.wait()
         for _ in range(2_000):
-            tallies.count(done)
+            tallies.run(series, 0.01, 0.02, True)
 
     threads = [threading.Thread(target=record) for _ in range(8)]
     for thread in threads:
@@ -111,3 +131,5 @@ def test_threads_recording_their_first_tasks_at_once_lose_nothing() -> None:
         thread.join()
     tallies.stop()
     assert registry.get_sample_value("done_total", {"task": "t"}) == 16_000
+    assert registry.get_sample_value("wait_seconds_count", {"task": "t"}) == 16_000
+    assert registry.get_sample_value("run_seconds_count", {"task": "t"}) == 16_000

@@ -25,6 +25,8 @@ DEAD_LETTER_REASONS = (
     "invalid-message",
 )
 RUNTIME = "tasklane_task_runtime_seconds"
+#: A counter the worker's main process reads from Celery's own count of started tasks.
+STARTED = "tasklane_tasks_started"
 #: A gauge the worker's main process reads from Celery's own state at each scrape.
 IN_FLIGHT = "tasklane_tasks_in_flight"
 #: A counter the worker's main process keeps in memory (it alone receives tasks).
@@ -42,7 +44,6 @@ class TaskMetrics:
 
     published: Counter
     publish_retries: Counter
-    started: Counter
     succeeded: Counter
     failed: Counter
     retried: Counter
@@ -66,7 +67,6 @@ def task_metrics() -> TaskMetrics:
             "Publish attempts that failed on a lost or refused broker connection.",
             TASK_LABELS,
         ),
-        started=Counter("tasklane_tasks_started", "Tasks that started running.", TASK_LABELS),
         succeeded=Counter("tasklane_tasks_succeeded", "Tasks that returned a result.", TASK_LABELS),
         failed=Counter("tasklane_tasks_failed", "Tasks that failed for good.", TASK_LABELS),
         retried=Counter("tasklane_tasks_retried", "Retries scheduled.", TASK_LABELS),

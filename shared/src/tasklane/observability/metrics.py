@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -44,6 +44,7 @@ from tasklane.observability.counters import (
     RECEIVED,
     RUNTIME,
     RUNTIME_BUCKETS,
+    STARTED,
     TASK_LABELS,
     WAIT_BUCKETS,
     task_metrics,
@@ -51,7 +52,7 @@ from tasklane.observability.counters import (
 from tasklane.observability.exemplars import ExemplarCollector, ExemplarRecorder, clear
 from tasklane.observability.health import HealthStep, Probes, WorkerHealth
 from tasklane.observability.runs import RunObservers
-from tasklane.observability.tallies import Tallies
+from tasklane.observability.tallies import RunSeries, Tallies
 from tasklane.observability.tracing import tracing_enabled
 from tasklane.wire.headers import PUBLISHED_AT
 from tasklane.wire.routing import queue_name
@@ -74,22 +75,28 @@ def _request_labels(request: Any) -> tuple[str, str]:
     return name, queue
 
 
-class _RunSeries:
+class _RunSeries(RunSeries):
     """The series one task's runs record into, looked up once per task and process."""
 
-    __slots__ = ("labels", "queue_wait", "runtime", "started", "succeeded")
+    __slots__ = ("labels",)
 
     def __init__(self, recorder: TaskRecorder, labels: tuple[str, str]) -> None:
         metrics = task_metrics()
+        super().__init__(
+            succeeded=recorder._child(metrics.succeeded, labels),
+            queue_wait=recorder._child(metrics.queue_wait, labels),
+            runtime=recorder._child(metrics.runtime, labels),
+        )
         self.labels = labels
-        self.started = recorder._child(metrics.started, labels)
-        self.succeeded = recorder._child(metrics.succeeded, labels)
-        self.queue_wait = recorder._child(metrics.queue_wait, labels)
-        self.runtime = recorder._child(metrics.runtime, labels)
+
+
+#: What :meth:`TaskRecorder.begin` hands on to :meth:`TaskRecorder.end`: the task's series, its
+#: queue wait (``None``: the message has no publish time) and when it started (monotonic).
+_Run = tuple[_RunSeries, float | None, float]
 
 
 class TaskRecorder:
-    """Celery signal handlers that record :class:`TaskMetrics`."""
+    """Records :class:`TaskMetrics`: a run's own around it, the rest from Celery's signals."""
 
     def __init__(
         self,
@@ -106,7 +113,6 @@ class TaskRecorder:
         self.health = health
         self.labels = labels
         self.exemplars = exemplars
-        self._started: dict[str, float] = {}
         self._recorder: ExemplarRecorder | None = None
         #: Labelled series by metric and label values: ``labels()`` costs a lock and a
         #: conversion of every value on each call, several times per task.
@@ -128,6 +134,7 @@ class TaskRecorder:
         directory = os.environ.get(MULTIPROC_ENV)
         registry = CollectorRegistry()
         registry.register(InFlightCollector(self.labels))
+        registry.register(StartedCounter(self.labels))
         registry.register(self.received_counts)
         if directory:
             # Files of an earlier run of this worker would add its counts to this one's.
@@ -147,7 +154,6 @@ class TaskRecorder:
         metrics = task_metrics()
         for task, queue in self.labels:
             for counter in (
-                metrics.started,
                 metrics.succeeded,
                 metrics.failed,
                 metrics.retried,
@@ -189,34 +195,32 @@ class TaskRecorder:
             named = dict(zip(TASK_LABELS, labels, strict=True))
             recorder.observe(name, named, buckets, value, *trace_ids)
 
-    def begin(self, task_id: str, task: Any, request: Any) -> None:
-        """A run of ``task`` starts (``request`` is its Celery request)."""
-        series = self._run_series(task)
-        # Written at once: a task whose process is killed mid-run still counts as started.
-        series.started.inc()
-        now = time.time()
-        self._started[task_id] = time.monotonic()
+    def begin(self, task: Any, request: Mapping[str, Any]) -> _Run:
+        """A run of ``task`` starts (``request`` is its message's request)."""
+        series = self._runs.get(task)
+        if series is None:
+            series = self._run_series(task)
+        wait = None
         published = request.get(PUBLISHED_AT)
         if isinstance(published, int | float) and published > 0:
-            wait = max(0.0, now - published)
-            self.tallies.observe(series.queue_wait, wait)
-            # The task's own span starts after this; its trace is the publisher's.
-            parent = _sampled_parent(request.get("traceparent")) if self.exemplars else None
-            if parent is not None:
-                self._exemplar(QUEUE_WAIT, WAIT_BUCKETS, series.labels, wait, parent)
+            wait = max(0.0, time.time() - published)
+            if self.exemplars:
+                # The task's own span starts after this; its trace is the publisher's.
+                parent = _sampled_parent(request.get("traceparent"))
+                if parent is not None:
+                    self._exemplar(QUEUE_WAIT, WAIT_BUCKETS, series.labels, wait, parent)
+        # That it started is counted by the main process (StartedCounter), not here.
+        return series, wait, time.monotonic()
 
-    def end(self, task_id: str, task: Any, state: Any, span: trace.Span | None) -> None:
-        """A run of ``task`` ended in ``state``; ``span`` is its span (its runtime's exemplar)."""
-        series = self._run_series(task)
+    def end(self, run: _Run, state: Any, span: trace.Span | None) -> None:
+        """A run ended in ``state``; ``span`` is its span (its runtime's exemplar)."""
+        series, wait, started = run
+        runtime = time.monotonic() - started
         # Counted here rather than on task_success: a signal without receivers is not sent at
         # all, which saves every task a dispatch. Failures and retries keep their own signals.
-        if state == SUCCESS:
-            self.tallies.count(series.succeeded)
-        started = self._started.pop(task_id, None)
-        if started is not None:
-            runtime = time.monotonic() - started
-            self.tallies.observe(series.runtime, runtime)
-            ids = _sampled_ids(span) if self.exemplars and span is not None else None
+        self.tallies.run(series, wait, runtime, state == SUCCESS)
+        if self.exemplars and span is not None and span.is_recording():
+            ids = _sampled_ids(span)
             if ids is not None:
                 self._exemplar(RUNTIME, RUNTIME_BUCKETS, series.labels, runtime, ids)
 
@@ -263,6 +267,36 @@ class InFlightCollector(Collector):
         family = GaugeMetricFamily(IN_FLIGHT, "Tasks running now.", labels=TASK_LABELS)
         for labels in dict.fromkeys([*self.labels, *running]):
             family.add_metric(list(labels), running.get(labels, 0))
+        yield family
+
+
+class StartedCounter(Collector):
+    """``tasklane_tasks_started_total``, read from Celery's own count of the tasks it started.
+
+    The worker's main process counts, by task name, every request a pool process accepted, as
+    the pool reports it and before the task runs (``celery.worker.state.total_count``). That
+    count costs the tasks nothing more, where a counter kept by the pool children cost each run
+    a locked file write; and it is kept by the process no task runs in, so a pool child killed
+    mid-run (SIGKILL: hard time limit, OOM killer) has been counted.
+    """
+
+    def __init__(self, labels: Iterable[tuple[str, str]]) -> None:
+        #: The service's own series, at 0 from the start; a task's queue by its name.
+        self.labels = list(labels)
+        self._queues = dict(self.labels)
+
+    def collect(self) -> Iterable[Metric]:
+        from celery.worker import state
+
+        # Copied in C without giving up the GIL: the scrape's thread sees the counts whole.
+        accepted = dict(state.total_count)
+        counts = dict.fromkeys(self.labels, 0)
+        for name, count in accepted.items():
+            labels = (name, self._queues.get(name, "unknown"))
+            counts[labels] = counts.get(labels, 0) + count
+        family = CounterMetricFamily(STARTED, "Tasks that started running.", labels=TASK_LABELS)
+        for labels, count in counts.items():
+            family.add_metric(list(labels), count)
         yield family
 
 

@@ -27,19 +27,19 @@ Tracer = Callable[..., Any]
 class RunMetrics(Protocol):
     """What records a run's metrics (:class:`tasklane.observability.metrics.TaskRecorder`)."""
 
-    def begin(self, task_id: str, task: Any, request: Any) -> None: ...
+    def begin(self, task: Any, request: Mapping[str, Any]) -> Any:
+        """A run starts; returns what :meth:`end` is given of it."""
 
-    def end(self, task_id: str, task: Any, state: Any, span: Span | None) -> None: ...
+    def end(self, run: Any, state: Any, span: Span | None) -> None: ...
 
 
 class RunSpans(Protocol):
     """What makes a run's span (:class:`tasklane.observability.task_spans.TaskSpans`)."""
 
-    def begin(self, task_id: str, task: Any, request: Any) -> None: ...
+    def begin(self, task_id: str, task: Any, request: Any) -> Span:
+        """A run starts; returns its span."""
 
     def end(self, task_id: str, task: Any, state: Any, request: Any = None) -> None: ...
-
-    def span_of(self, task_id: str) -> Span | None: ...
 
 
 class RunObservers:
@@ -71,7 +71,21 @@ class RunObservers:
             # The message's request: headers, delivery info, retries (Celery's Context reads
             # the same mapping).
             fields: Mapping[str, Any] = request if request is not None else {}
-            self._begin(task_id, task, fields, metrics, spans)
+            # An observer's error must not fail the run, as a signal receiver's would not, nor
+            # keep the other observer from it. Written out here rather than in helpers: this
+            # runs for every task.
+            run = None
+            if metrics is not None:
+                try:
+                    run = metrics.begin(task, fields)
+                except Exception:
+                    logger.exception("%s[%s]: the run's metrics did not start", task.name, task_id)
+            span = None
+            if spans is not None:
+                try:
+                    span = spans.begin(task_id, task, fields)
+                except Exception:
+                    logger.exception("%s[%s]: the run's span did not start", task.name, task_id)
             state = None
             try:
                 result = tracer(task_id, args, kwargs, request)
@@ -79,49 +93,18 @@ class RunObservers:
                 state = SUCCESS if info is None else info.state
                 return result
             finally:
-                self._end(task_id, task, state, fields, metrics, spans)
+                if run is not None:
+                    try:
+                        metrics.end(run, state, span)  # type: ignore[union-attr]
+                    except Exception:
+                        logger.exception(
+                            "%s[%s]: the run's metrics did not end", task.name, task_id
+                        )
+                if spans is not None:
+                    try:
+                        spans.end(task_id, task, state, fields)
+                    except Exception:
+                        logger.exception("%s[%s]: the run's span did not end", task.name, task_id)
 
         observed.__wrapped__ = tracer  # type: ignore[attr-defined]
         return observed
-
-    @staticmethod
-    def _begin(
-        task_id: str,
-        task: Any,
-        request: Mapping[str, Any],
-        metrics: RunMetrics | None,
-        spans: RunSpans | None,
-    ) -> None:
-        # An error here must not fail the run, as a signal receiver's would not, nor keep the
-        # other observer from it.
-        if metrics is not None:
-            try:
-                metrics.begin(task_id, task, request)
-            except Exception:
-                logger.exception("%s[%s]: the run's metrics did not start", task.name, task_id)
-        if spans is not None:
-            try:
-                spans.begin(task_id, task, request)
-            except Exception:
-                logger.exception("%s[%s]: the run's span did not start", task.name, task_id)
-
-    @staticmethod
-    def _end(
-        task_id: str,
-        task: Any,
-        state: Any,
-        request: Mapping[str, Any],
-        metrics: RunMetrics | None,
-        spans: RunSpans | None,
-    ) -> None:
-        try:
-            if metrics is not None:
-                span = spans.span_of(task_id) if spans is not None else None
-                metrics.end(task_id, task, state, span)
-        except Exception:
-            logger.exception("%s[%s]: the run's metrics did not end", task.name, task_id)
-        if spans is not None:
-            try:
-                spans.end(task_id, task, state, request)
-            except Exception:
-                logger.exception("%s[%s]: the run's span did not end", task.name, task_id)

@@ -1,17 +1,20 @@
-"""Task outcomes a process sums in memory and adds to its metric files twice a second.
+"""Task runs a process sums in memory and adds to its metric files twice a second.
 
 prometheus-client's multiprocess mode writes each increment to the process's file at once, under
-a lock and a process-id check: about ten Python calls per write, five writes per task for the
-outcome, queue wait and runtime. A pool child instead adds them up here, and a thread of its own
-writes the sums: one write per series per interval, whatever the number of tasks.
+a lock and a process-id check: about ten Python calls per write, and a run records three (its
+outcome, its queue wait, its runtime). A pool child instead queues each run's figures here, one
+append a run, and a thread of its own sums them and writes the sums: one write per series per
+interval, whatever the number of tasks.
 
 What a process killed by SIGKILL had not written yet (at most the last :data:`FLUSH_INTERVAL`)
-is lost with it; that a task started is still written at once, by the caller.
+is lost with it. That a task started is counted by the worker's main process, which no task
+runs in (:class:`tasklane.observability.metrics.StartedCounter`).
 Design: docs/observability.md#worker-metrics.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 from bisect import bisect_left
@@ -27,16 +30,12 @@ class _HistogramSums:
     __slots__ = ("bounds", "child", "counts", "total")
 
     def __init__(self, child: Any) -> None:
-        # The child's own bounds (+Inf last) and values: observe() writes those same cells.
+        # The child's own bounds (+Inf last) and values: observe() writes those same cells, and
+        # counts a value in the first bucket whose bound is at or above it (bisect_left).
         self.child = child
         self.bounds: tuple[float, ...] = tuple(child._upper_bounds)
         self.counts = [0] * len(self.bounds)
         self.total = 0.0
-
-    def add(self, value: float) -> None:
-        # observe() counts a value in the first bucket whose bound is at or above it.
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
 
     def write(self) -> None:
         for index, count in enumerate(self.counts):
@@ -48,13 +47,36 @@ class _HistogramSums:
             self.total = 0.0
 
 
-class Tallies:
-    """Counter increments and histogram observations of this process, written in batches.
+class RunSeries:
+    """The series one task's runs add to: its successes, queue waits and runtimes.
 
-    ``child`` arguments are labelled metric children (``metric.labels(...)``) of prometheus-client
-    counters and histograms. Safe to call from any thread; after a fork the child process starts
-    from nothing (what it inherited is its parent's to write), and its first record starts its
-    own writer thread.
+    Each is a labelled child (``metric.labels(...)``) of a prometheus-client counter or histogram.
+    """
+
+    __slots__ = ("queue_wait", "runtime", "succeeded")
+
+    def __init__(self, succeeded: Any, queue_wait: Any, runtime: Any) -> None:
+        self.succeeded = succeeded
+        self.queue_wait = queue_wait
+        self.runtime = runtime
+
+
+class _RunSums:
+    """What the runs of one :class:`RunSeries` added since the last write."""
+
+    __slots__ = ("queue_wait", "runtime", "succeeded")
+
+    def __init__(self, queue_wait: _HistogramSums, runtime: _HistogramSums) -> None:
+        self.succeeded = 0
+        self.queue_wait = queue_wait
+        self.runtime = runtime
+
+
+class Tallies:
+    """The task runs of this process, summed and written in batches.
+
+    Safe to call from any thread; after a fork the child process starts from nothing (what it
+    inherited is its parent's to write), and its first record starts its own writer thread.
     """
 
     def __init__(self, interval: float = FLUSH_INTERVAL) -> None:
@@ -67,36 +89,54 @@ class Tallies:
     def _forked(self) -> None:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
-        self._counts: dict[Any, int] = {}
+        #: Runs not summed yet: appended by the tasks' threads, taken by the writer (a deque's
+        #: append and popleft are atomic: no lock on a task's path).
+        self._runs: collections.deque[tuple[RunSeries, float | None, float, bool]] = (
+            collections.deque()
+        )
+        self._sums_of: dict[RunSeries, _RunSums] = {}
         self._histograms: dict[Any, _HistogramSums] = {}
         self._writer: threading.Thread | None = None
 
-    def count(self, child: Any) -> None:
-        """One more on a counter."""
-        with self._lock:
-            if self._writer is None:
-                self._start()
-            self._counts[child] = self._counts.get(child, 0) + 1
+    def run(self, series: RunSeries, wait: float | None, runtime: float, succeeded: bool) -> None:
+        """A run ended: its queue wait (``None``: unknown), its runtime, whether it succeeded."""
+        if self._writer is None:
+            self._start()
+        self._runs.append((series, wait, runtime, succeeded))
 
-    def observe(self, child: Any, value: float) -> None:
-        """One observation of a histogram."""
-        with self._lock:
-            if self._writer is None:
-                self._start()
-            sums = self._histograms.get(child)
-            if sums is None:
-                sums = self._histograms[child] = _HistogramSums(child)
-            sums.add(value)
+    def _run_sums(self, series: RunSeries) -> _RunSums:
+        histograms = self._histograms
+        for child in (series.queue_wait, series.runtime):
+            if child not in histograms:
+                histograms[child] = _HistogramSums(child)
+        return _RunSums(histograms[series.queue_wait], histograms[series.runtime])
 
     def flush(self) -> None:
         """Write what was added since the last flush."""
         with self._lock:
+            runs, sums_of = self._runs, self._sums_of
+            while runs:
+                series, wait, runtime, succeeded = runs.popleft()
+                sums = sums_of.get(series)
+                if sums is None:
+                    sums = sums_of[series] = self._run_sums(series)
+                # Inline: this loop sums every run of the process.
+                if succeeded:
+                    sums.succeeded += 1
+                if wait is not None:
+                    waits = sums.queue_wait
+                    waits.counts[bisect_left(waits.bounds, wait)] += 1
+                    waits.total += wait
+                runtimes = sums.runtime
+                runtimes.counts[bisect_left(runtimes.bounds, runtime)] += 1
+                runtimes.total += runtime
             # Counters first: a reader that sees a task's runtime also sees how it ended.
-            for child, count in self._counts.items():
-                child.inc(count)
-            self._counts.clear()
-            for sums in self._histograms.values():
-                sums.write()
+            for run_series, sums in sums_of.items():
+                if sums.succeeded:
+                    run_series.succeeded.inc(sums.succeeded)
+                    sums.succeeded = 0
+            for histogram in self._histograms.values():
+                histogram.write()
 
     def stop(self) -> None:
         """Write what is left and end the writer thread (a pool process about to exit)."""
@@ -104,11 +144,14 @@ class Tallies:
         self.flush()
 
     def _start(self) -> None:
-        # Under the lock: two threads of a threads pool may record their first task at once.
-        self._writer = threading.Thread(
-            target=self._run, name="tasklane-metrics-writer", daemon=True
-        )
-        self._writer.start()
+        with self._lock:
+            # Two threads of a threads pool may record their first task at once.
+            if self._writer is not None:
+                return
+            self._writer = threading.Thread(
+                target=self._run, name="tasklane-metrics-writer", daemon=True
+            )
+            self._writer.start()
 
     def _run(self) -> None:
         stopped = self._stopped

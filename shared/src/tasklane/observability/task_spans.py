@@ -34,6 +34,8 @@ ACTION = "celery.action"
 TASK_NAME = "celery.task_name"
 RETRY_REASON = "celery.retry.reason"
 _RUN = "run"
+#: The span context a run without a parent span starts under.
+_ROOT = trace.INVALID_SPAN_CONTEXT
 _APPLY_ASYNC = "apply_async"
 
 
@@ -86,13 +88,8 @@ class TaskSpans:
         if task_id is not None:
             self.end(task_id, task, state)
 
-    def span_of(self, task_id: str) -> trace.Span | None:
-        """The span of the run of ``task_id`` in progress."""
-        run = self._runs.get(task_id)
-        return None if run is None else run[0]
-
-    def begin(self, task_id: str, task: Any, request: Any) -> None:
-        """A run of ``task`` starts: its span, made the current one.
+    def begin(self, task_id: str, task: Any, request: Any) -> trace.Span:
+        """A run of ``task`` starts: its span, made the current one, is returned.
 
         ``request`` is the task's Celery request, or the mapping of the message it is made of
         (:class:`tasklane.observability.runs.RunObservers` hands that).
@@ -116,13 +113,17 @@ class TaskSpans:
             parent = context_api.get_current()
         span: trace.Span | None = None
         if self._unsampled is not None:
-            span = self._unsampled.span(trace.get_current_span(parent).get_span_context())
+            # A pool process starts a run in the empty context: a root, unless a header says
+            # otherwise. Looked into only when it holds something.
+            in_parent = trace.get_current_span(parent).get_span_context() if parent else _ROOT
+            span = self._unsampled.span(in_parent)
         if span is None:
             span = self.tracer.start_span(
                 f"{_RUN}/{task.name}", context=parent, kind=SpanKind.CONSUMER
             )
         token = context_api.attach(trace.set_span_in_context(span, parent))
         self._runs[task_id] = (span, token)
+        return span
 
     def end(self, task_id: str, task: Any, state: Any, request: Any = None) -> None:
         """A run of ``task`` ended in ``state``: its span ends, the context before it is back.
