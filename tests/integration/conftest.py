@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tasklane.worker.app import TasklaneApp, create_app
 from tasklane_dev.sinks import SmtpSink, WebhookSink
 from tests.support.harness import (
     RABBITMQ_URL,
@@ -44,6 +45,15 @@ def redis_broker(redis_url: str) -> Iterator[BrokerEnv]:
     env = _broker_env("redis", redis_url)
     yield env
     cleanup(env)
+
+
+@pytest.fixture
+def notifier_app(redis_broker: BrokerEnv) -> Iterator[TasklaneApp]:
+    """A notifier worker app on Redis, in a namespace of its own, whose keys (results, dead
+    letters) go after; made in this process, for what a worker process does with it."""
+    made = create_app("notifier", settings=redis_broker.settings)
+    yield made
+    made.close()
 
 
 @pytest.fixture

@@ -24,20 +24,16 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 
 from tasklane.observability.task_spans import TaskSpans
-from tasklane.worker.app import TasklaneApp, create_app
+from tasklane.worker.app import TasklaneApp
 from tasklane.worker.task import ContractTask
-from tests.support.harness import BrokerEnv
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 
 
 @pytest.fixture
-def app(redis_broker: BrokerEnv) -> Iterator[TasklaneApp]:
-    """A notifier app in a namespace of its own, whose keys (results, dead letters) go after."""
-    made = create_app("notifier", settings=redis_broker.settings)
-    yield made
-    made.close()
+def app(notifier_app: TasklaneApp) -> TasklaneApp:
+    return notifier_app
 
 
 @pytest.fixture

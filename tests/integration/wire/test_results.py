@@ -27,10 +27,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def app(redis_broker: BrokerEnv) -> Iterator[TasklaneApp]:
-    made = create_app("notifier", settings=redis_broker.settings)
-    yield made
-    made.close()
+def app(notifier_app: TasklaneApp) -> TasklaneApp:
+    return notifier_app
 
 
 @pytest.fixture
