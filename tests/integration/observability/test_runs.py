@@ -32,20 +32,15 @@ PARENT_ID = "00f067aa0ba902b7"
 
 
 @pytest.fixture
-def app(notifier_app: TasklaneApp) -> TasklaneApp:
-    return notifier_app
-
-
-@pytest.fixture
-def exporter(app: TasklaneApp) -> Iterator[InMemorySpanExporter]:
+def exporter(notifier_app: TasklaneApp) -> Iterator[InMemorySpanExporter]:
     """The app's run observers make spans into memory, as a traced pool process would."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=ALWAYS_ON)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     spans = TaskSpans(provider.get_tracer("test"))
     spans.connect(runs=False)
-    app.run_observers.spans = spans
-    app.run_observers.enabled = True
+    notifier_app.run_observers.spans = spans
+    notifier_app.run_observers.enabled = True
     yield exporter
     spans.disconnect()
     provider.shutdown()
@@ -65,29 +60,29 @@ def _run(task: ContractTask, *args: Any, **request: Any) -> tuple[str, Any]:
 
 
 def test_a_run_is_observed_around_the_tracer_celery_sets_with_no_run_signal(
-    app: TasklaneApp, exporter: InMemorySpanExporter
+    notifier_app: TasklaneApp, exporter: InMemorySpanExporter
 ) -> None:
     # No receiver of the run signals anywhere in this process: Celery does not even send them.
     assert not signals.task_prerun.receivers
     assert not signals.task_postrun.receivers
-    task_id, result = _run(_ping(app), traceparent=f"00-{TRACE_ID}-{PARENT_ID}-01")
+    task_id, result = _run(_ping(notifier_app), traceparent=f"00-{TRACE_ID}-{PARENT_ID}-01")
     assert result.info is None  # succeeded
     (span,) = exporter.get_finished_spans()
-    assert (span.name, span.kind) == (f"run/{_ping(app).name}", SpanKind.CONSUMER)
+    assert (span.name, span.kind) == (f"run/{_ping(notifier_app).name}", SpanKind.CONSUMER)
     assert format_trace_id(span.context.trace_id) == TRACE_ID
     assert span.parent is not None and format_span_id(span.parent.span_id) == PARENT_ID
     assert span.attributes is not None
     assert span.attributes["celery.state"] == "SUCCESS"
     assert span.attributes["messaging.message.id"] == task_id
     # Read from the message's request, after Celery had taken the task's request down.
-    assert span.attributes["messaging.destination"] == _ping(app).queue
+    assert span.attributes["messaging.destination"] == _ping(notifier_app).queue
 
 
 def test_a_failed_run_is_an_error_span_its_failure_signal_found_open(
-    app: TasklaneApp, exporter: InMemorySpanExporter
+    notifier_app: TasklaneApp, exporter: InMemorySpanExporter
 ) -> None:
     # A positional argument breaks the contract: the task fails (and is dead-lettered).
-    _, result = _run(_ping(app), "positional")
+    _, result = _run(_ping(notifier_app), "positional")
     assert result.info is not None and result.info.state == "FAILURE"
     (span,) = exporter.get_finished_spans()
     assert span.status.status_code is StatusCode.ERROR
@@ -112,14 +107,14 @@ class _BrokenMetrics:
 
 @pytest.mark.parametrize("fails_at", ["start", "end"])
 def test_an_observer_that_fails_is_logged_and_the_run_and_its_span_go_on(
-    app: TasklaneApp,
+    notifier_app: TasklaneApp,
     exporter: InMemorySpanExporter,
     caplog: pytest.LogCaptureFixture,
     fails_at: str,
 ) -> None:
-    app.run_observers.metrics = _BrokenMetrics(fails_at)
+    notifier_app.run_observers.metrics = _BrokenMetrics(fails_at)
     with caplog.at_level(logging.ERROR, logger="tasklane.observability.runs"):
-        _, result = _run(_ping(app))
+        _, result = _run(_ping(notifier_app))
     assert result.info is None
     # A run whose metrics did not start has none to end.
     assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
@@ -130,10 +125,10 @@ def test_an_observer_that_fails_is_logged_and_the_run_and_its_span_go_on(
 
 
 def test_a_worker_without_metrics_or_tracing_runs_the_tracer_celery_made(
-    app: TasklaneApp,
+    notifier_app: TasklaneApp,
 ) -> None:
-    assert not app.run_observers.enabled  # neither is on in this process's environment
-    task = _ping(app)
-    tracer = build_tracer(task.name, task, app=app, eager=False)
+    assert not notifier_app.run_observers.enabled  # neither is on in this process's environment
+    task = _ping(notifier_app)
+    tracer = build_tracer(task.name, task, app=notifier_app, eager=False)
     task.__trace__ = tracer
     assert task.__trace__ is tracer

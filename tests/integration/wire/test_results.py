@@ -27,11 +27,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def app(notifier_app: TasklaneApp) -> TasklaneApp:
-    return notifier_app
-
-
-@pytest.fixture
 def client(redis_broker: BrokerEnv) -> Iterator[redis.Redis]:
     with redis.Redis.from_url(redis_broker.result_backend) as connection:
         yield connection
@@ -56,18 +51,18 @@ def _stored(client: redis.Redis, task_id: str) -> dict[str, Any]:
     return meta
 
 
-def test_the_worker_app_stores_with_the_one_trip_backend(app: TasklaneApp) -> None:
-    assert type(app.backend) is RedisResults
+def test_the_worker_app_stores_with_the_one_trip_backend(notifier_app: TasklaneApp) -> None:
+    assert type(notifier_app.backend) is RedisResults
 
 
 @pytest.mark.parametrize("state", [states.SUCCESS, states.FAILURE, states.RETRY])
 def test_a_result_is_stored_as_celery_stores_it(
-    app: TasklaneApp, client: redis.Redis, task_ids: list[str], state: str
+    notifier_app: TasklaneApp, client: redis.Redis, task_ids: list[str], state: str
 ) -> None:
     ours, celerys = task_ids
     result: Any = {"sent": 3} if state == states.SUCCESS else ValueError("boom")
-    app.backend.store_result(ours, result, state, traceback="tb")
-    _celery_backend(app).store_result(celerys, result, state, traceback="tb")
+    notifier_app.backend.store_result(ours, result, state, traceback="tb")
+    _celery_backend(notifier_app).store_result(celerys, result, state, traceback="tb")
 
     stored, expected = _stored(client, ours), _stored(client, celerys)
     assert stored.pop("task_id") == ours
@@ -76,18 +71,21 @@ def test_a_result_is_stored_as_celery_stores_it(
     stored.pop("date_done"), expected.pop("date_done")
     assert stored == expected
     assert stored["status"] == state
-    expires = app.backend.expires
+    expires = notifier_app.backend.expires
     for task_id in task_ids:
         assert 0 < client.ttl(f"celery-task-meta-{task_id}") <= expires
 
 
 @pytest.mark.parametrize("later", [states.FAILURE, states.RETRY, states.STARTED])
 def test_a_stored_success_is_not_overwritten(
-    app: TasklaneApp, client: redis.Redis, task_ids: list[str], later: str
+    notifier_app: TasklaneApp, client: redis.Redis, task_ids: list[str], later: str
 ) -> None:
     # A message delivered twice: the second run must not replace the first one's success.
     ours, celerys = task_ids
-    for backend, task_id in ((app.backend, ours), (_celery_backend(app), celerys)):
+    for backend, task_id in (
+        (notifier_app.backend, ours),
+        (_celery_backend(notifier_app), celerys),
+    ):
         backend.store_result(task_id, {"sent": 1}, states.SUCCESS)
         backend.store_result(task_id, None, later)
         assert _stored(client, task_id)["status"] == states.SUCCESS, backend
@@ -95,12 +93,12 @@ def test_a_stored_success_is_not_overwritten(
 
 
 def test_a_state_before_success_is_overwritten(
-    app: TasklaneApp, client: redis.Redis, task_ids: list[str]
+    notifier_app: TasklaneApp, client: redis.Redis, task_ids: list[str]
 ) -> None:
     task_id = task_ids[0]
-    app.backend.store_result(task_id, None, states.STARTED)
+    notifier_app.backend.store_result(task_id, None, states.STARTED)
     assert _stored(client, task_id)["status"] == states.STARTED
-    app.backend.store_result(task_id, {"sent": 2}, states.SUCCESS)
+    notifier_app.backend.store_result(task_id, {"sent": 2}, states.SUCCESS)
     assert _stored(client, task_id) | {"date_done": None} == _stored(client, task_id) | {
         "status": states.SUCCESS,
         "result": {"sent": 2},
@@ -109,27 +107,29 @@ def test_a_state_before_success_is_overwritten(
 
 
 def test_what_is_not_a_json_result_is_overwritten(
-    app: TasklaneApp, client: redis.Redis, task_ids: list[str]
+    notifier_app: TasklaneApp, client: redis.Redis, task_ids: list[str]
 ) -> None:
     task_id = task_ids[0]
     client.set(f"celery-task-meta-{task_id}", b"\x80not json")
-    app.backend.store_result(task_id, {"sent": 4}, states.SUCCESS)
+    notifier_app.backend.store_result(task_id, {"sent": 4}, states.SUCCESS)
     assert _stored(client, task_id)["result"] == {"sent": 4}
 
 
-def test_the_result_reaches_a_client_waiting_on_it(app: TasklaneApp, task_ids: list[str]) -> None:
+def test_the_result_reaches_a_client_waiting_on_it(
+    notifier_app: TasklaneApp, task_ids: list[str]
+) -> None:
     # AsyncResult.get() on Redis waits on the key's channel, which the store publishes to.
     task_id = task_ids[0]
-    waiting = app.AsyncResult(task_id)
+    waiting = notifier_app.AsyncResult(task_id)
     got: list[Any] = []
     waiter = threading.Thread(target=lambda: got.append(waiting.get(timeout=30)))
     waiter.start()
     eventually(
-        lambda: app.backend.client.pubsub_numsub(f"celery-task-meta-{task_id}")[0][1] > 0,
+        lambda: notifier_app.backend.client.pubsub_numsub(f"celery-task-meta-{task_id}")[0][1] > 0,
         timeout=30,
         message="the waiting client subscribed",
     )
-    app.backend.store_result(task_id, {"sent": 5}, states.SUCCESS)
+    notifier_app.backend.store_result(task_id, {"sent": 5}, states.SUCCESS)
     waiter.join(timeout=30)
     assert got == [{"sent": 5}]
 
@@ -150,7 +150,7 @@ def test_a_failure_is_kept_for_result_failure_expires(
 
 
 def test_a_result_is_one_command_from_the_worker(
-    app: TasklaneApp, client: redis.Redis, task_ids: list[str]
+    notifier_app: TasklaneApp, client: redis.Redis, task_ids: list[str]
 ) -> None:
     """What Redis received naming the result's key: the script alone, where Celery sends a
     GET and then a SET and a PUBLISH."""
@@ -176,8 +176,8 @@ def test_a_result_is_one_command_from_the_worker(
     watcher.start()
     assert monitor_ready.wait(30)
     try:
-        app.backend.store_result(ours, {"sent": 7}, states.SUCCESS)
-        _celery_backend(app).store_result(celerys, {"sent": 7}, states.SUCCESS)
+        notifier_app.backend.store_result(ours, {"sent": 7}, states.SUCCESS)
+        _celery_backend(notifier_app).store_result(celerys, {"sent": 7}, states.SUCCESS)
     finally:
         client.get("monitor-stop")
         watcher.join(timeout=30)
