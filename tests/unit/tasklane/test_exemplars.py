@@ -8,10 +8,14 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
+from tasklane.observability.counters import RUNTIME_BUCKETS
 from tasklane.observability.exemplars import ExemplarCollector, ExemplarRecorder, bucket_bound
 
 BUCKETS = (0.01, 0.1, 1.0)
@@ -42,6 +46,8 @@ def test_bucket_bound_is_written_as_the_histogram_writes_le() -> None:
     assert bucket_bound(0.1, BUCKETS) == "0.1"
     assert bucket_bound(0.5, BUCKETS) == "1.0"
     assert bucket_bound(7.0, BUCKETS) == "+Inf"
+    assert bucket_bound(0.0, BUCKETS) == "0.01"
+    assert bucket_bound(float("nan"), BUCKETS) == "+Inf"  # at or under no bound
 
 
 def test_newest_exemplar_per_bucket_across_processes(tmp_path: Path) -> None:
@@ -73,3 +79,11 @@ def test_exited_processes_files_are_folded_and_removed(tmp_path: Path) -> None:
     assert _exemplars(collector) == {"1.0": "d" * 32}
     assert not dead.path.exists()
     assert _exemplars(collector) == {"1.0": "d" * 32}  # kept in the server's memory
+
+
+@given(st.floats(min_value=0.0, max_value=1e5, allow_nan=False))
+def test_bucket_bound_is_the_bucket_the_histogram_counts_a_value_in(value: float) -> None:
+    # prometheus-client counts an observation in the first bucket whose bound is at or above it.
+    bounds = (*RUNTIME_BUCKETS, float("inf"))
+    counted = next(bound for bound in bounds if value <= bound)
+    assert bucket_bound(value, RUNTIME_BUCKETS) == floatToGoString(counted)

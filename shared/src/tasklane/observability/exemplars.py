@@ -7,13 +7,15 @@ Design: docs/observability.md#exemplars-from-a-latency-spike-to-its-trace.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -28,8 +30,7 @@ WRITE_INTERVAL = 1.0
 Key = tuple[str, tuple[tuple[str, str], ...], str]
 
 
-@dataclass(frozen=True)
-class TraceExemplar:
+class TraceExemplar(NamedTuple):
     """One observation that links a histogram bucket to the trace it came from."""
 
     trace_id: str
@@ -38,13 +39,19 @@ class TraceExemplar:
     timestamp: float
 
 
-def bucket_bound(value: float, buckets: Sequence[float]) -> str:
+def bucket_bound(value: float, buckets: tuple[float, ...]) -> str:
     """The ``le`` label of the bucket ``value`` falls in (the first bound at or above it)."""
-    for bound in buckets:
-        if value <= bound:
-            # As the histogram writes its own ``le`` labels, so the two match exactly.
-            return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
-    return "+Inf"
+    if value != value:  # NaN is at or under no bound
+        return "+Inf"
+    return _le_labels(buckets)[bisect_left(buckets, value)]
+
+
+@functools.cache
+def _le_labels(buckets: tuple[float, ...]) -> tuple[str, ...]:
+    # As the histogram writes its own ``le`` labels, so the two match exactly; written once
+    # per set of buckets, not at each sampled run.
+    labels = (str(floatToGoString(bound)) for bound in buckets)  # type: ignore[no-untyped-call]
+    return (*labels, "+Inf")
 
 
 class ExemplarRecorder:
@@ -61,7 +68,7 @@ class ExemplarRecorder:
         self,
         metric: str,
         labels: Mapping[str, str],
-        buckets: Sequence[float],
+        buckets: tuple[float, ...],
         value: float,
         trace_id: str,
         span_id: str,
