@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 
+from tasklane.observability.sampling import ParentBasedTraceIdRatio, TraceIdsDrawnAhead
 from tasklane.observability.task_spans import TaskSpans
 from tasklane.worker.app import TasklaneApp
 from tasklane.worker.task import ContractTask
@@ -122,6 +123,45 @@ def test_an_observer_that_fails_is_logged_and_the_run_and_its_span_go_on(
     ]
     (span,) = exporter.get_finished_spans()  # the span was made all the same
     assert span.attributes is not None and span.attributes["celery.state"] == "SUCCESS"
+
+
+class _SpansSeen:
+    """A metrics recorder that keeps the span each run's end is handed."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+
+    def begin(self, task: Any, request: Any) -> object:
+        return object()
+
+    def end(self, run: object, state: Any, span: Any) -> None:
+        self.spans.append(span)
+
+
+@pytest.mark.parametrize("sampled", [True, False], ids=["sampled", "dropped"])
+def test_the_metrics_get_the_runs_span_only_when_it_records(
+    notifier_app: TasklaneApp, sampled: bool
+) -> None:
+    # The runtime's exemplar links to a recorded span; a dropped run's span has no trace to show.
+    exporter = InMemorySpanExporter()
+    sampler = ParentBasedTraceIdRatio(1.0 if sampled else 0.0)
+    provider = TracerProvider(sampler=sampler, id_generator=TraceIdsDrawnAhead())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    spans = TaskSpans(provider.get_tracer("test"))
+    seen = _SpansSeen()
+    notifier_app.run_observers.spans = spans
+    notifier_app.run_observers.metrics = seen
+    notifier_app.run_observers.enabled = True
+    try:
+        _run(_ping(notifier_app))
+    finally:
+        provider.shutdown()
+    if sampled:
+        (span,) = exporter.get_finished_spans()
+        assert [s.get_span_context() for s in seen.spans] == [span.get_span_context()]
+    else:
+        assert exporter.get_finished_spans() == ()
+        assert seen.spans == [None]
 
 
 def test_a_worker_without_metrics_or_tracing_runs_the_tracer_celery_made(

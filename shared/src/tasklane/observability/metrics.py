@@ -169,11 +169,13 @@ class TaskRecorder:
 
     def _exemplar_recorder(self) -> ExemplarRecorder | None:
         """This process's exemplar file, when tracing is on (made after the pool forked)."""
+        recorder = self._recorder
+        if recorder is not None and recorder.pid == os.getpid():
+            return recorder
         directory = os.environ.get(MULTIPROC_ENV)
         if not self.exemplars or not directory:
             return None
-        if self._recorder is None or self._recorder.pid != os.getpid():
-            self._recorder = ExemplarRecorder(Path(directory))
+        self._recorder = ExemplarRecorder(Path(directory))
         return self._recorder
 
     def _run_series(self, task: Any) -> _RunSeries:
@@ -204,22 +206,25 @@ class TaskRecorder:
         published = request.get(PUBLISHED_AT)
         if isinstance(published, int | float) and published > 0:
             wait = max(0.0, time.time() - published)
-            if self.exemplars:
-                # The task's own span starts after this; its trace is the publisher's.
-                parent = _sampled_parent(request.get("traceparent"))
+            # The task's own span starts after this; its trace is the publisher's. Most
+            # messages carry none.
+            traceparent = request.get("traceparent") if self.exemplars else None
+            if traceparent is not None:
+                parent = _sampled_parent(traceparent)
                 if parent is not None:
                     self._exemplar(QUEUE_WAIT, WAIT_BUCKETS, series.labels, wait, parent)
         # That it started is counted by the main process (StartedCounter), not here.
         return series, wait, time.monotonic()
 
     def end(self, run: _Run, state: Any, span: trace.Span | None) -> None:
-        """A run ended in ``state``; ``span`` is its span (its runtime's exemplar)."""
+        """A run ended in ``state``; ``span`` is its span when it records (its runtime's
+        exemplar)."""
         series, wait, started = run
         runtime = time.monotonic() - started
         # Counted here rather than on task_success: a signal without receivers is not sent at
         # all, which saves every task a dispatch. Failures and retries keep their own signals.
         self.tallies.run(series, wait, runtime, state == SUCCESS)
-        if self.exemplars and span is not None and span.is_recording():
+        if span is not None and self.exemplars:
             ids = _sampled_ids(span)
             if ids is not None:
                 self._exemplar(RUNTIME, RUNTIME_BUCKETS, series.labels, runtime, ids)

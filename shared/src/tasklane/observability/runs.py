@@ -30,14 +30,15 @@ class RunMetrics(Protocol):
     def begin(self, task: Any, request: Mapping[str, Any]) -> Any:
         """A run starts; returns what :meth:`end` is given of it."""
 
-    def end(self, run: Any, state: Any, span: Span | None) -> None: ...
+    def end(self, run: Any, state: Any, span: Span | None) -> None:
+        """A run ended in ``state``; ``span`` is its span when it records."""
 
 
 class RunSpans(Protocol):
     """What makes a run's span (:class:`tasklane.observability.task_spans.TaskSpans`)."""
 
-    def begin(self, task_id: str, task: Any, request: Any) -> Span:
-        """A run starts; returns its span."""
+    def begin(self, task_id: str, task: Any, request: Any) -> Span | None:
+        """A run starts; returns its span when it records."""
 
     def end(self, task_id: str, task: Any, state: Any, request: Any = None) -> None: ...
 

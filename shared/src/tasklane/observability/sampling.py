@@ -11,6 +11,7 @@ Equivalence with the SDK is tested id for id (``tests/unit/tasklane/test_samplin
 
 from __future__ import annotations
 
+import random
 import threading
 
 from opentelemetry.sdk.trace import Tracer
@@ -82,24 +83,38 @@ class UnsampledRuns:
         ``None`` for a root run hands its trace id on to the tracer's next root span, which
         the tracer's sampler then samples as this decided.
         """
-        if parent.is_valid:
-            flags = parent.trace_flags
-            if flags & TraceFlags.SAMPLED:
-                return None
-            # The parent's decision, its trace and its trace state, as ParentBased keeps them.
-            trace_id, state = parent.trace_id, parent.trace_state
-            run_flags = TraceFlags(flags & TraceFlags.RANDOM_TRACE_ID)
-        else:
-            trace_id = self._ids.generate_trace_id()
-            if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self._bound:
-                self._ids.hand_on(trace_id)
-                return None
-            state, run_flags = None, self._root_flags
+        if not parent.is_valid:
+            return self.root()
+        flags = parent.trace_flags
+        if flags & TraceFlags.SAMPLED:
+            return None
+        # The parent's decision, its trace and its trace state, as ParentBased keeps them.
         context = SpanContext(
-            trace_id,
+            parent.trace_id,
             self._ids.generate_span_id(),
             is_remote=False,
-            trace_flags=run_flags,
-            trace_state=state,
+            trace_flags=TraceFlags(flags & TraceFlags.RANDOM_TRACE_ID),
+            trace_state=parent.trace_state,
         )
         return NonRecordingSpan(context)
+
+    def root(self) -> NonRecordingSpan | None:
+        """:meth:`span` for a run without a parent: most runs of a worker.
+
+        The ids are drawn as :class:`TraceIdsDrawnAhead` draws them (the SDK's random ids), here
+        rather than through it: that is four Python calls fewer for nine runs in ten.
+        """
+        trace_id = _random_bits(128)
+        while not trace_id:
+            trace_id = _random_bits(128)
+        if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self._bound:
+            self._ids.hand_on(trace_id)
+            return None
+        span_id = _random_bits(64)
+        while not span_id:
+            span_id = _random_bits(64)
+        return NonRecordingSpan(SpanContext(trace_id, span_id, False, self._root_flags))
+
+
+#: The SDK's ``RandomIdGenerator`` draws its ids from the ``random`` module's generator.
+_random_bits = random.getrandbits

@@ -34,8 +34,6 @@ ACTION = "celery.action"
 TASK_NAME = "celery.task_name"
 RETRY_REASON = "celery.retry.reason"
 _RUN = "run"
-#: The span context a run without a parent span starts under.
-_ROOT = trace.INVALID_SPAN_CONTEXT
 _APPLY_ASYNC = "apply_async"
 
 
@@ -49,9 +47,10 @@ class TaskSpans:
 
     def __init__(self, tracer: trace.Tracer | None = None) -> None:
         self.tracer = tracer or trace.get_tracer(__name__)
-        #: Open spans and the context tokens to restore, by task id; publish spans apart
-        #: because a retry publishes the task under the id of the run that is still open.
-        self._runs: dict[str, tuple[trace.Span, object]] = {}
+        #: Open spans, the context tokens to restore and whether the span records, by task id;
+        #: publish spans apart because a retry publishes the task under the id of the run that
+        #: is still open.
+        self._runs: dict[str, tuple[trace.Span, object, bool]] = {}
         self._publishes: dict[str, trace.Span] = {}
         self._propagator: object = None
         self._fields: tuple[str, ...] = ()
@@ -88,8 +87,9 @@ class TaskSpans:
         if task_id is not None:
             self.end(task_id, task, state)
 
-    def begin(self, task_id: str, task: Any, request: Any) -> trace.Span:
-        """A run of ``task`` starts: its span, made the current one, is returned.
+    def begin(self, task_id: str, task: Any, request: Any) -> trace.Span | None:
+        """A run of ``task`` starts: its span is made the current one, and returned when it
+        records (``None`` for a run the sampler drops).
 
         ``request`` is the task's Celery request, or the mapping of the message it is made of
         (:class:`tasklane.observability.runs.RunObservers` hands that).
@@ -112,18 +112,23 @@ class TaskSpans:
             # would each look it up again (a task applied inside a span stays that span's child).
             parent = context_api.get_current()
         span: trace.Span | None = None
-        if self._unsampled is not None:
+        unsampled = self._unsampled
+        if unsampled is not None:
             # A pool process starts a run in the empty context: a root, unless a header says
             # otherwise. Looked into only when it holds something.
-            in_parent = trace.get_current_span(parent).get_span_context() if parent else _ROOT
-            span = self._unsampled.span(in_parent)
+            if parent:
+                span = unsampled.span(trace.get_current_span(parent).get_span_context())
+            else:
+                span = unsampled.root()
+        recording = span is None
         if span is None:
             span = self.tracer.start_span(
                 f"{_RUN}/{task.name}", context=parent, kind=SpanKind.CONSUMER
             )
+            recording = span.is_recording()
         token = context_api.attach(trace.set_span_in_context(span, parent))
-        self._runs[task_id] = (span, token)
-        return span
+        self._runs[task_id] = (span, token, recording)
+        return span if recording else None
 
     def end(self, task_id: str, task: Any, state: Any, request: Any = None) -> None:
         """A run of ``task`` ended in ``state``: its span ends, the context before it is back.
@@ -133,8 +138,9 @@ class TaskSpans:
         run = self._runs.pop(task_id, None)
         if run is None:
             return
-        span, token = run
-        if span.is_recording():
+        span, token, recording = run
+        # Asked of a recording span again: the task may have ended it.
+        if recording and span.is_recording():
             span.set_attribute(ACTION, _RUN)
             set_attributes_from_context(span, {"state": state})
             set_attributes_from_context(span, task.request if request is None else request)
@@ -146,7 +152,7 @@ class TaskSpans:
         self, task_id: str | None = None, sender: Any = None, einfo: Any = None, **_: Any
     ) -> None:
         run = self._runs.get(task_id) if task_id is not None else None
-        if run is None or not run[0].is_recording():
+        if run is None or not run[2]:
             return
         span = run[0]
         error = einfo.exception if isinstance(einfo, ExceptionInfo) else einfo
@@ -162,7 +168,7 @@ class TaskSpans:
     def retry(self, request: Any = None, reason: Any = None, **_: Any) -> None:
         task_id = getattr(request, "id", None)
         run = self._runs.get(task_id) if task_id is not None else None
-        if run is not None and run[0].is_recording() and reason is not None:
+        if run is not None and run[2] and reason is not None:
             run[0].set_attribute(RETRY_REASON, str(reason))
 
     def before_publish(
