@@ -17,7 +17,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tasklane.publish import Publisher
 from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
-from tasklane.wire.routing import QueueOptions
 from tasklane_dev.sinks import Reply, WebhookSink, free_port
 from tests.support import eventually
 from tests.support.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
@@ -194,10 +193,40 @@ def test_a_task_that_expires_before_it_runs_is_counted_as_revoked(
         wait_for_total(port, "tasklane_tasks_revoked_total", 1, task=TASK)
         publisher.publish(TASK, payload).get(timeout=30)  # a later task runs as usual
     samples = scrape(port)
-    # On classic queues the worker received it and held it until its countdown; quorum queues
-    # hold a countdown in the broker, and the worker drops it on arrival, before "received".
-    received = 1 if QueueOptions.of(broker.settings).quorum else 2
-    assert total(samples, "tasklane_tasks_received_total", task=TASK) == received
+    # Received as taken from the queue, the expired one too: on classic queues the worker held
+    # it until its countdown; quorum queues hold a countdown in the broker, and the worker drops
+    # the message on arrival.
+    assert total(samples, "tasklane_tasks_received_total", task=TASK) == 2
     assert total(samples, "tasklane_tasks_started_total", task=TASK) == 1
     assert total(samples, "tasklane_tasks_revoked_total", task=TASK) == 1
     assert webhook_sink.wait_for(1)[0].body  # only the later task was delivered
+
+
+def test_messages_for_no_task_the_worker_knows_or_with_a_broken_body_are_not_received(
+    broker: BrokerEnv, metered: tuple[WorkerProcess, int, Path], webhook_sink: WebhookSink
+) -> None:
+    _, port, _ = metered
+    payload = {"channel": "webhook", "url": f"{webhook_sink.url}/hook", "text": "counted"}
+    with Publisher(broker.settings) as publisher:
+        queue = publisher.contract(TASK).queue
+        with Connection(broker.broker_url) as conn:
+            producer = Producer(conn.default_channel)
+            for message in (
+                task_message("notifier.im.unheard_of", str(uuid.uuid4()), {"text": "x"}),
+                task_message(TASK, str(uuid.uuid4()), b'{"not": "a list"}'),
+            ):
+                producer.publish(
+                    message.body,
+                    exchange="",
+                    routing_key=f"{broker.namespace}{queue}",
+                    headers=message.headers,
+                    content_type=CONTENT_TYPE,
+                    content_encoding=CONTENT_ENCODING,
+                    **message.properties,
+                )
+        wait_for_dead_letters(broker, queue, 2)
+        publisher.publish(TASK, payload).get(timeout=30)
+    samples = scrape(port)
+    assert total(samples, "tasklane_tasks_received_total") == 1  # the one task it ran
+    assert total(samples, "tasklane_tasks_received_total", task=TASK) == 1
+    assert total(samples, "tasklane_tasks_dead_lettered_total", reason="unknown-task") == 1

@@ -164,9 +164,6 @@ class TaskRecorder:
             for reason in DEAD_LETTER_REASONS:
                 metrics.dead_lettered.labels(task, queue, reason)
 
-    def received(self, request: Any = None, **_: Any) -> None:
-        self.received_counts.add(_request_labels(request))
-
     def _exemplar_recorder(self) -> ExemplarRecorder | None:
         """This process's exemplar file, when tracing is on (made after the pool forked)."""
         recorder = self._recorder
@@ -310,7 +307,9 @@ class ReceivedCounter(Collector):
 
     Tasks are received by the worker's main process (its consumer), the one that also serves
     ``/metrics``: the count needs no file, where a multiprocess counter cost the busiest process
-    a locked file write per task.
+    a locked file write per task. The consumer adds each message for a task it knows as it takes
+    it from its queue (:class:`tasklane.worker.consumer.DeadLetteringConsumer`), one revoked or
+    expired on arrival included (it is counted as revoked too).
     """
 
     def __init__(self, labels: Iterable[tuple[str, str]]) -> None:
@@ -382,7 +381,6 @@ def install_metrics(
         service, port, health, labels, exemplars=tracing_enabled(), address=address
     )
     signals.worker_init.connect(recorder.worker_init, weak=False)
-    signals.task_received.connect(recorder.received, weak=False)
     runs.metrics = recorder
     runs.enabled = True
     signals.task_failure.connect(recorder.failure, weak=False)

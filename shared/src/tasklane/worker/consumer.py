@@ -42,6 +42,15 @@ def body_problem(body: Any) -> str | None:
     return None
 
 
+def _protocol_1_task(message: Any) -> Any:
+    """The task a protocol 1 message names in its body; ``None`` when it names none."""
+    try:
+        body = message.decode()
+    except (ContentDisallowed, DecodeError):
+        return None  # Celery's own handler dead-letters it
+    return body.get("task") if isinstance(body, dict) else None
+
+
 #: Celery's step that declares the delay levels on each ``;``-separated broker URL in turn.
 _CELERY_DELAYED_DELIVERY = "celery.worker.consumer.delayed_delivery:DelayedDelivery"
 
@@ -173,17 +182,23 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             super().on_connection_error_after_connected(exc)
 
     def create_task_handler(self, promise: Any = None) -> Callable[[Any], None]:
-        """Check a protocol v2 body's shape before Celery's strategy sees it.
+        """Check a protocol v2 body's shape before Celery's strategy sees it; count the message.
 
         Celery unpacks ``[args, kwargs, embed]`` without checking it: a short list stops the whole
         worker, and a non-list leaves the task pending forever. Decoding here costs nothing extra,
         as Kombu caches the decoded body for the request.
+
+        With metrics on, a message for a task this worker knows is counted as received here, as
+        it is taken from its queue (``tasklane_tasks_received_total``): Celery's
+        ``task_received`` signal would cost each message a dispatch in the busiest process.
         """
         handler = (
             super().create_task_handler()
             if promise is None
             else super().create_task_handler(promise)
         )
+        metrics = getattr(self.app, "metrics", None)  # a TasklaneApp's recorder, if metrics are on
+        received = None if metrics is None else metrics.received_counts.add
 
         def on_task_received(message: Any) -> None:
             problem = (message.properties or {}).get(ENVELOPE_PROBLEM)
@@ -197,6 +212,12 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
                     return self.on_invalid_task(None, message, exc)
                 if problem is not None:
                     return self.on_invalid_task(None, message, InvalidTaskError(problem))
+                name = headers["task"]
+            else:
+                name = _protocol_1_task(message) if isinstance(headers, dict) else None
+            if received is not None and isinstance(name, str) and name in self.strategies:
+                info = message.delivery_info or {}
+                received((name, str(info.get("routing_key") or "unknown")))
             return handler(message)  # type: ignore[no-any-return]
 
         return on_task_received
