@@ -154,7 +154,7 @@ class TaskSpans:
         self, task_id: str | None = None, sender: Any = None, einfo: Any = None, **_: Any
     ) -> None:
         run = self._runs.get(task_id) if task_id is not None else None
-        if run is None or not run[2]:
+        if run is None or not run[0].is_recording():
             return
         span = run[0]
         error = einfo.exception if isinstance(einfo, ExceptionInfo) else einfo
@@ -170,7 +170,7 @@ class TaskSpans:
     def retry(self, request: Any = None, reason: Any = None, **_: Any) -> None:
         task_id = getattr(request, "id", None)
         run = self._runs.get(task_id) if task_id is not None else None
-        if run is not None and run[2] and reason is not None:
+        if run is not None and run[0].is_recording() and reason is not None:
             run[0].set_attribute(RETRY_REASON, str(reason))
 
     def before_publish(
