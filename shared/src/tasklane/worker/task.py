@@ -264,32 +264,42 @@ class ContractTask(Task):  # type: ignore[misc]
             if reason == "retries-exhausted"
             else type(exc).__name__
         )
-        try:
-            with self.app.producer_or_acquire() as producer:
-                send_to_dlq(
-                    producer,
-                    queue=queue,
-                    namespace=self.settings.namespace,
-                    options=QueueOptions.of(self.settings),
-                    body=encode_body(dict(kwargs or {}), list(args or [])),
-                    content_type=CONTENT_TYPE,
-                    content_encoding=CONTENT_ENCODING,
-                    headers=dead_letter_headers(
-                        headers,
-                        queue=queue,
-                        reason=reason,
-                        error_type=error_type,
-                        error=str(exc),
-                        attempts=(request.retries or 0) - self._busy_waits() + 1,
-                        worker=request.hostname or "",
-                    ),
-                    properties={"correlation_id": task_id},
-                )
-        except Exception:  # the failure is still recorded in the result backend
-            logger.exception("could not dead-letter %s[%s]", self.contract.name, task_id)
-        else:
-            if self.app.metrics is not None:
-                record_dead_letter(self.contract.name, queue, reason)
+        letter: dict[str, Any] = {
+            "queue": queue,
+            "namespace": self.settings.namespace,
+            "options": QueueOptions.of(self.settings),
+            "body": encode_body(dict(kwargs or {}), list(args or [])),
+            "content_type": CONTENT_TYPE,
+            "content_encoding": CONTENT_ENCODING,
+            "headers": dead_letter_headers(
+                headers,
+                queue=queue,
+                reason=reason,
+                error_type=error_type,
+                error=str(exc),
+                attempts=(request.retries or 0) - self._busy_waits() + 1,
+                worker=request.hostname or "",
+            ),
+            "properties": {"correlation_id": task_id},
+        }
+        for last_try in (False, True):
+            try:
+                with self.app.producer_or_acquire() as producer:
+                    send_to_dlq(producer, **letter)
+            except SoftTimeLimitExceeded:
+                # A task that failed just before its soft time limit: the limit's signal, sent
+                # once a run, raised this in the middle of the write. The interrupted Redis
+                # connection is closed; the write starts again on another.
+                if last_try:
+                    logger.exception("could not dead-letter %s[%s]", self.contract.name, task_id)
+                    break
+            except Exception:  # the failure is still recorded in the result backend
+                logger.exception("could not dead-letter %s[%s]", self.contract.name, task_id)
+                break
+            else:
+                if self.app.metrics is not None:
+                    record_dead_letter(self.contract.name, queue, reason)
+                break
         if self.dead_letter_hook is not None and reason != "invalid-payload":
             self._run_dead_letter_hook(exc, task_id, kwargs)
 
