@@ -51,7 +51,13 @@ from tasklane.wire.protocol import (  # noqa: E402
     TaskMessage,
     task_message,
 )
-from tasklane.wire.routing import dead_letter_exchange, dlq_name, queue_name, work_queue  # noqa: E402
+from tasklane.wire.routing import (  # noqa: E402
+    QueueOptions,
+    dead_letter_exchange,
+    dlq_name,
+    queue_name,
+    work_queue,
+)
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6379/12"
@@ -111,12 +117,16 @@ def parse_args(argv: Sequence[str] | None) -> Options:
 class BenchQueue:
     """The bench contract's queue in this benchmark's namespace, on a connection of its own."""
 
-    def __init__(self, broker_url: str, contract: TaskContract[Any, Any]) -> None:
+    def __init__(
+        self, broker_url: str, contract: TaskContract[Any, Any], options: QueueOptions
+    ) -> None:
         self.name = queue_name(contract, NAMESPACE)
+        self._queue = work_queue(contract, NAMESPACE, options)
         self._connection = Connection(broker_url)
         self._channel = self._connection.channel()
-        # Declared as a Publisher declares it, so a Publisher row finds it as it expects.
-        work_queue(contract, NAMESPACE).bind(self._channel).declare()
+        # Declared as a Publisher declares it (its queue type and exchange), so a Publisher row
+        # finds it as it expects.
+        self._queue.bind(self._channel).declare()
 
     def depth(self) -> int:
         return int(self._channel.queue_declare(self.name, passive=True).message_count)
@@ -128,13 +138,16 @@ class BenchQueue:
         """Delete everything a publisher may have declared in the namespace, then disconnect."""
         self._channel.queue_delete(self.name)
         self._channel.queue_delete(dlq_name(self.name))
+        self._channel.exchange_delete(self._queue.exchange.name)
         self._channel.exchange_delete(dead_letter_exchange(NAMESPACE).name)
         self._connection.release()
 
 
 @contextmanager
-def bench_queue(broker_url: str, contract: TaskContract[Any, Any]) -> Iterator[BenchQueue]:
-    queue = BenchQueue(broker_url, contract)
+def bench_queue(
+    broker_url: str, contract: TaskContract[Any, Any], options: QueueOptions
+) -> Iterator[BenchQueue]:
+    queue = BenchQueue(broker_url, contract, options)
     try:
         yield queue
     finally:
@@ -228,7 +241,7 @@ def run(opts: Options) -> dict[str, Figure]:
     messages = bench_messages(svc.NOOP, opts.messages)
     ack_frames: list[int] = []
     with (
-        bench_queue(opts.broker_url, svc.NOOP) as queue,
+        bench_queue(opts.broker_url, svc.NOOP, QueueOptions.of(settings)) as queue,
         connect(settings) as plain,
         connect(settings) as batched,
         Publisher(settings, registry=svc.BENCH_REGISTRY) as publisher,
