@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasklane.publish import Publisher
-from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, task_message
+from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, TaskMessage, task_message
 from tasklane_dev.sinks import Reply, WebhookSink, free_port
 from tests.support import eventually
 from tests.support.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
@@ -58,6 +58,22 @@ def scrape(port: int) -> Samples:
     return samples
 
 
+def send_as_sent(broker: BrokerEnv, queue: str, messages: list[TaskMessage]) -> None:
+    """Send encoded messages to a contract queue as they are, past the publisher's checks."""
+    with Connection(broker.broker_url) as conn:
+        producer = Producer(conn.default_channel)
+        for message in messages:
+            producer.publish(
+                message.body,
+                exchange="",
+                routing_key=f"{broker.namespace}{queue}",
+                headers=message.headers,
+                content_type=CONTENT_TYPE,
+                content_encoding=CONTENT_ENCODING,
+                **message.properties,
+            )
+
+
 def total(
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
 ) -> float:
@@ -81,19 +97,14 @@ def test_counts_are_exact_across_recycled_pool_children_and_labels_stay_bounded(
         after = REGISTRY.get_sample_value("tasklane_tasks_published_total", published)
         assert after == before + 30  # the publishing process counts what it sent
         # Three messages whose payload breaks the contract, as a non-Python upstream might send.
-        with Connection(broker.broker_url) as conn:
-            producer = Producer(conn.default_channel)
-            for _ in range(3):
-                message = task_message(TASK, str(uuid.uuid4()), {"channel": "fax", "text": "x"})
-                producer.publish(
-                    message.body,
-                    exchange="",
-                    routing_key=f"{broker.namespace}{queue}",
-                    headers=message.headers,
-                    content_type=CONTENT_TYPE,
-                    content_encoding=CONTENT_ENCODING,
-                    **message.properties,
-                )
+        send_as_sent(
+            broker,
+            queue,
+            [
+                task_message(TASK, str(uuid.uuid4()), {"channel": "fax", "text": "x"})
+                for _ in range(3)
+            ],
+        )
         for handle in handles:
             handle.get(timeout=60)
     wait_for_dead_letters(broker, queue, 3)
@@ -209,21 +220,14 @@ def test_messages_for_no_task_the_worker_knows_or_with_a_broken_body_are_not_rec
     payload = {"channel": "webhook", "url": f"{webhook_sink.url}/hook", "text": "counted"}
     with Publisher(broker.settings) as publisher:
         queue = publisher.contract(TASK).queue
-        with Connection(broker.broker_url) as conn:
-            producer = Producer(conn.default_channel)
-            for message in (
+        send_as_sent(
+            broker,
+            queue,
+            [
                 task_message("notifier.im.unheard_of", str(uuid.uuid4()), {"text": "x"}),
                 task_message(TASK, str(uuid.uuid4()), b'{"not": "a list"}'),
-            ):
-                producer.publish(
-                    message.body,
-                    exchange="",
-                    routing_key=f"{broker.namespace}{queue}",
-                    headers=message.headers,
-                    content_type=CONTENT_TYPE,
-                    content_encoding=CONTENT_ENCODING,
-                    **message.properties,
-                )
+            ],
+        )
         wait_for_dead_letters(broker, queue, 2)
         publisher.publish(TASK, payload).get(timeout=30)
     samples = scrape(port)
