@@ -282,26 +282,25 @@ class ContractTask(Task):  # type: ignore[misc]
             ),
             "properties": {"correlation_id": task_id},
         }
-        for last_try in (False, True):
+        try:
             try:
-                with self.app.producer_or_acquire() as producer:
-                    send_to_dlq(producer, **letter)
+                self._send_dead_letter(letter)
             except SoftTimeLimitExceeded:
                 # A task that failed just before its soft time limit: the limit's signal, sent
                 # once a run, raised this in the middle of the write. The interrupted Redis
                 # connection is closed; the write starts again on another.
-                if last_try:
-                    logger.exception("could not dead-letter %s[%s]", self.contract.name, task_id)
-                    break
-            except Exception:  # the failure is still recorded in the result backend
-                logger.exception("could not dead-letter %s[%s]", self.contract.name, task_id)
-                break
-            else:
-                if self.app.metrics is not None:
-                    record_dead_letter(self.contract.name, queue, reason)
-                break
+                self._send_dead_letter(letter)
+        except Exception:  # the failure is still recorded in the result backend
+            logger.exception("could not dead-letter %s[%s]", self.contract.name, task_id)
+        else:
+            if self.app.metrics is not None:
+                record_dead_letter(self.contract.name, queue, reason)
         if self.dead_letter_hook is not None and reason != "invalid-payload":
             self._run_dead_letter_hook(exc, task_id, kwargs)
+
+    def _send_dead_letter(self, letter: dict[str, Any]) -> None:
+        with self.app.producer_or_acquire() as producer:
+            send_to_dlq(producer, **letter)
 
     def _run_dead_letter_hook(self, exc: Exception, task_id: str, kwargs: Any) -> None:
         assert self.dead_letter_hook is not None
