@@ -8,11 +8,14 @@ import json
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from opentelemetry import context as otel_context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
 from tasklane.contracts import REGISTRY
 from tasklane.publish import Publisher
@@ -130,6 +133,60 @@ def test_publish_and_publish_many_push_what_kombu_would(redis_broker: BrokerEnv)
         kombu_key, kombu_raw = _kombu_pushed(redis_broker, queue, message)
         assert key == kombu_key
         assert _without_tag(raw) == _without_tag(kombu_raw)
+
+
+def test_a_publish_with_a_countdown_an_expiry_headers_and_a_trace_pushes_what_kombu_would(
+    redis_broker: BrokerEnv,
+) -> None:
+    queue = queue_name(PLAIN_ECHO, redis_broker.namespace)
+    caller = SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, True, TraceFlags(1)
+    )
+    token = otel_context.attach(set_span_in_context(NonRecordingSpan(caller)))
+    try:
+        with Publisher(redis_broker.settings) as publisher:
+            before = datetime.now(UTC)
+            handle = publisher.publish(
+                PLAIN_ECHO,
+                {"n": 9, "text": AWKWARD},
+                priority=2,
+                countdown=30,
+                expires=60,
+                headers={"x-origin": AWKWARD},
+            )
+            after = datetime.now(UTC)
+    finally:
+        otel_context.detach(token)
+    ((key, raw),) = _pushed(redis_broker, queue)
+    redis.Redis.from_url(redis_broker.broker_url).delete(*redis_queue_keys(queue))
+    headers = raw["headers"]
+
+    assert headers["id"] == handle.id
+    assert before + timedelta(seconds=30) <= datetime.fromisoformat(headers["eta"])
+    assert datetime.fromisoformat(headers["eta"]) <= after + timedelta(seconds=30)
+    assert before + timedelta(seconds=60) <= datetime.fromisoformat(headers["expires"])
+    assert datetime.fromisoformat(headers["expires"]) <= after + timedelta(seconds=60)
+    assert headers["x-origin"] == AWKWARD
+    assert headers["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    # The same message sent by Kombu (its times, its trace context) is pushed the same.
+    message = task_message(
+        PLAIN_ECHO.name,
+        handle.id,
+        base64.b64decode(raw["body"]),
+        priority=MAX_PRIORITY - 2,
+        published_at=headers[PUBLISHED_AT],
+    )
+    message.headers.update(
+        {
+            "eta": headers["eta"],
+            "expires": headers["expires"],
+            "x-origin": AWKWARD,
+            **{name: headers[name] for name in ("traceparent", "tracestate") if name in headers},
+        }
+    )
+    kombu_key, kombu_raw = _kombu_pushed(redis_broker, queue, message)
+    assert key == kombu_key == f"{queue}:{MAX_PRIORITY - 2}"
+    assert _without_tag(raw) == _without_tag(kombu_raw)
 
 
 @pytest.fixture

@@ -135,13 +135,21 @@ def task_message(
     """
     body = kwargs if isinstance(kwargs, bytes) else encode_body(kwargs)
     headers = task_headers(name, task_id, kwargsrepr=kwargs_repr(body), published_at=published_at)
-    now = datetime.now(UTC)
-    if countdown:
-        headers["eta"] = (now + timedelta(seconds=countdown)).isoformat()
-    if expires is not None:
-        headers["expires"] = (now + timedelta(seconds=expires)).isoformat()
+    headers["eta"], headers["expires"] = eta_and_expiry(countdown, expires)
     properties = {"correlation_id": task_id, "priority": priority}
     return TaskMessage(task_id, body, headers, properties)
+
+
+def eta_and_expiry(countdown: float | None, expires: float | None) -> tuple[str | None, str | None]:
+    """The ``eta`` and ``expires`` headers of a task sent now: ``countdown`` and ``expires``
+    seconds from now, in ISO 8601 (``None``: no such header value)."""
+    if not countdown and expires is None:
+        return None, None
+    now = datetime.now(UTC)
+    return (
+        (now + timedelta(seconds=countdown)).isoformat() if countdown else None,
+        None if expires is None else (now + timedelta(seconds=expires)).isoformat(),
+    )
 
 
 def kwargs_repr(body: bytes, limit: int = 512) -> str:

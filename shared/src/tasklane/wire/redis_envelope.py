@@ -9,9 +9,10 @@ declared through Kombu, and ``tests/integration/wire/test_redis_envelope_parity.
 envelope against Kombu's own and has a plain Celery worker consume it.
 
 :class:`EnvelopeWriter` renders the envelopes of many messages of one task from one template:
-the constant part is encoded once and each message fills in its id, body, ``kwargsrepr`` and
-publish time. The template is made by encoding :func:`tasklane.wire.protocol.task_headers`
-itself, so the headers stay defined in one place.
+the constant part is encoded once and each message fills in its id, body, ``kwargsrepr``,
+publish time and, when it has them, its ``eta``, ``expires`` and headers of its own. The template
+is made by encoding :func:`tasklane.wire.protocol.task_headers` itself, so the headers stay
+defined in one place.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ DELIVERY_MODE = 2
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _quote = json.encoder.encode_basestring_ascii
+_NULL = "null"
+#: What each message fills in of an :class:`EnvelopeWriter`'s template.
+_SLOTS = ("id", "kwargsrepr", "body", "tag", "eta", "expires", "extra")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +110,16 @@ class EnvelopeWriter:
         # and a counter cost far less than a uuid4 a message.
         self._tag_prefix = f"{os.urandom(8).hex()}."
         self._tags = count()
-        marks = {name: f"\x00{name}\x00" for name in ("id", "kwargsrepr", "body", "tag")}
+        marks = {name: f"\x00{name}\x00" for name in _SLOTS}
         record = _envelope(
             marks["body"],
             {
                 **task_headers(task, marks["id"], kwargsrepr=marks["kwargsrepr"], published_at=0),
+                "eta": marks["eta"],
+                "expires": marks["expires"],
                 **headers,
+                # Where a message's own headers go: after every other, as a dict update puts them.
+                marks["extra"]: None,
             },
             _properties(queue, marks["id"], priority, marks["tag"]),
         )
@@ -120,23 +128,49 @@ class EnvelopeWriter:
         if encoded.count(published) != 1:
             raise AssertionError("the protocol's headers lost their publish time")
         encoded = encoded.replace(published, f'"{PUBLISHED_AT}":%(published_at)r')
+        encoded = encoded.replace(f",{json.dumps(marks['extra'])}:null", "%(extra)s")
         for name, mark in marks.items():
-            # The id and kwargsrepr may be any text: they are quoted as JSON when rendered.
-            slot = f"%({name})s" if name in ("id", "kwargsrepr") else f'"%({name})s"'
+            # Text slots are quoted as JSON when rendered: any text may go in them.
+            slot = f'"%({name})s"' if name in ("body", "tag") else f"%({name})s"
             encoded = encoded.replace(json.dumps(mark), slot)
+        if any(f"%({name})" not in encoded for name in _SLOTS):
+            raise AssertionError("a slot of the envelope template was not placed")
         self._template = encoded
+        # Most messages have no eta, expiry or headers of their own: their template has fewer
+        # slots, each a dict item less to fill a message.
+        self._plain = (
+            encoded.replace("%(eta)s", _NULL).replace("%(expires)s", _NULL).replace("%(extra)s", "")
+        )
 
-    def write(self, task_id: str, body: bytes, kwargsrepr: str, published_at: float) -> Envelope:
+    def write(
+        self,
+        task_id: str,
+        body: bytes,
+        kwargsrepr: str,
+        published_at: float,
+        *,
+        eta: str | None = None,
+        expires: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> Envelope:
         """The envelope of one message (its body as :func:`~tasklane.wire.protocol.encode_body`
-        makes it)."""
-        data = self._template % {
+        makes it); ``eta`` and ``expires`` are the headers' ISO 8601 times, ``headers`` the
+        message's own, after the writer's."""
+        values: dict[str, Any] = {
             "id": _quote(task_id),
             "kwargsrepr": _quote(kwargsrepr),
             "body": base64.b64encode(body).decode(),
             "tag": f"{self._tag_prefix}{next(self._tags)}",
             "published_at": published_at,
         }
-        return Envelope(self.key, data.encode())
+        if eta is None and expires is None and not headers:
+            return Envelope(self.key, (self._plain % values).encode())
+        values["eta"] = _NULL if eta is None else _quote(eta)
+        values["expires"] = _NULL if expires is None else _quote(expires)
+        values["extra"] = "".join(
+            f",{_quote(name)}:{_ENCODER.encode(value)}" for name, value in (headers or {}).items()
+        )
+        return Envelope(self.key, (self._template % values).encode())
 
 
 class NotReplicatedError(ConnectionError):
