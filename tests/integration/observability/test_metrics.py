@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -234,3 +235,25 @@ def test_messages_for_no_task_the_worker_knows_or_with_a_broken_body_are_not_rec
     assert total(samples, "tasklane_tasks_received_total") == 1  # the one task it ran
     assert total(samples, "tasklane_tasks_received_total", task=TASK) == 1
     assert total(samples, "tasklane_tasks_dead_lettered_total", reason="unknown-task") == 1
+
+
+def test_a_protocol_1_message_is_received_under_the_task_its_body_names(
+    broker: BrokerEnv, metered: tuple[WorkerProcess, int, Path], webhook_sink: WebhookSink
+) -> None:
+    """Celery 3-style publishers put the task's name in the body, not in a header."""
+    _, port, _ = metered
+    payload = {"channel": "webhook", "url": f"{webhook_sink.url}/hook", "text": "protocol 1"}
+    task_id = str(uuid.uuid4())
+    body = {
+        "task": TASK, "id": task_id, "args": [], "kwargs": payload, "retries": 0, "eta": None,
+        "expires": None, "utc": True, "callbacks": None, "errbacks": None,
+        "timelimit": [None, None], "taskset": None, "chord": None,
+    }  # fmt: skip
+    with Publisher(broker.settings) as publisher:
+        queue = publisher.contract(TASK).queue
+        message = TaskMessage(task_id, json.dumps(body).encode(), {}, {"correlation_id": task_id})
+        send_as_sent(broker, queue, [message])
+        assert publisher.handle(TASK, task_id).get(timeout=30) is not None
+    assert webhook_sink.wait_for(1)[0].body
+    samples = scrape(port)
+    assert total(samples, "tasklane_tasks_received_total", task=TASK) == 1
