@@ -725,7 +725,7 @@ class Publisher:
 
     def _writer(self, contract: TaskContract[Any, Any], priority: int) -> EnvelopeWriter:
         """The envelope writer of single publishes of ``contract`` at Kombu's priority step
-        ``priority``, made on first use (a template costs about ten envelopes)."""
+        ``priority``, made on first use and kept (a template costs several envelopes)."""
         key = (contract.name, priority)
         writer = self._writers.get(key)
         if writer is None:
