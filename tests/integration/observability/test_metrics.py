@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from celery import Celery
 from kombu import Connection, Producer
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -244,14 +245,11 @@ def test_a_protocol_1_message_is_received_under_the_task_its_body_names(
     _, port, _ = metered
     payload = {"channel": "webhook", "url": f"{webhook_sink.url}/hook", "text": "protocol 1"}
     task_id = str(uuid.uuid4())
-    body = {
-        "task": TASK, "id": task_id, "args": [], "kwargs": payload, "retries": 0, "eta": None,
-        "expires": None, "utc": True, "callbacks": None, "errbacks": None,
-        "timelimit": [None, None], "taskset": None, "chord": None,
-    }  # fmt: skip
+    # Celery's own protocol 1 encoder: headers empty, the task's name in the body.
+    v1 = Celery(set_as_current=False).amqp.as_task_v1(task_id, TASK, kwargs=payload)
     with Publisher(broker.settings) as publisher:
         queue = publisher.contract(TASK).queue
-        message = TaskMessage(task_id, json.dumps(body).encode(), {}, {"correlation_id": task_id})
+        message = TaskMessage(task_id, json.dumps(v1.body).encode(), v1.headers, v1.properties)
         send_as_sent(broker, queue, [message])
         assert publisher.handle(TASK, task_id).get(timeout=30) is not None
     assert webhook_sink.wait_for(1)[0].body
