@@ -13,15 +13,20 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from kombu import Connection, Producer
+from kombu import Connection
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasklane.publish import Publisher
-from tasklane.wire.protocol import CONTENT_ENCODING, CONTENT_TYPE, TaskMessage, task_message
+from tasklane.wire.protocol import TaskMessage, task_message
 from tasklane_dev.sinks import Reply, WebhookSink, free_port
 from tests.support import eventually
-from tests.support.harness import BrokerEnv, WorkerProcess, wait_for_dead_letters
+from tests.support.harness import (
+    BrokerEnv,
+    WorkerProcess,
+    publish_through_kombu,
+    wait_for_dead_letters,
+)
 
 TASK = "notifier.im.send"
 #: Every label a notifier worker's series may carry; each has a fixed, small set of values.
@@ -63,17 +68,8 @@ def scrape(port: int) -> Samples:
 def send_as_sent(broker: BrokerEnv, queue: str, messages: list[TaskMessage]) -> None:
     """Send encoded messages to a contract queue as they are, past the publisher's checks."""
     with Connection(broker.broker_url) as conn:
-        producer = Producer(conn.default_channel)
         for message in messages:
-            producer.publish(
-                message.body,
-                exchange="",
-                routing_key=f"{broker.namespace}{queue}",
-                headers=message.headers,
-                content_type=CONTENT_TYPE,
-                content_encoding=CONTENT_ENCODING,
-                **message.properties,
-            )
+            publish_through_kombu(conn, message, f"{broker.namespace}{queue}")
 
 
 def total(
