@@ -157,7 +157,7 @@ def _encoded(encoding: str, data: bytes) -> Route:
 
 
 def _slow(handler: _Handler) -> None:
-    handler.server_state.stop.wait(2.0)  # longer than read_timeout, before any byte
+    handler.server_state.stop.wait()  # no byte until the test ends: only a timeout ends a fetch
     _html(handler)
 
 
@@ -354,19 +354,19 @@ def test_gzip_bomb_is_cut_off_at_max_decompressed_bytes(server: Server) -> None:
 
 
 def test_slow_server_times_out_as_transient(server: Server) -> None:
-    started = time.monotonic()
-    with pytest.raises(TransientError, match="timed out"):
+    # The server never answers: the read timeout (0.5 s) ends the fetch, not the total one (5 s).
+    with pytest.raises(TransientError, match="timed out: ReadTimeout"):
         get(server, "/slow")
-    assert time.monotonic() - started < 1.5
 
 
 def test_slow_drip_hits_total_timeout(server: Server) -> None:
-    limits = FetchLimits(read_timeout=0.5, total_timeout=1.0)
+    # A byte every 0.2 s never lets the read timeout fire; the body never ends, so only the
+    # total timeout can.
+    limits = FetchLimits(read_timeout=2.0, total_timeout=1.0)
     started = time.monotonic()
     with pytest.raises(TransientError, match="total timeout"):
         get(server, "/drip", limits)
-    elapsed = time.monotonic() - started
-    assert 1.0 <= elapsed < 2.0
+    assert time.monotonic() - started >= 1.0  # it read on until its deadline
 
 
 def test_429_is_transient_with_retry_after(server: Server) -> None:
