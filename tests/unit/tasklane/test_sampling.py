@@ -68,6 +68,7 @@ def test_each_run_gets_the_span_context_the_sdk_gives_it(ratio: float, parent: s
         span = runs.span(parent_context) or tracer.start_span("run/t", context=context)
         assert span.get_span_context() == expected.get_span_context(), seed
         assert span.is_recording() == expected.is_recording(), seed
+        assert type(span) is type(expected), seed
         decided[span.is_recording()] += 1
         # A trace id handed on to the tracer is used once: the next root span draws its own.
         random.seed(seed + 10_000)
@@ -89,3 +90,25 @@ def test_only_the_parent_based_ratio_sampler_with_ids_drawn_ahead_is_decided_apa
     assert runs(ParentBasedTraceIdRatio(0.1), RandomIdGenerator()) is None
     assert runs(ALWAYS_ON, TraceIdsDrawnAhead()) is None
     assert UnsampledRuns.of(trace.NoOpTracer()) is None
+
+
+CONTEXTS = {**PARENTS, "the current context": None}
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("context", list(CONTEXTS))
+@pytest.mark.parametrize("attributes", [None, {}, {"sampler.attribute": "kept"}])
+def test_the_sampler_decides_as_the_sdks_parent_based_ratio_sampler(
+    ratio: float, context: str, attributes: dict[str, str] | None
+) -> None:
+    reference = ParentBased(TraceIdRatioBased(ratio))
+    sampler = ParentBasedTraceIdRatio(ratio)
+    parent = CONTEXTS[context]
+    generator = random.Random(7)
+    for _ in range(300):
+        trace_id = generator.getrandbits(128)
+        expected = reference.should_sample(parent, trace_id, "run/t", None, attributes, None)
+        decided = sampler.should_sample(parent, trace_id, "run/t", None, attributes, None)
+        assert decided.decision == expected.decision, hex(trace_id)
+        assert dict(decided.attributes) == dict(expected.attributes), hex(trace_id)
+        assert decided.trace_state == expected.trace_state, hex(trace_id)

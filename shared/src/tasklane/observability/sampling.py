@@ -5,7 +5,8 @@ same path for them as for a recorded span: the parent's context, the sampler cha
 result, the tracer's own metrics. :class:`UnsampledRuns` makes the decision of the
 ``parentbased_traceidratio`` sampler (the one production uses) with its own arithmetic and builds
 the non-recording span the SDK would, ids drawn in the same order from the same generator; a run
-to be sampled still goes to the tracer, which receives the trace id already drawn.
+to be sampled still goes to the tracer, which receives the trace id already drawn, and whose
+sampler decides a span with no parent by the ratio alone.
 Equivalence with the SDK is tested id for id (``tests/unit/tasklane/test_sampling.py``).
 """
 
@@ -13,23 +14,59 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Sequence
+from functools import partial
 
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Tracer
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
+from opentelemetry.util.types import Attributes
 
 
 class ParentBasedTraceIdRatio(ParentBased):
     """The SDK's ``parentbased_traceidratio`` sampler, with its ratio sampler at hand.
 
     Decides exactly as ``ParentBased(TraceIdRatioBased(ratio))``: a parent's decision is kept,
-    a root is sampled when its trace id's low 64 bits fall under the ratio's bound.
+    a root is sampled when its trace id's low 64 bits fall under the ratio's bound. A span
+    started in an explicitly empty context (a worker's sampled run) is decided here by the ratio
+    alone: the general path looks for a parent twice, some dozen calls, to find none.
     """
 
     def __init__(self, ratio: float) -> None:
         self.ratio = TraceIdRatioBased(ratio)
         super().__init__(root=self.ratio)
+        self._bound = self.ratio.bound
+        # Immutable, so shared: what the ratio sampler returns for a root without attributes.
+        self._sampled = SamplingResult(Decision.RECORD_AND_SAMPLE)
+        self._dropped = SamplingResult(Decision.DROP)
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if parent_context is None or parent_context:
+            return super().should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
+        if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._bound:
+            return self._dropped
+        if attributes:
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+        return self._sampled
 
 
 class TraceIdsDrawnAhead(RandomIdGenerator):
@@ -113,8 +150,17 @@ class UnsampledRuns:
         span_id = _random_bits(64)
         while not span_id:
             span_id = _random_bits(64)
-        return NonRecordingSpan(SpanContext(trace_id, span_id, False, self._root_flags))
+        # SpanContext(trace_id, span_id, False, flags) and NonRecordingSpan(context), made
+        # without their two Python constructors: the ids were drawn in range and non-zero, so the
+        # context is valid (its last field).
+        span = _new_span(NonRecordingSpan)
+        span._context = _span_context(
+            (trace_id, span_id, False, self._root_flags, DEFAULT_TRACE_STATE, True)
+        )
+        return span
 
 
 #: The SDK's ``RandomIdGenerator`` draws its ids from the ``random`` module's generator.
 _random_bits = random.getrandbits
+_span_context = partial(tuple.__new__, SpanContext)
+_new_span = object.__new__

@@ -7,19 +7,25 @@ the same work for every task, about 150 Python calls a task with the trace not s
 most tasks at production sampling ratios. These handlers skip the propagator when a message
 carries none of its headers, keep no timing of their own and enter no context managers, and
 make the span of a run the sampler drops themselves (:mod:`tasklane.observability.sampling`), so
-an unsampled run costs a span decision and a context switch. Measured in docs/performance.md §7.
+an unsampled run costs a span decision and a context switch. The switch sets the API's context
+variable itself when the API keeps its context in one (its default, :func:`runtime_context_var`):
+``attach``, ``detach`` and ``get_current`` are two Python calls each around that one C call.
+Measured in docs/performance.md §7.
 Design: docs/observability.md#traces.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar, Token
 from typing import Any
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
 from celery import signals
 from opentelemetry import context as context_api
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.instrumentation.celery import celery_getter
 from opentelemetry.instrumentation.celery.utils import (
     CELERY_CONTEXT_ATTRIBUTES,
@@ -31,6 +37,7 @@ from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
 )
 from opentelemetry.semconv.trace import SpanAttributes
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation import _SPAN_KEY
 
 from tasklane.observability.sampling import UnsampledRuns
 
@@ -39,6 +46,21 @@ TASK_NAME = "celery.task_name"
 RETRY_REASON = "celery.retry.reason"
 _RUN = "run"
 _APPLY_ASYNC = "apply_async"
+
+
+def runtime_context_var() -> ContextVar[Context] | None:
+    """The context variable the OpenTelemetry API keeps the current context in, or ``None``.
+
+    The API's default runtime context (``ContextVarsRuntimeContext``) holds one; another one,
+    chosen with ``OTEL_PYTHON_CONTEXT``, may not, and is then used through the API. Both names
+    read here are private to the API: ``tests/unit/tasklane/test_task_context.py`` checks that
+    this version still has them, and that a run's context set here is the one ``attach`` sets.
+    """
+    runtime = getattr(context_api, "_RUNTIME_CONTEXT", None)
+    if type(runtime) is not ContextVarsRuntimeContext:
+        return None
+    var = getattr(runtime, "_current_context", None)
+    return var if isinstance(var, ContextVar) else None
 
 
 class TaskSpans:
@@ -54,12 +76,13 @@ class TaskSpans:
         #: Open spans, the context tokens to restore and whether the span records, by task id;
         #: publish spans apart because a retry publishes the task under the id of the run that
         #: is still open.
-        self._runs: dict[str, tuple[trace.Span, object, bool]] = {}
+        self._runs: dict[str, tuple[trace.Span, Token[Context], bool]] = {}
         self._publishes: dict[str, trace.Span] = {}
         self._propagator: object = None
         self._fields: tuple[str, ...] = ()
         #: Spans of runs the sampler drops, made without the tracer (when its sampler allows).
         self._unsampled = UnsampledRuns.of(self.tracer)
+        self._context_var = runtime_context_var()
 
     def connect(self, runs: bool = True) -> None:
         """Connect the handlers; ``runs=False`` leaves a run's start and end to the caller
@@ -111,10 +134,11 @@ class TaskSpans:
                 getter = default_getter if isinstance(request, Mapping) else celery_getter
                 parent = propagator.extract(request, getter=getter)
                 break
+        context_var = self._context_var
         if parent is None:
             # The current context, looked up once: the tracer, its sampler and the new context
             # would each look it up again (a task applied inside a span stays that span's child).
-            parent = context_api.get_current()
+            parent = context_api.get_current() if context_var is None else context_var.get()
         span: trace.Span | None = None
         unsampled = self._unsampled
         if unsampled is not None:
@@ -130,7 +154,11 @@ class TaskSpans:
                 f"{_RUN}/{task.name}", context=parent, kind=SpanKind.CONSUMER
             )
             recording = span.is_recording()
-        token = context_api.attach(trace.set_span_in_context(span, parent))
+        if context_var is None:
+            token = context_api.attach(trace.set_span_in_context(span, parent))
+        else:
+            # trace.set_span_in_context(span, parent), in one call rather than three.
+            token = context_var.set(Context({**parent, _SPAN_KEY: span}))
         self._runs[task_id] = (span, token, recording)
         return span if recording else None
 
@@ -148,7 +176,11 @@ class TaskSpans:
             context = task.request if request is None else request
             span.set_attributes(run_attributes(state, context, task.name))
             span.end()
-        context_api.detach(token)  # type: ignore[arg-type]
+        if self._context_var is None:
+            context_api.detach(token)
+        else:
+            # Raises where detach would log: the run observers log it, naming the task.
+            self._context_var.reset(token)
 
     def failure(
         self, task_id: str | None = None, sender: Any = None, einfo: Any = None, **_: Any
