@@ -10,6 +10,8 @@ from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -17,6 +19,7 @@ from prometheus_client.utils import floatToGoString
 
 from tasklane.observability.counters import RUNTIME_BUCKETS
 from tasklane.observability.exemplars import ExemplarCollector, ExemplarRecorder, bucket_bound
+from tasklane.observability.metrics import _sampled_ids
 
 BUCKETS = (0.01, 0.1, 1.0)
 LABELS = {"task": "notifier.im.send", "queue": "notifier.im"}
@@ -87,3 +90,19 @@ def test_bucket_bound_is_the_bucket_the_histogram_counts_a_value_in(value: float
     bounds = (*RUNTIME_BUCKETS, float("inf"))
     counted = next(bound for bound in bounds if value <= bound)
     assert bucket_bound(value, RUNTIME_BUCKETS) == floatToGoString(counted)
+
+
+@given(
+    trace_id=st.integers(0, 2**128 - 1),
+    span_id=st.integers(0, 2**64 - 1),
+    flags=st.integers(0, 255),
+)
+def test_a_runs_exemplar_ids_are_its_spans_as_the_api_writes_them(
+    trace_id: int, span_id: int, flags: int
+) -> None:
+    context = SpanContext(trace_id, span_id, False, TraceFlags(flags))
+    ids = _sampled_ids(NonRecordingSpan(context))
+    if not context.is_valid or not context.trace_flags.sampled:
+        assert ids is None
+    else:
+        assert ids == (trace.format_trace_id(trace_id), trace.format_span_id(span_id))

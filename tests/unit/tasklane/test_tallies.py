@@ -107,6 +107,35 @@ tallies.stop()
     assert samples(tmp_path)[("done_total", (("task", "t"),))] == 2
 
 
+def test_a_forked_childs_task_recorder_records_into_the_childs_own_tallies(
+    tmp_path: Path,
+) -> None:
+    # The recorder keeps its tallies' append once asked: a child must not append to the queue
+    # it inherited, which no writer of the child's empties.
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    script = """
+import os
+from tasklane.observability.metrics import TaskRecorder
+class Task:
+    name, queue = "t", "q"
+recorder = TaskRecorder("svc", 0, None, [("t", "q")], exemplars=False)
+task = Task()
+def run():
+    recorder.end(recorder.begin(task, {}), "SUCCESS", None)
+run()  # the parent's first run: its recorder now holds the parent's append
+pid = os.fork()
+if pid == 0:
+    run()
+    recorder.child_exit()
+    os._exit(0)
+os.waitpid(pid, 0)
+recorder.child_exit()
+"""
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
+    succeeded = ("tasklane_tasks_succeeded_total", (("queue", "q"), ("task", "t")))
+    assert samples(tmp_path)[succeeded] == 2
+
+
 def test_threads_recording_their_first_tasks_at_once_lose_nothing() -> None:
     # As a threads pool does: every thread's first record may start the writer, and the writer
     # takes runs while the threads add them.

@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -52,7 +52,7 @@ from tasklane.observability.counters import (
 from tasklane.observability.exemplars import ExemplarCollector, ExemplarRecorder, clear
 from tasklane.observability.health import HealthStep, Probes, WorkerHealth
 from tasklane.observability.runs import RunObservers
-from tasklane.observability.tallies import RunSeries, Tallies
+from tasklane.observability.tallies import Run, RunSeries, Tallies
 from tasklane.observability.tracing import tracing_enabled
 from tasklane.wire.headers import PUBLISHED_AT
 from tasklane.wire.routing import queue_name
@@ -60,6 +60,8 @@ from tasklane.wire.routing import queue_name
 logger = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: A publish time the queue wait is taken from (a tuple: ``int | float`` is made at each call).
+_NUMBER = (int, float)
 
 
 def _labels(task: Any) -> tuple[str, str]:
@@ -120,7 +122,13 @@ class TaskRecorder:
         self._runs: dict[Any, _RunSeries] = {}
         #: How tasks ended, their waits and runtimes: summed in memory, written in batches.
         self.tallies = Tallies()
+        #: ``tallies.recorder()``, asked at this process's first run (a pool child's own).
+        self._record_run: Callable[[Run], None] | None = None
+        os.register_at_fork(after_in_child=self._forget_recorder)
         self.received_counts = ReceivedCounter(labels)
+
+    def _forget_recorder(self) -> None:
+        self._record_run = None
 
     def _child(self, metric: MetricWrapperBase, labels: tuple[str, str]) -> Any:
         """``metric.labels(*labels)``, looked up once per series (the same object each time)."""
@@ -201,7 +209,7 @@ class TaskRecorder:
             series = self._run_series(task)
         wait = None
         published = request.get(PUBLISHED_AT)
-        if isinstance(published, int | float) and published > 0:
+        if isinstance(published, _NUMBER) and published > 0:
             wait = max(0.0, time.time() - published)
             # The task's own span starts after this; its trace is the publisher's. Most
             # messages carry none.
@@ -220,7 +228,10 @@ class TaskRecorder:
         runtime = time.monotonic() - started
         # Counted here rather than on task_success: a signal without receivers is not sent at
         # all, which saves every task a dispatch. Failures and retries keep their own signals.
-        self.tallies.run(series, wait, runtime, state == SUCCESS)
+        record = self._record_run
+        if record is None:
+            record = self._record_run = self.tallies.recorder()
+        record((series, wait, runtime, state == SUCCESS))
         if span is not None and self.exemplars:
             ids = _sampled_ids(span)
             if ids is not None:
@@ -345,10 +356,11 @@ def _sampled_parent(traceparent: Any) -> tuple[str, str] | None:
 
 def _sampled_ids(span: trace.Span) -> tuple[str, str] | None:
     """Trace and span id of ``span``, if it is sampled."""
-    context = span.get_span_context()
-    if not context.is_valid or not context.trace_flags.sampled:
+    # SpanContext's fields read as the tuple it is: its properties are a Python call each.
+    trace_id, span_id, _, flags, _, valid = span.get_span_context()
+    if not valid or not flags & trace.TraceFlags.SAMPLED:
         return None
-    return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id)
+    return f"{trace_id:032x}", f"{span_id:016x}"  # trace.format_trace_id, format_span_id
 
 
 def record_dead_letter(task: str, queue: str, reason: str) -> None:

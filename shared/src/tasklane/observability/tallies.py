@@ -18,6 +18,7 @@ import collections
 import os
 import threading
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 #: Seconds between two writes of a process's sums.
@@ -61,6 +62,10 @@ class RunSeries:
         self.runtime = runtime
 
 
+#: A run's figures: its series, queue wait (``None``: unknown), runtime and whether it succeeded.
+Run = tuple[RunSeries, float | None, float, bool]
+
+
 class _RunSums:
     """What the runs of one :class:`RunSeries` added since the last write."""
 
@@ -91,18 +96,23 @@ class Tallies:
         self._stopped = threading.Event()
         #: Runs not summed yet: appended by the tasks' threads, taken by the writer (a deque's
         #: append and popleft are atomic: no lock on a task's path).
-        self._runs: collections.deque[tuple[RunSeries, float | None, float, bool]] = (
-            collections.deque()
-        )
+        self._runs: collections.deque[Run] = collections.deque()
         self._sums_of: dict[RunSeries, _RunSums] = {}
         self._histograms: dict[Any, _HistogramSums] = {}
         self._writer: threading.Thread | None = None
 
     def run(self, series: RunSeries, wait: float | None, runtime: float, succeeded: bool) -> None:
         """A run ended: its queue wait (``None``: unknown), its runtime, whether it succeeded."""
+        self.recorder()((series, wait, runtime, succeeded))
+
+    def recorder(self) -> Callable[[Run], None]:
+        """What records a run as :meth:`run` does, given its figures as one tuple, in one C call.
+
+        Valid in this process until it forks: a forked child asks again.
+        """
         if self._writer is None:
             self._start()
-        self._runs.append((series, wait, runtime, succeeded))
+        return self._runs.append
 
     def _run_sums(self, series: RunSeries) -> _RunSums:
         histograms = self._histograms
