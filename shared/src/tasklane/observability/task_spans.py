@@ -44,6 +44,7 @@ from tasklane.observability.sampling import UnsampledRuns
 ACTION = "celery.action"
 TASK_NAME = "celery.task_name"
 RETRY_REASON = "celery.retry.reason"
+STATE = "celery.state"
 _RUN = "run"
 _APPLY_ASYNC = "apply_async"
 
@@ -237,7 +238,9 @@ def run_attributes(state: Any, context: ContextCarrier, task_name: str) -> dict[
     one call. Set one by one, each attribute costs a lock and four calls.
     """
     attributes: dict[str, Any] = {ACTION: _RUN}
-    _add_context_attributes(attributes, {"state": state})
+    # What _add_context_attributes makes of {"state": state}, without its loop over every key.
+    if state is not None and state != "":
+        attributes[STATE] = state
     _add_context_attributes(attributes, context)
     attributes[TASK_NAME] = task_name
     return attributes
