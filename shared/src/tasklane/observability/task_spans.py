@@ -54,8 +54,9 @@ def runtime_context_var() -> ContextVar[Context] | None:
 
     The API's default runtime context (``ContextVarsRuntimeContext``) holds one; another one,
     chosen with ``OTEL_PYTHON_CONTEXT``, may not, and is then used through the API. Both names
-    read here are private to the API: ``tests/unit/tasklane/test_task_context.py`` checks that
-    this version still has them, and that a run's context set here is the one ``attach`` sets.
+    read here, and the span's key in a context (``_SPAN_KEY``), are private to the API:
+    ``tests/unit/tasklane/test_task_context.py`` checks that this version still has them, and
+    that a run's context set here is the one ``set_span_in_context`` and ``attach`` make.
     """
     runtime = getattr(context_api, "_RUNTIME_CONTEXT", None)
     if type(runtime) is not ContextVarsRuntimeContext:
