@@ -110,8 +110,8 @@ tallies.stop()
 def test_a_forked_childs_task_recorder_records_into_the_childs_own_tallies(
     tmp_path: Path,
 ) -> None:
-    # The recorder keeps its tallies' append once asked: a child must not append to the queue
-    # it inherited, which no writer of the child's empties.
+    # After its first run a process records with its queue's own append: a child must not
+    # append to the queue it inherited, which no writer of the child's empties.
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     script = """
 import os

@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -52,7 +52,7 @@ from tasklane.observability.counters import (
 from tasklane.observability.exemplars import ExemplarCollector, ExemplarRecorder, clear
 from tasklane.observability.health import HealthStep, Probes, WorkerHealth
 from tasklane.observability.runs import RunObservers
-from tasklane.observability.tallies import Run, RunSeries, Tallies
+from tasklane.observability.tallies import RunSeries, Tallies
 from tasklane.observability.tracing import tracing_enabled
 from tasklane.wire.headers import PUBLISHED_AT
 from tasklane.wire.routing import queue_name
@@ -122,13 +122,7 @@ class TaskRecorder:
         self._runs: dict[Any, _RunSeries] = {}
         #: How tasks ended, their waits and runtimes: summed in memory, written in batches.
         self.tallies = Tallies()
-        #: ``tallies.recorder()``, asked at this process's first run (a pool child's own).
-        self._record_run: Callable[[Run], None] | None = None
-        os.register_at_fork(after_in_child=self._forget_recorder)
         self.received_counts = ReceivedCounter(labels)
-
-    def _forget_recorder(self) -> None:
-        self._record_run = None
 
     def _child(self, metric: MetricWrapperBase, labels: tuple[str, str]) -> Any:
         """``metric.labels(*labels)``, looked up once per series (the same object each time)."""
@@ -228,10 +222,7 @@ class TaskRecorder:
         runtime = time.monotonic() - started
         # Counted here rather than on task_success: a signal without receivers is not sent at
         # all, which saves every task a dispatch. Failures and retries keep their own signals.
-        record = self._record_run
-        if record is None:
-            record = self._record_run = self.tallies.recorder()
-        record((series, wait, runtime, state == SUCCESS))
+        self.tallies.record((series, wait, runtime, state == SUCCESS))
         if span is not None and self.exemplars:
             ids = _sampled_ids(span)
             if ids is not None:

@@ -100,19 +100,19 @@ class Tallies:
         self._sums_of: dict[RunSeries, _RunSums] = {}
         self._histograms: dict[Any, _HistogramSums] = {}
         self._writer: threading.Thread | None = None
+        #: Records a run as :meth:`run` does, its figures as one tuple: after this process's
+        #: first run, the queue's own ``append`` (one C call on a task's path).
+        self.record: Callable[[Run], None] = self._record_first
 
     def run(self, series: RunSeries, wait: float | None, runtime: float, succeeded: bool) -> None:
         """A run ended: its queue wait (``None``: unknown), its runtime, whether it succeeded."""
-        self.recorder()((series, wait, runtime, succeeded))
+        self.record((series, wait, runtime, succeeded))
 
-    def recorder(self) -> Callable[[Run], None]:
-        """What records a run as :meth:`run` does, given its figures as one tuple, in one C call.
-
-        Valid in this process until it forks: a forked child asks again.
-        """
-        if self._writer is None:
-            self._start()
-        return self._runs.append
+    def _record_first(self, run: Run) -> None:
+        # The process's first run starts its writer; later runs go straight to the queue.
+        self._start()
+        self.record = self._runs.append
+        self._runs.append(run)
 
     def _run_sums(self, series: RunSeries) -> _RunSums:
         histograms = self._histograms
