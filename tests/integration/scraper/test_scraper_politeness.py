@@ -167,9 +167,12 @@ def test_a_long_wait_raises_instead_of_blocking(
     gate.acquire(HOST, max_wait=0).release()
     slept: list[float] = []
     real_sleep = time.sleep
+    caller = threading.get_ident()
 
     def recorded_sleep(seconds: float) -> None:
-        slept.append(seconds)
+        # time.sleep is the process's: only this thread's calls are the gate's.
+        if threading.get_ident() == caller:
+            slept.append(seconds)
         real_sleep(seconds)
 
     monkeypatch.setattr(time, "sleep", recorded_sleep)
