@@ -2,64 +2,163 @@
 
 from __future__ import annotations
 
+import dis
+import signal
 import sys
+from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 import pytest
+from billiard.exceptions import SoftTimeLimitExceeded
 
-from media.workspace import workspace
+from media.workspace import SOFT_LIMIT_SIGNAL, in_workspace
 
-
-class SoftLimit(Exception):
-    """Stands in for Celery's soft time limit, which a signal raises wherever Python runs next."""
-
-
-def _raise_once_in_removal(after_lines: int) -> None:
-    """Raise :class:`SoftLimit` at the ``after_lines``-th line run inside ``shutil`` (rmtree)."""
-    seen = 0
-
-    def in_shutil(frame: FrameType, event: str, arg: Any) -> Any:
-        nonlocal seen
-        if event == "line":
-            seen += 1
-            if seen == after_lines:
-                sys.settrace(None)
-                raise SoftLimit
-        return in_shutil
-
-    def calls(frame: FrameType, event: str, arg: Any) -> Any:
-        return in_shutil if frame.f_code.co_filename.endswith("shutil.py") else None
-
-    sys.settrace(calls)
+pytestmark = pytest.mark.skipif(SOFT_LIMIT_SIGNAL is None, reason="no SIGUSR1 on this platform")
 
 
-@pytest.mark.parametrize("after_lines", [1, 5, 20, 60])
-@pytest.mark.parametrize("ending", ["returning", "already stopped by its own check"])
-def test_a_soft_limit_landing_inside_the_removal_still_leaves_no_files(
-    tmp_path: Path, after_lines: int, ending: str
-) -> None:
-    """Celery's soft limit signal can land in the removal: as the task returns, or while a first
-    stop (the transcoder's own check of the limit) unwinds.
+@pytest.fixture
+def soft_limit_handler() -> Iterator[None]:
+    """The pool's handler of the soft limit's signal, as billiard installs it in a child."""
 
-    The removal it interrupts is finished, and the task still stops with the limit.
-    """
+    def raise_soft_limit(signum: int, frame: FrameType | None) -> None:
+        raise SoftTimeLimitExceeded()
+
+    assert SOFT_LIMIT_SIGNAL is not None
+    previous = signal.signal(SOFT_LIMIT_SIGNAL, raise_soft_limit)
     try:
-        with pytest.raises(SoftLimit), workspace(tmp_path) as work:
-            for index in range(4):
-                (work / f"part{index}").mkdir()
-                for name in ("a.ts", "b.ts"):
-                    (work / f"part{index}" / name).write_bytes(b"frames")
-            _raise_once_in_removal(after_lines)
-            if ending != "returning":
-                raise SoftLimit
+        yield
     finally:
-        sys.settrace(None)
-    assert list(tmp_path.iterdir()) == []
+        signal.signal(SOFT_LIMIT_SIGNAL, previous)
+
+
+@cache
+def _jumps_back(code: CodeType) -> frozenset[int]:
+    return frozenset(
+        instruction.offset
+        for instruction in dis.get_instructions(code)
+        if instruction.opname == "JUMP_BACKWARD"
+    )
+
+
+class SignalAt:
+    """Sends the soft limit's real signal at the ``n``-th point where Python checks for signals.
+
+    The points are those of CPython's evaluation loop: entering a function, after each call
+    (of a Python or a C function), each jump back of a loop. A trace function raising there is
+    what a signal handled there does: after a call, the exception belongs to the call, inside
+    any ``try`` around it. The signal is raised with ``signal.raise_signal``, so a mask that
+    holds it back defers it as it would the pool's; otherwise it lands right there.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen = 0
+        self.previous = (sys.gettrace(), sys.getprofile())  # a coverage or debugger tracer
+
+    @property
+    def sent(self) -> bool:
+        return self.seen >= self.n
+
+    def start(self) -> None:
+        """Stopped with ``stop``, a plain function: a method of this class would be traced."""
+        sys.setprofile(self._profile)
+        sys.settrace(self._trace)
+
+    def _point(self) -> None:
+        self.seen += 1
+        if self.seen == self.n:
+            stop(self.previous)
+            assert SOFT_LIMIT_SIGNAL is not None
+            signal.raise_signal(SOFT_LIMIT_SIGNAL)
+
+    def _trace(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if self.sent or frame.f_code is stop.__code__:
+            return None
+        frame.f_trace_opcodes = True
+        if event in {"call", "return"} or (
+            event == "opcode" and frame.f_lasti in _jumps_back(frame.f_code)
+        ):
+            self._point()
+        return self._trace
+
+    def _profile(self, frame: FrameType, event: str, arg: Any) -> None:
+        if event == "c_return" and not self.sent and arg not in {sys.settrace, sys.setprofile}:
+            self._point()
+
+
+def stop(previous: tuple[Any, Any]) -> None:
+    sys.settrace(previous[0])
+    sys.setprofile(previous[1])
+
+
+def _fill(work: Path) -> str:
+    for index in range(3):
+        (work / f"part{index}").mkdir()
+        for name in ("a.ts", "b.ts"):
+            (work / f"part{index}" / name).write_bytes(b"frames")
+    return "done"
+
+
+def _fill_and_stop(work: Path) -> str:
+    """A transcode stopped by its own per-frame check of the limit, before the signal came."""
+    _fill(work)
+    raise SoftTimeLimitExceeded()
+
+
+@pytest.mark.usefixtures("soft_limit_handler")
+@pytest.mark.parametrize("ending", ["returning", "already stopped by its own check"])
+def test_the_soft_limit_landing_at_any_point_leaves_no_files_and_stops_the_task(
+    tmp_path: Path, ending: str
+) -> None:
+    """Celery's soft limit signal may land anywhere: as the directory is made, in the task, as it
+    returns, while the transcoder's own stop (its check of the limit) unwinds, in the removal.
+
+    Wherever it lands, the directory is gone and the task stops with the limit, not with an
+    error of the removal it interrupted, and not silently.
+    """
+    work = _fill if ending == "returning" else _fill_and_stop
+    landings = 0
+    while True:
+        landings += 1
+        stopped: BaseException | None = None
+        signal_at = SignalAt(landings)
+        signal_at.start()
+        try:
+            in_workspace(tmp_path, work)
+        except BaseException as exc:  # noqa: BLE001 - the type is what is checked
+            stopped = exc  # held, as Celery holds a failure's traceback while it dead-letters
+        finally:
+            stop(signal_at.previous)
+        if not signal_at.sent:
+            break  # past the last point: every landing was tried
+        assert list(tmp_path.iterdir()) == [], f"left behind with the signal at point {landings}"
+        assert isinstance(stopped, SoftTimeLimitExceeded), (landings, stopped)
+        assert SOFT_LIMIT_SIGNAL not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    assert landings > 100  # the points of mkdir, the task's writes, rmtree and the exits
 
 
 def test_a_workspace_is_removed_when_the_task_returns(tmp_path: Path) -> None:
-    with workspace(tmp_path) as work:
-        (work / "output.mp4").write_bytes(b"mp4")
+    def write(work: Path) -> int:
+        return (work / "output.mp4").write_bytes(b"mp4")
+
+    assert in_workspace(tmp_path, write) == 3
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_soft_limit_signal_is_not_held_back_in_the_task(
+    tmp_path: Path, soft_limit_handler: None
+) -> None:
+    """Only the removal holds the signal back: inside the workspace it lands at once."""
+    assert SOFT_LIMIT_SIGNAL is not None
+
+    def signalled(work: Path) -> None:
+        assert SOFT_LIMIT_SIGNAL is not None
+        signal.raise_signal(SOFT_LIMIT_SIGNAL)
+        pytest.fail("the signal was held back")
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        in_workspace(tmp_path, signalled)
+    assert SOFT_LIMIT_SIGNAL not in signal.pthread_sigmask(signal.SIG_BLOCK, set())

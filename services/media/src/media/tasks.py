@@ -21,7 +21,7 @@ from media import images, observe, video
 from media.app import app
 from media.settings import MediaSettings
 from media.sources import Source, fetch_source, output_key
-from media.workspace import workspace
+from media.workspace import in_workspace
 from tasklane.artifacts import ArtifactStore, open_store
 from tasklane.contracts.media import (
     PROBE_VIDEO,
@@ -115,17 +115,22 @@ def transform_image(payload: ImageTransformPayload) -> ImageResult:
         format=payload.format,
         quality=payload.quality,
     )
-    with observe.measured(TRANSFORM_IMAGE.name), workspace(media_settings.work_dir) as work:
+
+    def run(work: Path) -> ImageResult:
         source = _fetch(payload, work, image_limits.max_bytes)
         output = images.transform(source.path, operations, image_limits)
         return _put_image(TRANSFORM_IMAGE.name, source, _options(payload), output)
+
+    with observe.measured(TRANSFORM_IMAGE.name):
+        return in_workspace(media_settings.work_dir, run)
 
 
 @app.implement(THUMBNAIL_IMAGE)
 def thumbnail_image(payload: ThumbnailPayload) -> ThumbnailResult:
     """Several thumbnails of one image, from one decode."""
     sizes = [(box.width, box.height) for box in payload.sizes]
-    with observe.measured(THUMBNAIL_IMAGE.name), workspace(media_settings.work_dir) as work:
+
+    def run(work: Path) -> ThumbnailResult:
         source = _fetch(payload, work, image_limits.max_bytes)
         outputs = images.thumbnails(
             source.path, sizes, format=payload.format, quality=payload.quality, limits=image_limits
@@ -138,11 +143,15 @@ def thumbnail_image(payload: ThumbnailPayload) -> ThumbnailResult:
             ]
         )
 
+    with observe.measured(THUMBNAIL_IMAGE.name):
+        return in_workspace(media_settings.work_dir, run)
+
 
 @app.implement(PROBE_VIDEO)
 def probe_video(payload: MediaPayload) -> VideoInfoResult:
     """Duration, codecs, dimensions and container of a video."""
-    with observe.measured(PROBE_VIDEO.name), workspace(media_settings.work_dir) as work:
+
+    def run(work: Path) -> VideoInfoResult:
         source = _fetch(payload, work, video_limits.max_bytes)
         info = video.probe(source.path, video_limits)
         return VideoInfoResult(
@@ -157,11 +166,15 @@ def probe_video(payload: MediaPayload) -> VideoInfoResult:
             bytes=source.bytes,
         )
 
+    with observe.measured(PROBE_VIDEO.name):
+        return in_workspace(media_settings.work_dir, run)
+
 
 @app.implement(THUMBNAIL_VIDEO)
 def thumbnail_video(payload: VideoThumbnailPayload) -> VideoImageResult:
     """A JPEG frame at an offset, or a contact sheet."""
-    with observe.measured(THUMBNAIL_VIDEO.name), workspace(media_settings.work_dir) as work:
+
+    def run(work: Path) -> VideoImageResult:
         source = _fetch(payload, work, video_limits.max_bytes)
         info = video.probe(source.path, video_limits)
         sheet = payload.contact_sheet
@@ -196,6 +209,9 @@ def thumbnail_video(payload: VideoThumbnailPayload) -> VideoImageResult:
             duration=info.duration,
         )
 
+    with observe.measured(THUMBNAIL_VIDEO.name):
+        return in_workspace(media_settings.work_dir, run)
+
 
 def _soft_limit_watch() -> Callable[[], bool]:
     """A per-frame check that raises ``SoftTimeLimitExceeded`` once this task's soft limit passed.
@@ -223,7 +239,8 @@ def _soft_limit_watch() -> Callable[[], bool]:
 @app.implement(TRANSCODE_VIDEO)
 def transcode_video(payload: TranscodePayload) -> TranscodeResult:
     """H.264/AAC MP4 at a target height; stopped (temporary files removed) by the soft limit."""
-    with observe.measured(TRANSCODE_VIDEO.name), workspace(media_settings.work_dir) as work:
+
+    def run(work: Path) -> TranscodeResult:
         source = _fetch(payload, work, video_limits.max_bytes)
         target = work / "output.mp4"
         info = video.transcode(
@@ -247,3 +264,6 @@ def transcode_video(payload: TranscodePayload) -> TranscodeResult:
             audio_codec=info.audio_codec,
             bytes=target.stat().st_size,
         )
+
+    with observe.measured(TRANSCODE_VIDEO.name):
+        return in_workspace(media_settings.work_dir, run)

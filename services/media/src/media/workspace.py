@@ -3,44 +3,84 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
+import signal
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from importlib import import_module
 from pathlib import Path
+from typing import TypeVar
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "tasklane-media-"
 
+T = TypeVar("T")
 
-@contextmanager
-def workspace(parent: Path | None = None) -> Iterator[Path]:
-    """A fresh directory removed on exit, whatever ends the task (soft time limit included)."""
-    path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
-    try:
-        yield path
-    finally:
-        _remove(path)
+#: The signal by which Celery's pool raises a task's soft time limit (billiard's
+#: ``SIG_SOFT_TIMEOUT``); ``None`` where the platform has no such signal.
+SOFT_LIMIT_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR1", None)
+
+_DEFAULT_PARENT = Path(tempfile.gettempdir())
+
+# The C function under signal.py's Python wrapper (see _remove_held).
+_set_mask: Callable[[int, Iterable[int]], object] = import_module("_signal").pthread_sigmask
 
 
-def _remove(path: Path) -> None:
-    """``rmtree`` carried to its end even when an exception lands in the middle of it.
+def in_workspace(parent: Path | None, work: Callable[[Path], T]) -> T:
+    """``work`` run in a fresh directory that is removed whatever ends it (soft limit included).
 
-    A soft time limit is raised by a signal wherever Python runs next: possibly inside this
-    removal, while a first stop (the transcoder's own check of the limit) is unwinding, or just
-    as the task returns. The removal is finished, and that exception raised after it.
+    The soft limit's signal raises wherever Python next checks for signals: on entering a
+    function, after a call, on a loop's jump back. Every such point between the directory's
+    creation and its removal lies inside the ``try`` below, so no landing leaks the directory:
+
+    - the name is chosen before the directory exists and created inside the ``try``
+      (``mkdtemp`` creates it first and then builds the path in Python, outside any ``try``;
+      its first call in a process also takes a lock that a landing there leaves held, so the
+      next task waits on it forever; the default parent is read once, at import, for that);
+    - ``work`` is a function, not the body of a ``with``: a context manager's ``__exit__`` is
+      entered, a point where the signal lands, before its cleanup's ``try``; here an exception
+      of ``work`` goes straight to the ``finally``;
+    - the removal loop is written inline, as a function called from ``finally`` could be
+      interrupted on entry, before its own ``try``;
+    - ``rmtree`` runs with the signal held back, as with ``ignore_errors`` it swallows an
+      ``Exception`` (the soft limit is one) raised into it, leaving the directory and losing
+      the stop. Held back, the signal lands after the removal and is passed on.
     """
-    interrupted: BaseException | None = None
-    while True:
-        try:
-            shutil.rmtree(path, ignore_errors=True)  # errors of its own are not raised
-            break
-        except Exception as exc:  # raised into it from outside: finish, then pass it on
-            interrupted = exc
-    if interrupted is not None:
-        raise interrupted
+    path = (parent or _DEFAULT_PARENT) / f"{PREFIX}{secrets.token_hex(8)}"
+    try:
+        path.mkdir(mode=0o700)
+        return work(path)
+    finally:
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                _remove_held(path)
+                break
+            except BaseException as exc:  # raised into the removal from outside: finish it
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
+
+
+def _remove_held(path: Path) -> None:
+    """``rmtree`` with the soft limit's signal held back until it has finished.
+
+    The mask is set by the C function itself: ``signal.pthread_sigmask`` wraps it in Python,
+    and a signal landing on entering that wrapper would skip the unblock and leave the signal
+    held for every later task of the process. The signal is unblocked unconditionally, as
+    nothing else in a pool process holds it back.
+    """
+    if SOFT_LIMIT_SIGNAL is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    try:
+        _set_mask(signal.SIG_BLOCK, (SOFT_LIMIT_SIGNAL,))
+        shutil.rmtree(path, ignore_errors=True)  # errors of its own are not raised
+    finally:
+        _set_mask(signal.SIG_UNBLOCK, (SOFT_LIMIT_SIGNAL,))
 
 
 def remove_stale(parent: Path | None, older_than: float) -> int:
