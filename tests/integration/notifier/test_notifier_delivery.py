@@ -16,12 +16,16 @@ from notifier.webhooks import verify_signature
 from tasklane.errors import TaskFailedError
 from tasklane.publish import Publisher
 from tasklane_dev.sinks import Reply, SmtpSink, WebhookSink
+from tests.support import eventually
 from tests.support.harness import (
     BrokerEnv,
     WorkerProcess,
     dead_letters,
     wait_for_dead_letters,
 )
+
+#: What the notifier logs when a run finds its idempotency key held by another.
+HELD = "idempotency key held by task"
 
 SECRETS = json.dumps({"ding": "SEC-ding-secret", "hook": "hook-key"})
 
@@ -202,7 +206,13 @@ def test_same_idempotency_key_is_delivered_once(
 
 def test_concurrent_publishes_of_one_key_deliver_once(broker: BrokerEnv, tmp_path: Path) -> None:
     def slow_server(recipients: list[str]) -> None:
-        time.sleep(1.5)  # the first delivery is still running when the second one starts
+        # The first delivery is held until the second run has found the key held: waited for,
+        # not slept, as a busy machine may start the second run late.
+        eventually(
+            lambda: HELD in worker.output(),
+            timeout=30,
+            message="the second run to find the idempotency key held",
+        )
 
     with SmtpSink(before_data=slow_server) as sink:
         env = {**broker.env(), "TASKLANE_NOTIFIER_SMTP_PORT": str(sink.port)}
@@ -219,7 +229,7 @@ def test_concurrent_publishes_of_one_key_deliver_once(broker: BrokerEnv, tmp_pat
     assert len(sink.messages) == 1
     assert sorted(r.deduplicated for r in results) == [False, True]
     assert results[0].message_id == results[1].message_id
-    assert "idempotency key held by task" in worker.output()
+    assert HELD in worker.output()
 
 
 def test_webhook_to_an_internal_address_is_refused_without_a_request(
