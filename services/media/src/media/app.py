@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.signals import worker_init
+from celery.signals import task_postrun, worker_init
 
 from media.settings import MediaSettings
+from media.soft_limit import release_after_run
 from media.workspace import remove_stale
 from tasklane.contracts import REGISTRY
 from tasklane.settings import exit_on_bad_settings, load
@@ -26,3 +27,5 @@ def _remove_stale_workspaces(**_: Any) -> None:
 
 
 worker_init.connect(_remove_stale_workspaces, weak=False)
+# A transcode that stopped itself ignores the pool's later signal until it has ended.
+task_postrun.connect(release_after_run, weak=False)

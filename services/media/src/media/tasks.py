@@ -8,18 +8,17 @@ files, oversize inputs, overlong videos) raise permanent errors: dead-lettered, 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
 import httpx
-from billiard.exceptions import SoftTimeLimitExceeded
 from celery import current_task
 
 from media import images, observe, video
 from media.app import app
 from media.settings import MediaSettings
+from media.soft_limit import soft_limit_watch
 from media.sources import Source, fetch_source, output_key
 from media.workspace import in_workspace
 from tasklane.artifacts import ArtifactStore, open_store
@@ -214,26 +213,11 @@ def thumbnail_video(payload: VideoThumbnailPayload) -> VideoImageResult:
 
 
 def _soft_limit_watch() -> Callable[[], bool]:
-    """A per-frame check that raises ``SoftTimeLimitExceeded`` once this task's soft limit passed.
-
-    The pool delivers the soft limit as a signal, timed from when its main process saw the job
-    start, and raised wherever Python code runs next (possibly inside a callback of PyAV's,
-    which may not pass it on). Once, on a loaded machine, a transcode with a 0.2 s soft limit ran
-    to the end; checking this process's own clock per frame makes the stop certain.
-    """
+    """The per-frame check of this run's soft limit: the message's own, else the contract's."""
     request = current_task.request if current_task else None
     limits = getattr(request, "timelimit", None) or (None, None)
     soft = limits[1] if len(limits) > 1 and limits[1] else TRANSCODE_VIDEO.soft_time_limit
-    if not soft:
-        return lambda: False
-    deadline = time.monotonic() + float(soft)
-
-    def passed() -> bool:
-        if time.monotonic() >= deadline:
-            raise SoftTimeLimitExceeded()
-        return False
-
-    return passed
+    return soft_limit_watch(soft)
 
 
 @app.implement(TRANSCODE_VIDEO)
