@@ -9,7 +9,7 @@ from types import FrameType
 import pytest
 from billiard.exceptions import SoftTimeLimitExceeded
 
-from media.workspace import SOFT_LIMIT_SIGNAL
+from media.soft_limit import SOFT_LIMIT_SIGNAL
 
 
 @pytest.fixture

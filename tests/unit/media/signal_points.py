@@ -9,7 +9,7 @@ from functools import cache
 from types import CodeType, FrameType
 from typing import Any
 
-from media.workspace import SOFT_LIMIT_SIGNAL
+from media.soft_limit import SOFT_LIMIT_SIGNAL
 
 
 @cache

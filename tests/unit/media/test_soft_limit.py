@@ -10,8 +10,12 @@ import sys
 import pytest
 from billiard.exceptions import SoftTimeLimitExceeded
 
-from media.soft_limit import PoolSignalHold, release_after_run, soft_limit_watch
-from media.workspace import SOFT_LIMIT_SIGNAL
+from media.soft_limit import (
+    SOFT_LIMIT_SIGNAL,
+    PoolSignalHold,
+    release_after_run,
+    soft_limit_watch,
+)
 from tests.unit.media.signal_points import SignalAt, stop
 
 pytestmark = [

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from billiard.exceptions import SoftTimeLimitExceeded
 
-from media.workspace import SOFT_LIMIT_SIGNAL, in_workspace
+from media.soft_limit import SOFT_LIMIT_SIGNAL
+from media.workspace import in_workspace
 from tests.unit.media.signal_points import SignalAt, stop
 
 pytestmark = pytest.mark.skipif(SOFT_LIMIT_SIGNAL is None, reason="no SIGUSR1 on this platform")

@@ -20,7 +20,9 @@ from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 
-from media.workspace import SOFT_LIMIT_SIGNAL
+#: The signal by which Celery's pool raises a task's soft time limit (billiard's
+#: ``SIG_SOFT_TIMEOUT``); ``None`` where the platform has no such signal.
+SOFT_LIMIT_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR1", None)
 
 
 class PoolSignalHold:

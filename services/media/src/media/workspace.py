@@ -13,15 +13,13 @@ from importlib import import_module
 from pathlib import Path
 from typing import TypeVar
 
+from media.soft_limit import SOFT_LIMIT_SIGNAL
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "tasklane-media-"
 
 T = TypeVar("T")
-
-#: The signal by which Celery's pool raises a task's soft time limit (billiard's
-#: ``SIG_SOFT_TIMEOUT``); ``None`` where the platform has no such signal.
-SOFT_LIMIT_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR1", None)
 
 _DEFAULT_PARENT = Path(tempfile.gettempdir())
 
