@@ -12,6 +12,9 @@ their ``PYTHONPATH``); ``bench/run.py`` imports it to publish. Settings come fro
   but no task run observed: each pool process empties the app's run observers once it has
   started, so the rest of observability's cost is measured apart (``observability.py --only
   alone``).
+* ``TASKLANE_BENCH_WORK_US``: CPU the no-op task spends on each run, in microseconds (its
+  thread's CPU time), so that a known cost is measured as observability's is: the calibration
+  row of ``observability.py --only split``.
 * ``TASKLANE_BENCH_LATENCY_KEY``: when set, a ``task_prerun`` handler records, per task, the
   seconds between the ``x-tasklane-published-at`` header and the task's start in the Redis list
   ``<key>:<task name>``. Unset for the throughput runs so it costs them nothing.
@@ -39,6 +42,7 @@ LATENCY_KEY_ENV = "TASKLANE_BENCH_LATENCY_KEY"
 CONF_ENV = "TASKLANE_BENCH_CONF"
 TASK_ATTRS_ENV = "TASKLANE_BENCH_TASK_ATTRS"
 RUN_HOOKS_ENV = "TASKLANE_BENCH_RUN_HOOKS"
+WORK_ENV = "TASKLANE_BENCH_WORK_US"
 
 BARE_TASK = "bench.bare.run"
 BARE_QUEUE = "bench.bare"
@@ -94,10 +98,23 @@ if os.environ.get(RUN_HOOKS_ENV) == "off":
     worker_process_init.connect(_unobserved_runs, weak=False)
 
 
+#: Seconds of CPU each run spends (0: none), read once at import.
+_WORK_SECONDS = float(os.environ.get(WORK_ENV) or 0) / 1e6
+
+
 @tasklane_app.implement(NOOP)
 def noop(payload: NoopPayload) -> NoopResult:
     """Do nothing: the benchmark measures everything around the function."""
+    if _WORK_SECONDS:
+        _spend_cpu(_WORK_SECONDS)
     return NoopResult(n=payload.n)
+
+
+def _spend_cpu(seconds: float) -> None:
+    # The thread's own CPU clock: time the process spends waiting for a core does not count.
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
 
 
 # An ablation of a task option overrides it on the task itself.

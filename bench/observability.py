@@ -32,7 +32,9 @@ Run with ``make bench-observability`` (or ``.venv/bin/python bench/observability
    ``/metrics`` scrape (median and max of 20) at the end.
 
 Only when asked (``--only``): **split**, each part of observability beside Tasklane without
-it, its extra CPU per task split between the main process and the pool children; **alone**, each
+it, its extra CPU per task split between the main process and the pool children, with a
+calibration row (a known 50 µs of CPU in each run, nothing observed: how a pool child's
+microsecond reads in the ratio); **alone**, each
 part with its worker alone on the machine (prefork -c 1), and again with no run hooks
 (``TASKLANE_BENCH_RUN_HOOKS=off`` in ``bench/noop_service.py``), to tell a part's hooks apart
 from the rest of it.
@@ -536,6 +538,39 @@ def bench_split(
             Variant("split.both", "metrics + tracing 10 %", "tasklane", tracing_env(endpoint, 0.1)),
             True,
         ),
+        (
+            # The target's variant without its sampled spans: what those spans cost is the
+            # difference from the row above.
+            Variant(
+                "split.both_trace0",
+                "metrics + tracing, ratio 0",
+                "tasklane",
+                tracing_env(endpoint, 0.0),
+            ),
+            True,
+        ),
+        (
+            # The target's variant with nothing done per run: threads, files, providers, the
+            # main process's part.
+            Variant(
+                "split.both_unobserved",
+                "metrics + tracing 10 %, no run hooks",
+                "tasklane",
+                {**tracing_env(endpoint, 0.1), "TASKLANE_BENCH_RUN_HOOKS": "off"},
+            ),
+            True,
+        ),
+        (
+            # Calibration: a known 50 us of CPU in each run, nothing observed. What it reads as
+            # tells how a pool child's microsecond shows in the ratio.
+            Variant(
+                "split.work50",
+                "no observability, 50 us of work",
+                "tasklane",
+                {"TASKLANE_BENCH_WORK_US": "50"},
+            ),
+            False,
+        ),
     ]
     extra: dict[str, list[tuple[float, float, float]]] = {v.label: [] for v, _ in parts}
     for round_no in range(opts.rounds):
@@ -554,7 +589,7 @@ def bench_split(
             ratio = observed["cpu_us_per_task"] / baseline["cpu_us_per_task"]
             extra[variant.label].append((ratio, main, children))
             print(
-                f"  round {round_no + 1} {variant.label:30} CPU ratio {ratio:.3f}x; per task:"
+                f"  round {round_no + 1} {variant.label:36} CPU ratio {ratio:.3f}x; per task:"
                 f" main {main:+5.0f} us, children {children:+5.0f} us"
                 f" (Tasklane without: main {baseline['main_us_per_task']:.0f},"
                 f" children {baseline['cpu_us_per_task'] - baseline['main_us_per_task']:.0f})",
@@ -565,7 +600,7 @@ def bench_split(
     for label, rows in extra.items():
         ratio, main, children = (statistics.median(column) for column in zip(*rows, strict=True))
         print(
-            f"  {label:30} {ratio:.3f}x; main process {main:+.0f} us, pool children"
+            f"  {label:36} {ratio:.3f}x; main process {main:+.0f} us, pool children"
             f" {children:+.0f} us"
         )
 
