@@ -24,9 +24,9 @@ pytestmark = [
 ]
 
 
-def _stopped_by_its_own_check(hold: PoolSignalHold | None = None) -> None:
+def _stopped_by_its_own_check() -> None:
     """Frames checked until the (tiny) limit has passed, as a transcode's loop checks them."""
-    passed = soft_limit_watch(1e-6) if hold is None else soft_limit_watch(1e-6, hold)
+    passed = soft_limit_watch(1e-6)
     with pytest.raises(SoftTimeLimitExceeded):
         while not passed():
             pass
