@@ -44,6 +44,7 @@ _SDK_MODULES = (
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     "opentelemetry.instrumentation.httpx",
     "tasklane.observability.sampling",
+    "tasklane.observability.span_export",
     "tasklane.observability.task_spans",
 )
 
@@ -123,11 +124,11 @@ def start_tracing(service: str) -> TracerProvider | None:
     if not tracing_enabled():
         return None
     check_tracing_settings()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from tasklane.observability.sampling import TraceIdsDrawnAhead
+    from tasklane.observability.span_export import SpanExporter
 
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         logger.warning("tracing already started in this process; keeping the first provider")
@@ -137,7 +138,7 @@ def start_tracing(service: str) -> TracerProvider | None:
         sampler=_sampler_from_env(),
         id_generator=TraceIdsDrawnAhead(),
     )
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(SpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
 
