@@ -11,6 +11,7 @@ SDK's encoder for any span hypothesis makes. :class:`SpanExporter` is the SDK's 
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 from collections.abc import Mapping, Sequence
@@ -128,19 +129,11 @@ def _key_value(key: str, value: Any) -> bytes:
     return _key_field(key) + _VALUE + _varint(len(encoded)) + encoded
 
 
-#: A KeyValue's key field by key: a process's spans repeat a few dozen keys.
-_KEY_FIELDS: dict[str, bytes] = {}
-_KEY_FIELDS_MAX = 4096
-
-
+@functools.lru_cache(maxsize=4096)
 def _key_field(key: str) -> bytes:
-    field = _KEY_FIELDS.get(key)
-    if field is None:
-        if len(_KEY_FIELDS) >= _KEY_FIELDS_MAX:
-            _KEY_FIELDS.clear()  # keys made of data: do not keep them all
-        name = key.encode()
-        field = _KEY_FIELDS[key] = _KEY + _varint(len(name)) + name if name else b""
-    return field
+    """A KeyValue's key field; cached, as a process's spans repeat a few dozen keys."""
+    name = key.encode()
+    return _KEY + _varint(len(name)) + name if name else b""
 
 
 def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
@@ -170,16 +163,16 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join(parts)
 
 
-def _flags(parent: Any) -> bytes:
-    flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
-    return _SPAN_FLAGS + _pack_fixed32(flags)
-
-
 _SPAN_FLAGS = _tag(16, _FIXED32)
 _TRACE_ID = _tag(1, _LENGTH) + _varint(16)
 _SPAN_ID = _tag(2, _LENGTH) + _varint(8)
 _PARENT_SPAN_ID = _tag(4, _LENGTH) + _varint(8)
 _KIND = _tag(6, _VARINT)
+
+
+def _flags(parent: Any) -> bytes:
+    flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
+    return _SPAN_FLAGS + _pack_fixed32(flags)
 
 
 def _span(span: ReadableSpan) -> bytes:
@@ -290,9 +283,10 @@ class SpanExporter(OTLPSpanExporter):
 
     Everything but the encoding is the base class's: its settings (``OTEL_EXPORTER_OTLP_*``),
     its request size limit, its HTTP client with compression and retries, and its own metrics.
-    :meth:`export` is the base's with one line changed, so it reads the attributes the base's
-    reads; ``tests/integration/observability/test_span_export.py`` sends through both to a
-    real receiver and compares what arrived.
+    :meth:`export` is the base's with the encoding changed, so it reads the base's private
+    ``_shutdown``, ``_metrics``, ``_max_request_size`` and ``_client``;
+    ``tests/integration/observability/test_span_export.py`` sends through both exporters to a
+    real receiver, compares what arrived, and fails if a version renames them.
     """
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
