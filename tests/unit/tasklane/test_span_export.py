@@ -113,7 +113,7 @@ def sdk_bytes(batch: list[ReadableSpan]) -> bytes:
     return sdk_encode(batch).SerializePartialToString()
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(spans(), max_size=6))
 def test_encodes_a_batch_as_the_sdk_does(batch: list[ReadableSpan]) -> None:
     assert encode_spans(batch) == sdk_bytes(batch)
