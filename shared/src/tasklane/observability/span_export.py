@@ -144,20 +144,20 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
     tag = _LENGTH_TAGS[field]
     parts = []
     for key, value in attributes.items():
-        if type(value) is str:
-            data = value.encode()
-            size = len(data)
-            if size < 126:  # the value's lengths fit in a byte each
-                pair = b"%s\x12%c\x0a%c%s" % (_key_field(key), size + 2, size, data)
+        try:  # a lone surrogate in a key or a string fails its encoding too
+            if type(value) is str:
+                data = value.encode()
+                size = len(data)
+                if size < 126:  # the value's lengths fit in a byte each
+                    pair = b"%s\x12%c\x0a%c%s" % (_key_field(key), size + 2, size, data)
+                else:
+                    encoded = _STRING_VALUE + _varint(size) + data
+                    pair = _key_field(key) + _VALUE + _varint(len(encoded)) + encoded
             else:
-                encoded = _STRING_VALUE + _varint(size) + data
-                pair = _key_field(key) + _VALUE + _varint(len(encoded)) + encoded
-        else:
-            try:
                 pair = _key_value(key, value)
-            except Exception as error:
-                logger.exception("Failed to encode key %s: %s", key, error)
-                continue
+        except Exception as error:
+            logger.exception("Failed to encode key %s: %s", key, error)
+            continue
         size = len(pair)
         parts.append(tag + (_ONE_BYTE[size] if size < 128 else _varint(size)) + pair)
     return b"".join(parts)
