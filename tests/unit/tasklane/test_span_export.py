@@ -119,7 +119,14 @@ def sdk_bytes(batch: list[ReadableSpan]) -> bytes:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(spans(), max_size=6))
 def test_encodes_a_batch_as_the_sdk_does(batch: list[ReadableSpan]) -> None:
-    assert encode_spans(batch) == sdk_bytes(batch)
+    # Both encoders log the attributes they leave out, keys included; a key with a lone
+    # surrogate in a captured log cannot travel to pytest-xdist's controller. What is logged
+    # is asserted below, with keys that can.
+    logging.disable(logging.ERROR)
+    try:
+        assert encode_spans(batch) == sdk_bytes(batch)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 SAMPLED = SpanContext(1, 2, is_remote=False, trace_flags=TraceFlags(1))
