@@ -138,21 +138,16 @@ def _key_field(key: str) -> bytes:
 
 def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
     """Repeated KeyValue ``field``; one that cannot be encoded is left out and logged, as the
-    SDK's encoder does. Strings, the most common values, are written out here."""
+    SDK's encoder does. Short strings, the most common values, are written out here."""
     if not attributes:
         return b""
     tag = _LENGTH_TAGS[field]
     parts = []
     for key, value in attributes.items():
         try:  # a lone surrogate in a key or a string fails its encoding too
-            if type(value) is str:
-                data = value.encode()
-                size = len(data)
-                if size < 126:  # the value's lengths fit in a byte each
-                    pair = b"%s\x12%c\x0a%c%s" % (_key_field(key), size + 2, size, data)
-                else:
-                    encoded = _STRING_VALUE + _varint(size) + data
-                    pair = _key_field(key) + _VALUE + _varint(len(encoded)) + encoded
+            data = value.encode() if type(value) is str else None
+            if data is not None and len(data) < 126:  # its two lengths fit in a byte each
+                pair = b"%s\x12%c\x0a%c%s" % (_key_field(key), len(data) + 2, len(data), data)
             else:
                 pair = _key_value(key, value)
         except Exception as error:
@@ -164,15 +159,17 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
 
 
 _SPAN_FLAGS = _tag(16, _FIXED32)
+_LINK_FLAGS = _tag(6, _FIXED32)
 _TRACE_ID = _tag(1, _LENGTH) + _varint(16)
 _SPAN_ID = _tag(2, _LENGTH) + _varint(8)
 _PARENT_SPAN_ID = _tag(4, _LENGTH) + _varint(8)
 _KIND = _tag(6, _VARINT)
 
 
-def _flags(parent: Any) -> bytes:
-    flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
-    return _SPAN_FLAGS + _pack_fixed32(flags)
+def _flags(field_tag: bytes, context: SpanContext | None) -> bytes:
+    """``SpanFlags`` of a span (its parent's ``context``) or a link (the linked one)."""
+    remote = _IS_REMOTE if context is not None and context.is_remote else 0
+    return field_tag + _pack_fixed32(_HAS_IS_REMOTE | remote)
 
 
 def _span(span: ReadableSpan) -> bytes:
@@ -202,7 +199,7 @@ def _span(span: ReadableSpan) -> bytes:
             b"".join(_length_delimited(13, _link(link)) for link in span.links),
             _uint(14, span.dropped_links),
             _length_delimited(15, status_fields) if status is not None else b"",
-            _flags(parent),
+            _flags(_SPAN_FLAGS, parent),
         )
     )
 
@@ -225,8 +222,7 @@ def _link(link: Any) -> bytes:
         + context.span_id.to_bytes(8, "big")
         + _attributes(4, link.attributes)
         + _uint(5, link.dropped_attributes)
-        + _tag(6, _FIXED32)
-        + _pack_fixed32(_HAS_IS_REMOTE | (_IS_REMOTE if context.is_remote else 0))
+        + _flags(_LINK_FLAGS, context)
     )
 
 
